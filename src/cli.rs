@@ -1,0 +1,107 @@
+//! The command line, as clap derive. Doc comments here become `--help` and the man page;
+//! `config.rs` turns the raw strings into a validated `Config`.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+const USAGE: &str = "gimlet [OPTIONS] PROXY HOST PORT
+       gimlet [OPTIONS] PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
+       gimlet [OPTIONS] --proxy URL HOST PORT";
+
+const AFTER_HELP: &str = "\
+PROXY is host:port, [v6addr]:port or http://[user[:password]@]host[:port].
+The five-argument form is corkscrew's: swap the binary in an existing ProxyCommand.
+
+Examples:
+  ssh -o ProxyCommand='gimlet proxy.corp:3128 %h %p' git.example.com
+  git -c core.sshCommand=\"ssh -o ProxyCommand='gimlet proxy.corp:3128 %h %p'\" clone git@github.com:o/r
+
+Exit status: 0 closed cleanly, 2 usage, 3 proxy unreachable, 4 CONNECT refused,
+5 authentication failed, 6 malformed reply, 7 tunnel failed after it was up.";
+
+/// Bore a stdio tunnel through an HTTP proxy with CONNECT.
+///
+/// gimlet connects to an HTTP proxy, asks it to CONNECT to HOST:PORT, and then copies standard
+/// input to the tunnel and the tunnel to standard output until both directions are closed.
+/// Standard output carries tunnel bytes only; every diagnostic goes to standard error. It is
+/// meant to be an ssh ProxyCommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gimlet",
+    version,
+    override_usage = USAGE,
+    after_help = AFTER_HELP,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// PROXY HOST PORT, or PROXYHOST PROXYPORT HOST PORT [AUTHFILE], or HOST PORT with --proxy.
+    #[arg(value_name = "ARGS", num_args = 0..=5, allow_hyphen_values = false)]
+    pub args: Vec<String>,
+
+    /// Proxy to go through: host:port, [v6addr]:port or http://[user[:password]@]host[:port]
+    /// (userinfo percent-decoded; port 80 when a URL omits it).
+    #[arg(short = 'p', long = "proxy", value_name = "URL")]
+    pub proxy: Vec<String>,
+
+    /// Proxy credentials. Without :PASSWORD, the password is asked on the terminal. Prefer
+    /// --proxy-auth-file or GIMLET_PROXY_AUTH: other users can read command lines.
+    #[arg(short = 'U', long = "proxy-user", value_name = "USER[:PASSWORD]")]
+    pub proxy_user: Option<String>,
+
+    /// Read credentials from FILE, corkscrew's format: user:password on the first line (the
+    /// password may contain ':'). The file must not be accessible by group or others.
+    #[arg(long = "proxy-auth-file", value_name = "FILE")]
+    pub proxy_auth_file: Option<PathBuf>,
+
+    /// Extra header for the CONNECT request, as 'Name: value' (repeatable). A Host or
+    /// User-Agent given here replaces gimlet's own.
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+
+    /// User-Agent header for the CONNECT request; '' sends none [default: gimlet/VERSION].
+    #[arg(short = 'A', long = "user-agent", value_name = "STRING")]
+    pub user_agent: Option<String>,
+
+    /// Give up when the proxy is not connected and answering within SECS (TCP connect plus
+    /// the whole handshake; fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "30")]
+    pub connect_timeout: String,
+
+    /// Close the tunnel when no byte has moved in either direction for SECS.
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<String>,
+
+    /// Send TCP keepalive probes to the proxy after SECS of silence, so proxies and NAT boxes
+    /// do not drop an idle tunnel; 0 disables.
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    pub keepalive: String,
+
+    /// Reach the proxy over IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Reach the proxy over IPv6 only.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+
+    /// Show the steps on standard error; twice to show the request and reply heads too
+    /// (Proxy-Authorization redacted).
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Print nothing on standard error, not even errors; the exit status still tells.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

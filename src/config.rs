@@ -1,0 +1,550 @@
+//! `Cli` → `Config`: parse `host:port`, `[v6]:port` and proxy URLs, validate the target and
+//! every header before anything is sent, pick the credential source. Never panics on user
+//! input; every failure is a `Kind::Usage` error that names the offending value.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+
+use crate::cli::Cli;
+use crate::credentials::{self, Credentials, Spec};
+use crate::error::{Error, Kind, ResultExt};
+
+/// A host as it appears in an authority: a DNS name or an IP literal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    Name(String),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Host {
+    /// Authority form (RFC 9110 §7.2): IPv6 literals in brackets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(n) => f.write_str(n),
+            Host::Ip(IpAddr::V4(a)) => write!(f, "{a}"),
+            Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+        }
+    }
+}
+
+/// `host:port`, printed in authority form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// One hop of the proxy chain.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    pub endpoint: Endpoint,
+    /// Credentials given in the proxy URL's userinfo.
+    pub credentials: Spec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Any,
+    V4,
+    V6,
+}
+
+/// Everything a run needs, validated.
+#[derive(Debug)]
+pub struct Config {
+    /// The proxies to go through, first one first. One hop for now; the type leaves room
+    /// for chains.
+    pub proxies: Vec<Proxy>,
+    pub target: Endpoint,
+    pub credentials: Spec,
+    /// Extra request headers in order, `Host` and `User-Agent` overrides included.
+    pub headers: Vec<(String, String)>,
+    pub user_agent: Option<String>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub keepalive: Option<Duration>,
+    pub family: Family,
+    pub verbosity: u8,
+    pub quiet: bool,
+}
+
+/// The environment variable holding `user:password`.
+pub const AUTH_ENV: &str = "GIMLET_PROXY_AUTH";
+
+impl Config {
+    /// Builds the config. `env` looks up environment variables (injected for tests).
+    pub fn from_cli(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> Result<Config, Error> {
+        build(cli, env).kind(Kind::Usage)
+    }
+
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxies[0]
+    }
+}
+
+fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Config> {
+    let mut args = cli.args.into_iter();
+    let (proxy_arg, auth_file_arg) = match (cli.proxy.len(), args.len()) {
+        (0, 3) => (Some(args.next().unwrap_or_default()), None),
+        (0, 4 | 5) => {
+            let (host, port) = (args.next().unwrap_or_default(), args.next());
+            let port = port.unwrap_or_default();
+            let auth_file = if args.len() == 3 {
+                args.next_back()
+            } else {
+                None
+            };
+            (Some(format!("{}:{port}", bracket_if_v6(&host))), auth_file)
+        }
+        (1, 2) => (None, None),
+        (0, _) => bail!(
+            "expected PROXY HOST PORT or PROXYHOST PROXYPORT HOST PORT [AUTHFILE], got {} argument(s) (see gimlet --help)",
+            args.len()
+        ),
+        (1, n) => bail!("with --proxy, expected HOST PORT, got {n} argument(s)"),
+        (_, _) => bail!("proxy chains are not supported yet: give one --proxy"),
+    };
+    let proxy_arg = match proxy_arg {
+        Some(p) => p,
+        None => cli.proxy.into_iter().next().unwrap_or_default(),
+    };
+    let proxy = parse_proxy(&proxy_arg).with_context(|| format!("parsing proxy {proxy_arg:?}"))?;
+    let target_host = args.next().unwrap_or_default();
+    let target_port = args.next().unwrap_or_default();
+    let target = Endpoint {
+        host: parse_host(&target_host).with_context(|| "parsing target host")?,
+        port: parse_port(&target_port).with_context(|| "parsing target port")?,
+    };
+
+    let auth_file = match (cli.proxy_auth_file, auth_file_arg) {
+        (Some(_), Some(_)) => bail!("both --proxy-auth-file and an AUTHFILE argument given"),
+        (Some(f), None) => Some(f),
+        (None, f) => f.map(Into::into),
+    };
+    let credentials = if !matches!(proxy.credentials, Spec::None) {
+        proxy.credentials.clone()
+    } else if let Some(user) = cli.proxy_user {
+        Spec::from_user_arg(user).context("parsing --proxy-user")?
+    } else if let Some(path) = auth_file {
+        Spec::Known(credentials::read_auth_file(&path)?)
+    } else if let Some(pair) = env(AUTH_ENV) {
+        let pair = pair
+            .into_string()
+            .map_err(|_| anyhow!("{AUTH_ENV} is not valid UTF-8"))?;
+        Spec::Known(Credentials::parse_pair(&pair).with_context(|| format!("parsing {AUTH_ENV}"))?)
+    } else {
+        Spec::None
+    };
+
+    let headers = cli
+        .headers
+        .iter()
+        .map(|h| parse_header(h).with_context(|| format!("parsing header {h:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let user_agent = match cli.user_agent {
+        None => Some(concat!("gimlet/", env!("CARGO_PKG_VERSION")).to_owned()),
+        Some(ua) if ua.is_empty() => None,
+        Some(ua) => Some(
+            check_value(&ua)
+                .map(|_| ua)
+                .context("parsing --user-agent")?,
+        ),
+    };
+
+    let connect_timeout =
+        parse_secs(&cli.connect_timeout, false).context("parsing --connect-timeout")?;
+    let idle_timeout = cli
+        .idle_timeout
+        .map(|s| parse_secs(&s, false).context("parsing --idle-timeout"))
+        .transpose()?;
+    let keepalive = parse_secs(&cli.keepalive, true).context("parsing --keepalive")?;
+    let keepalive = (!keepalive.is_zero()).then_some(keepalive);
+
+    Ok(Config {
+        proxies: vec![proxy],
+        target,
+        credentials,
+        headers,
+        user_agent,
+        connect_timeout,
+        idle_timeout,
+        keepalive,
+        family: match (cli.ipv4, cli.ipv6) {
+            (true, _) => Family::V4,
+            (_, true) => Family::V6,
+            _ => Family::Any,
+        },
+        verbosity: cli.verbose,
+        quiet: cli.quiet,
+    })
+}
+
+/// corkscrew's PROXYHOST may be a bare IPv6 literal; the joined form needs brackets.
+fn bracket_if_v6(host: &str) -> String {
+    if host.parse::<Ipv6Addr>().is_ok() {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// `host:port`, `[v6]:port` or `http://[user[:password]@]host[:port][/]`.
+pub fn parse_proxy(s: &str) -> anyhow::Result<Proxy> {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
+        None => (None, s),
+    };
+    match scheme.as_deref() {
+        None | Some("http") => {}
+        Some("https") => bail!("https:// proxies are not supported yet"),
+        Some(other) => bail!("unsupported proxy scheme {other:?} (expected http://)"),
+    }
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if !path.is_empty() && path != "/" {
+        bail!("a proxy URL has no path, query or fragment (found {path:?})");
+    }
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) if scheme.is_some() => (Some(u), h),
+        Some(_) => bail!("credentials need the URL form http://user:password@host:port"),
+        None => (None, authority),
+    };
+    let endpoint = match scheme {
+        Some(_) => parse_endpoint(hostport, Some(80))?,
+        None => parse_endpoint(hostport, None)?,
+    };
+    let credentials = match userinfo {
+        None => Spec::None,
+        Some(info) => {
+            let (user, password) = match info.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (info, None),
+            };
+            let user = percent_decode(user).context("decoding the user name")?;
+            match password {
+                None if user.is_empty() => bail!("the user name is empty"),
+                None => Spec::User(user),
+                Some(p) => {
+                    let password = percent_decode(p).context("decoding the password")?;
+                    Spec::Known(Credentials::new(user, password)?)
+                }
+            }
+        }
+    };
+    Ok(Proxy {
+        endpoint,
+        credentials,
+    })
+}
+
+/// `host:port` or `[v6]:port`; `default_port` applies when the port is absent.
+fn parse_endpoint(s: &str, default_port: Option<u16>) -> anyhow::Result<Endpoint> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or_else(|| anyhow!("missing ']' after the IPv6 address"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => bail!("unexpected {after:?} after the IPv6 address"),
+        };
+        (format!("[{v6}]"), port)
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                bail!("an IPv6 proxy address needs brackets: [{h}]:PORT")
+            }
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (s.to_owned(), None),
+        }
+    };
+    let port = match (port, default_port) {
+        (Some(p), _) => parse_port(p)?,
+        (None, Some(d)) => d,
+        (None, None) => bail!("missing port (expected host:port)"),
+    };
+    Ok(Endpoint {
+        host: parse_host(&host)?,
+        port,
+    })
+}
+
+/// A host name, an IPv4 literal, or an IPv6 literal with or without brackets (ssh's `%h`
+/// gives it bare). Anything that could break the request line is refused here.
+pub fn parse_host(s: &str) -> anyhow::Result<Host> {
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(|a| Host::Ip(IpAddr::V6(a)))
+            .map_err(|_| anyhow!("{s:?} is not an IPv6 address"));
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Host::Ip(ip));
+    }
+    if s.is_empty() {
+        bail!("the host is empty");
+    }
+    if s.len() > 253 {
+        bail!("the host name is longer than 253 characters");
+    }
+    if let Some(c) = s.chars().find(|c| !c.is_ascii()) {
+        bail!("{s:?} contains the non-ASCII character {c:?}; give its IDNA (xn--) form");
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+    {
+        bail!("{s:?} contains {c:?}, which is not allowed in a host name");
+    }
+    Ok(Host::Name(s.to_owned()))
+}
+
+pub fn parse_port(s: &str) -> anyhow::Result<u16> {
+    match s.parse::<u16>() {
+        Ok(p) if p != 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
+        _ => bail!("invalid port {s:?}: expected a number from 1 to 65535"),
+    }
+}
+
+/// `Name: value`, with the name a token (RFC 9110 §5.1) and the value free of control
+/// characters (§5.5), so nothing the user types can end a header line early.
+fn parse_header(s: &str) -> anyhow::Result<(String, String)> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow!("expected 'Name: value'"))?;
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        bail!("{name:?} is not a valid header name");
+    }
+    let value = value.trim_matches([' ', '\t']);
+    check_value(value)?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+fn check_value(value: &str) -> anyhow::Result<()> {
+    match value.chars().find(|&c| c.is_control() && c != '\t') {
+        Some(c) => bail!("the value contains the control character {c:?}"),
+        None => Ok(()),
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn parse_secs(s: &str, zero_ok: bool) -> anyhow::Result<Duration> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| anyhow!("{s:?} is not a number of seconds"))?;
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if zero_ok || !d.is_zero() => Ok(d),
+        _ => bail!("{s:?} is out of range"),
+    }
+}
+
+/// RFC 3986 §2.1 percent-decoding; the result must be UTF-8.
+fn percent_decode(s: &str) -> anyhow::Result<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next(), bytes.next()];
+            let byte = match hex {
+                [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok()),
+                _ => None,
+            };
+            out.push(byte.ok_or_else(|| anyhow!("a '%' is not followed by two hex digits"))?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).map_err(|_| anyhow!("the decoded text is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> anyhow::Result<Config> {
+        config_env(args, None)
+    }
+
+    fn config_env(args: &[&str], auth: Option<&str>) -> anyhow::Result<Config> {
+        let cli = Cli::try_parse_from(std::iter::once("gimlet").chain(args.iter().copied()))?;
+        let auth = auth.map(OsString::from);
+        build(cli, |k| (k == AUTH_ENV).then(|| auth.clone()).flatten())
+    }
+
+    fn known(spec: &Spec) -> (&str, &str) {
+        match spec {
+            Spec::Known(c) => (c.user.as_str(), c.password.expose()),
+            other => panic!("expected credentials, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn three_argument_form() {
+        let c = config(&["proxy.corp:3128", "example.com", "22"]).unwrap();
+        assert_eq!(c.proxy().endpoint.to_string(), "proxy.corp:3128");
+        assert_eq!(c.target.to_string(), "example.com:22");
+        assert_eq!(c.connect_timeout, Duration::from_secs(30));
+        assert_eq!(c.keepalive, Some(Duration::from_secs(60)));
+        assert_eq!(
+            c.user_agent.as_deref(),
+            Some(concat!("gimlet/", env!("CARGO_PKG_VERSION")))
+        );
+    }
+
+    #[test]
+    fn corkscrew_forms() {
+        let c = config(&["proxy", "3128", "h", "22"]).unwrap();
+        assert_eq!(c.proxy().endpoint.to_string(), "proxy:3128");
+        let c = config(&["::1", "3128", "::1", "22"]).unwrap();
+        assert_eq!(c.proxy().endpoint.to_string(), "[::1]:3128");
+        assert_eq!(c.target.to_string(), "[::1]:22");
+        let err = format!(
+            "{:#}",
+            config(&["p", "1", "h", "22", "/nonexistent/auth"]).unwrap_err()
+        );
+        assert!(err.contains("/nonexistent/auth"), "{err}");
+    }
+
+    #[test]
+    fn proxy_option_form() {
+        let c = config(&["-p", "http://[::1]", "h", "22"]).unwrap();
+        assert_eq!(c.proxy().endpoint.to_string(), "[::1]:80");
+        assert!(config(&["-p", "p:1", "p:1", "h", "22"]).is_err());
+        assert!(config(&["h", "22"]).is_err());
+    }
+
+    #[test]
+    fn url_userinfo_is_percent_decoded() {
+        let c = config(&["http://us%40er:p%C3%A4ss%3Aw@proxy:8080/", "h", "1"]).unwrap();
+        assert_eq!(known(&c.credentials), ("us@er", "päss:w"));
+        let c = config(&["http://bob@proxy:8080", "h", "1"]).unwrap();
+        assert!(matches!(c.credentials, Spec::User(ref u) if u == "bob"));
+        assert!(config(&["http://a:%zz@p:1", "h", "1"]).is_err());
+        assert!(config(&["http://a%3Ab:c@p:1", "h", "1"]).is_err());
+    }
+
+    #[test]
+    fn credential_sources_in_order() {
+        let c = config_env(
+            &["-U", "u1:p1", "http://u0:p0@p:1", "h", "1"],
+            Some("u2:p2"),
+        )
+        .unwrap();
+        assert_eq!(known(&c.credentials), ("u0", "p0"));
+        let c = config_env(&["-U", "u1:p:1", "p:1", "h", "1"], Some("u2:p2")).unwrap();
+        assert_eq!(known(&c.credentials), ("u1", "p:1"));
+        let c = config_env(&["p:1", "h", "1"], Some("u2:p@2")).unwrap();
+        assert_eq!(known(&c.credentials), ("u2", "p@2"));
+        assert!(config_env(&["p:1", "h", "1"], Some("nopassword")).is_err());
+    }
+
+    #[test]
+    fn hostile_targets_are_usage_errors() {
+        for host in [
+            "a\r\nb",
+            "a b",
+            "a\0b",
+            "a/b",
+            "a@b",
+            "",
+            "[::1",
+            "[zz]",
+            "ex\u{e4}mple.com",
+        ] {
+            assert!(config(&["p:1", host, "22"]).is_err(), "{host:?} accepted");
+        }
+        for port in ["0", "65536", "ssh", "+22", "-1", ""] {
+            assert!(config(&["p:1", "h", port]).is_err(), "{port:?} accepted");
+        }
+        assert!(config(&["p:1", "[::1]", "22"]).is_ok());
+        assert!(config(&["p:1", "my_host.example-1.com", "22"]).is_ok());
+    }
+
+    #[test]
+    fn proxy_addresses() {
+        for bad in [
+            "::1:3128",
+            "p",
+            "p:",
+            "socks5://p:1",
+            "http://p:1/x",
+            "u:p@h:1",
+            "[::1]x",
+        ] {
+            assert!(parse_proxy(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            parse_proxy("HTTP://10.0.0.1:8080")
+                .unwrap()
+                .endpoint
+                .to_string(),
+            "10.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn headers_are_validated() {
+        let c = config(&["-H", "X-A:  one ", "-H", "X-B: two", "p:1", "h", "1"]).unwrap();
+        assert_eq!(
+            c.headers,
+            [("X-A".into(), "one".into()), ("X-B".into(), "two".into())]
+        );
+        for bad in [
+            "X-A: a\r\nX-Evil: 1",
+            "No colon",
+            "Bad Name: v",
+            ": v",
+            "X: a\0b",
+        ] {
+            assert!(
+                config(&["-H", bad, "p:1", "h", "1"]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(config(&["-A", "x\ny", "p:1", "h", "1"]).is_err());
+        assert_eq!(
+            config(&["-A", "", "p:1", "h", "1"]).unwrap().user_agent,
+            None
+        );
+    }
+
+    #[test]
+    fn timeouts() {
+        let c = config(&[
+            "--connect-timeout",
+            "0.5",
+            "--keepalive",
+            "0",
+            "p:1",
+            "h",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(c.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.keepalive, None);
+        for bad in ["0", "-1", "nan", "inf", "1e30", "x"] {
+            assert!(
+                config(&["--connect-timeout", bad, "p:1", "h", "1"]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

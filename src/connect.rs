@@ -1,0 +1,211 @@
+//! Resolving and connecting to the proxy, within the `--connect-timeout` deadline.
+//!
+//! Name resolution runs on a helper thread so that a hung resolver cannot outlast the
+//! deadline. Sockets get TCP_NODELAY (interactive ssh) and keepalive (proxies and NAT boxes
+//! drop idle tunnels). Knows nothing about HTTP.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
+
+use crate::config::{Endpoint, Family, Host};
+use crate::diag::info;
+use crate::error::{Error, Kind};
+use crate::handshake::Conn;
+
+/// How to reach the proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct Dialer {
+    pub family: Family,
+    pub timeout: Duration,
+    pub keepalive: Option<Duration>,
+}
+
+impl Dialer {
+    /// Resolves `endpoint` and connects to the first address that answers, all within the
+    /// timeout. The returned stream enforces what is left of it on every read and write.
+    pub fn connect(&self, endpoint: &Endpoint) -> Result<Deadline, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let context = || format!("connecting to proxy {endpoint}");
+        let addrs = self
+            .resolve(endpoint, deadline)
+            .map_err(|e| e.context(context()))?;
+        let mut last = None;
+        for addr in &addrs {
+            info!("connecting to proxy {endpoint} at {addr}");
+            match self.connect_addr(*addr, deadline) {
+                Ok(stream) => {
+                    return Ok(Deadline {
+                        stream,
+                        deadline,
+                        timeout: self.timeout,
+                    });
+                }
+                Err(e) => {
+                    info!("connecting to {addr}: {e}");
+                    last = Some((addr, e));
+                }
+            }
+        }
+        let (addr, e) = last.expect("resolve returns at least one address");
+        let at = match (&endpoint.host, addrs.len()) {
+            (Host::Ip(_), 1) => String::new(),
+            _ => format!(" (at {addr})"),
+        };
+        Err(Error::new(Kind::Unreachable, e).context(format!("{}{at}", context())))
+    }
+
+    fn resolve(&self, endpoint: &Endpoint, deadline: Instant) -> Result<Vec<SocketAddr>, Error> {
+        let addrs = match &endpoint.host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, endpoint.port)],
+            Host::Name(name) => resolve_name(name, endpoint.port, deadline, self.timeout)?,
+        };
+        let addrs: Vec<_> = addrs
+            .into_iter()
+            .filter(|a| match self.family {
+                Family::Any => true,
+                Family::V4 => a.is_ipv4(),
+                Family::V6 => a.is_ipv6(),
+            })
+            .collect();
+        if addrs.is_empty() {
+            let family = if self.family == Family::V4 {
+                "IPv4"
+            } else {
+                "IPv6"
+            };
+            return Err(Error::msg(
+                Kind::Unreachable,
+                format_args!("{} has no {family} address", endpoint.host),
+            ));
+        }
+        Ok(addrs)
+    }
+
+    fn connect_addr(&self, addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_tcp_nodelay(true)?;
+        if let Some(idle) = self.keepalive {
+            let params = TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(idle.min(Duration::from_secs(15)));
+            socket.set_tcp_keepalive(&params)?;
+        }
+        let left = remaining(deadline).ok_or_else(|| timed_out(self.timeout))?;
+        socket
+            .connect_timeout(&SockAddr::from(addr), left)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => timed_out(self.timeout),
+                _ => e,
+            })?;
+        Ok(socket.into())
+    }
+}
+
+fn resolve_name(
+    name: &str,
+    port: u16,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, Error> {
+    let (tx, rx) = mpsc::channel();
+    let query = (name.to_owned(), port);
+    // getaddrinfo has no timeout of its own; if it hangs, the thread is left behind and the
+    // process exits without waiting for it.
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send(query.to_socket_addrs().map(Vec::from_iter));
+        })
+        .map_err(|e| Error::new(Kind::Unreachable, e).context(format!("resolving {name}")))?;
+    let left = remaining(deadline).unwrap_or_default();
+    match rx.recv_timeout(left) {
+        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
+        Ok(Ok(_)) => Err(Error::msg(
+            Kind::Unreachable,
+            format_args!("resolving {name}: no address"),
+        )),
+        Ok(Err(e)) => Err(Error::new(Kind::Unreachable, e).context(format!("resolving {name}"))),
+        Err(_) => {
+            Err(Error::new(Kind::Unreachable, timed_out(timeout))
+                .context(format!("resolving {name}")))
+        }
+    }
+}
+
+fn remaining(deadline: Instant) -> Option<Duration> {
+    Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+}
+
+fn timed_out(timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("timed out after {} (--connect-timeout)", secs(timeout)),
+    )
+}
+
+/// `30s`, `0.5s`: durations as the user typed them.
+pub fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// A connected stream whose reads and writes fail with `TimedOut` once the deadline passes.
+pub struct Deadline {
+    stream: TcpStream,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn arm(&self, write: bool) -> io::Result<()> {
+        let left = remaining(self.deadline).ok_or_else(|| timed_out(self.timeout))?;
+        if write {
+            self.stream.set_write_timeout(Some(left))
+        } else {
+            self.stream.set_read_timeout(Some(left))
+        }
+    }
+
+    fn check<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(self.timeout),
+            _ => e,
+        })
+    }
+
+    /// The plain stream, back in blocking mode without timeouts, for the relay.
+    pub fn into_inner(self) -> io::Result<TcpStream> {
+        self.stream.set_read_timeout(None)?;
+        self.stream.set_write_timeout(None)?;
+        Ok(self.stream)
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(false)?;
+        let r = self.stream.read(buf);
+        self.check(r)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(true)?;
+        let r = self.stream.write(buf);
+        self.check(r)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Conn for Deadline {
+    fn restart_clock(&mut self) {
+        self.deadline = Instant::now() + self.timeout;
+    }
+}

@@ -1,0 +1,1071 @@
+//! The CONNECT handshake (RFC 9110 §9.3.6), sans-IO at its core.
+//!
+//! [`Request`] builds the request head; [`ReplyReader`] takes reply bytes in whatever pieces
+//! they arrive and yields the final reply head plus the bytes after it, which belong to the
+//! tunnel. [`negotiate`] drives both over any `Read + Write` (a socket, or a scripted fake in
+//! tests) and handles the 407 round trip.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+
+use zeroize::Zeroizing;
+
+use crate::config::Endpoint;
+use crate::credentials::{Credentials, Secret};
+use crate::diag::debug;
+use crate::error::{Error, Kind};
+
+/// Largest reply head we accept; a proxy has no reason to send more.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields we accept in one reply head.
+pub const MAX_HEADERS: usize = 100;
+/// Largest 407 body we drain to keep the connection; past it we reconnect instead.
+const MAX_DRAIN: u64 = 1024 * 1024;
+
+/// What to put in the CONNECT request besides credentials.
+pub struct Request<'a> {
+    pub target: &'a Endpoint,
+    pub user_agent: Option<&'a str>,
+    /// Validated extra headers; a `Host` or `User-Agent` here replaces ours.
+    pub headers: &'a [(String, String)],
+}
+
+impl Request<'_> {
+    fn has_header(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
+    /// The head as (name, value) lines; `authorization` is a `Proxy-Authorization` value.
+    fn fields<'s>(&'s self, authorization: Option<&'s str>) -> Vec<(&'s str, String)> {
+        let mut fields = Vec::with_capacity(3 + self.headers.len());
+        if !self.has_header("Host") {
+            fields.push(("Host", self.target.to_string()));
+        }
+        if let (Some(ua), false) = (self.user_agent, self.has_header("User-Agent")) {
+            fields.push(("User-Agent", ua.to_owned()));
+        }
+        if let (Some(auth), false) = (authorization, self.has_header("Proxy-Authorization")) {
+            fields.push(("Proxy-Authorization", auth.to_owned()));
+        }
+        fields.extend(self.headers.iter().map(|(n, v)| (n.as_str(), v.clone())));
+        fields
+    }
+
+    /// The request head, ending with the blank line. Zeroed on drop: it may hold credentials.
+    pub fn to_bytes(&self, authorization: Option<&Secret>) -> Zeroizing<Vec<u8>> {
+        let mut head = Zeroizing::new(String::with_capacity(256));
+        let _ = write!(head, "CONNECT {} HTTP/1.1\r\n", self.target);
+        for (name, value) in self.fields(authorization.map(Secret::expose)) {
+            let _ = write!(head, "{name}: {value}\r\n");
+            // The value may be the credential: zero this copy too.
+            drop(Zeroizing::new(value));
+        }
+        head.push_str("\r\n");
+        Zeroizing::new(std::mem::take(&mut *head).into_bytes())
+    }
+
+    /// The head as `-vv` shows it: credentials replaced by `<redacted>`.
+    pub fn redacted(&self, authorization: Option<&Secret>) -> String {
+        let mut out = format!("> CONNECT {} HTTP/1.1", self.target);
+        for (name, value) in self.fields(authorization.map(Secret::expose)) {
+            let shown = if is_credential_header(name) {
+                // Keep the scheme name: it helps debugging and is no secret.
+                let value = Zeroizing::new(value);
+                format!("{} <redacted>", value.split(' ').next().unwrap_or(""))
+            } else {
+                value
+            };
+            let _ = write!(out, "\ngimlet: > {name}: {shown}");
+        }
+        out
+    }
+}
+
+fn is_credential_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("Proxy-Authorization") || name.eq_ignore_ascii_case("Authorization")
+}
+
+/// A parsed final reply head.
+#[derive(Debug)]
+pub struct Reply {
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub code: u16,
+    /// The status line as received, made printable, for messages.
+    pub status_line: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Reply {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.values(name).any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
+
+    /// Whether the proxy keeps the connection after this reply (RFC 9112 §9.3).
+    pub fn keep_alive(&self) -> bool {
+        if self.has_token("Connection", "close") || self.has_token("Proxy-Connection", "close") {
+            return false;
+        }
+        self.version >= 1
+            || self.has_token("Connection", "keep-alive")
+            || self.has_token("Proxy-Connection", "keep-alive")
+    }
+
+    /// The body length when it is delimited by a single valid `Content-Length` and not chunked.
+    pub fn content_length(&self) -> Option<u64> {
+        if self.values("Transfer-Encoding").next().is_some() {
+            return None;
+        }
+        let mut lengths = self.values("Content-Length");
+        let first = std::str::from_utf8(lengths.next()?)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        lengths
+            .all(|v| {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    == Some(first)
+            })
+            .then_some(first)
+    }
+
+    /// Authentication scheme names offered in `Proxy-Authenticate` (RFC 9110 §11.6.1), in order.
+    pub fn auth_schemes(&self) -> Vec<String> {
+        let mut schemes = Vec::new();
+        for value in self.values("Proxy-Authenticate") {
+            let value = String::from_utf8_lossy(value);
+            for element in split_outside_quotes(&value) {
+                // A challenge starts with `scheme SP`; `param=value` elements continue the last one.
+                let first = element.split([' ', '\t']).next().unwrap_or("");
+                let rest_is_param = first.contains('=');
+                if !first.is_empty() && !rest_is_param {
+                    schemes.push(first.to_owned());
+                }
+            }
+        }
+        schemes
+    }
+}
+
+/// Splits a header value at commas that are not inside a quoted-string.
+fn split_outside_quotes(value: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(value[start..].trim());
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+/// Why a reply could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplyError {
+    NotHttp(String),
+    Malformed(String, String),
+    TooLarge,
+    TooManyHeaders,
+    ClosedBeforeReply,
+    Truncated(usize),
+}
+
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyError::NotHttp(line) => write!(f, "the proxy's reply is not HTTP: {line:?}"),
+            ReplyError::Malformed(why, line) => write!(f, "malformed reply ({why}): {line:?}"),
+            ReplyError::TooLarge => write!(f, "reply head is larger than {MAX_HEAD} bytes"),
+            ReplyError::TooManyHeaders => {
+                write!(f, "reply has more than {MAX_HEADERS} header fields")
+            }
+            ReplyError::ClosedBeforeReply => {
+                write!(f, "the proxy closed the connection without replying")
+            }
+            ReplyError::Truncated(n) => write!(
+                f,
+                "the proxy closed the connection in the middle of its reply head (after {n} bytes)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReplyError {}
+
+/// Reassembles reply heads from bytes in arbitrary pieces, skipping 1xx interim replies.
+/// Scanning is incremental, so a proxy dripping bytes costs linear time.
+#[derive(Default)]
+pub struct ReplyReader {
+    buf: Vec<u8>,
+    /// Where the line-end scan resumes.
+    pos: usize,
+    line_start: usize,
+    /// Where the current head's status line begins (after any leading blank lines).
+    head_start: Option<usize>,
+}
+
+/// A final reply and the bytes that followed its head.
+pub type Parsed = (Reply, Vec<u8>);
+
+impl ReplyReader {
+    pub fn new(carry: Vec<u8>) -> Self {
+        ReplyReader {
+            buf: carry,
+            ..Default::default()
+        }
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Adds bytes; returns the final reply once its head is complete.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<Parsed>, ReplyError> {
+        self.buf.extend_from_slice(data);
+        loop {
+            let Some(end) = self.scan()? else {
+                if self.buf.len() > MAX_HEAD {
+                    return Err(ReplyError::TooLarge);
+                }
+                return Ok(None);
+            };
+            if end > MAX_HEAD {
+                return Err(ReplyError::TooLarge);
+            }
+            let reply = parse_head(&self.buf[..end])?;
+            debug!(
+                "{}",
+                shown_head("< ", &self.buf[self.head_start.unwrap_or(0)..end])
+            );
+            let rest = self.buf.split_off(end);
+            if (100..200).contains(&reply.code) && reply.code != 101 {
+                // RFC 9110 §15.2: interim replies precede the final one; drop and go on.
+                *self = ReplyReader::new(rest);
+                continue;
+            }
+            return Ok(Some((reply, rest)));
+        }
+    }
+
+    /// The proxy closed the connection: say how far it got.
+    pub fn eof(&self) -> ReplyError {
+        if self.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            ReplyError::ClosedBeforeReply
+        } else {
+            ReplyError::Truncated(self.buf.len())
+        }
+    }
+
+    /// Finds the end of the head: the first empty line (LF or CRLF) after the status line;
+    /// leading empty lines are skipped, as httparse does. Rejects non-HTTP bytes as soon as
+    /// the first few arrive, so pointing gimlet at an ssh server fails at once instead of
+    /// waiting for a blank line that never comes.
+    fn scan(&mut self) -> Result<Option<usize>, ReplyError> {
+        let mut end = None;
+        while let Some(off) = self.buf[self.pos..].iter().position(|&b| b == b'\n') {
+            let nl = self.pos + off;
+            let line_start = self.line_start;
+            let blank = matches!(&self.buf[line_start..nl], b"" | b"\r");
+            self.pos = nl + 1;
+            self.line_start = nl + 1;
+            match self.head_start {
+                None if !blank => self.head_start = Some(line_start),
+                Some(_) if blank => {
+                    end = Some(nl + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if end.is_none() {
+            self.pos = self.buf.len();
+        }
+        let start = self.head_start.unwrap_or(self.line_start);
+        let got = &self.buf[start..self.buf.len().min(start + 5)];
+        let partial_blank = self.head_start.is_none() && got == b"\r";
+        if !partial_blank && !b"HTTP/".starts_with(got) {
+            return Err(ReplyError::NotHttp(self.first_line()));
+        }
+        Ok(end)
+    }
+
+    fn first_line(&self) -> String {
+        let start = self.head_start.unwrap_or(self.line_start);
+        let line = self.buf[start..]
+            .split(|&b| b == b'\n')
+            .next()
+            .unwrap_or(&[]);
+        printable(line)
+    }
+}
+
+/// Bytes made safe to print on one line: control characters escaped, length capped.
+pub fn printable(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim_end_matches(['\r', '\n']);
+    let mut out: String = text.chars().take(200).collect();
+    if text.chars().nth(200).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+fn shown_head(prefix: &str, head: &[u8]) -> String {
+    String::from_utf8_lossy(head)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{prefix}{}", l.escape_debug()))
+        .collect::<Vec<_>>()
+        .join("\ngimlet: ")
+}
+
+fn parse_head(head: &[u8]) -> Result<Reply, ReplyError> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut storage);
+    let status_line = || {
+        let first = head
+            .split(|&b| b == b'\n')
+            .find(|l| !matches!(*l, b"" | b"\r"))
+            .unwrap_or(&[]);
+        printable(first)
+    };
+    let parsed = httparse::ParserConfig::default()
+        .allow_multiple_spaces_in_response_status_delimiters(true)
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .parse_response(&mut response, head);
+    match parsed {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(ReplyError::Malformed(
+                "incomplete head".into(),
+                status_line(),
+            ));
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(ReplyError::TooManyHeaders),
+        Err(e) => return Err(ReplyError::Malformed(e.to_string(), status_line())),
+    }
+    Ok(Reply {
+        version: response.version.unwrap_or(0),
+        code: response.code.unwrap_or(0),
+        status_line: status_line(),
+        headers: response
+            .headers
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect(),
+    })
+}
+
+/// A connection the handshake runs over.
+pub trait Conn: Read + Write {
+    /// Starts the handshake clock afresh, after time spent waiting for the user.
+    fn restart_clock(&mut self) {}
+}
+
+/// The outcome of a successful handshake.
+pub struct Established<S> {
+    pub stream: S,
+    pub reply: Reply,
+    /// Bytes that arrived after the reply head: the first tunnel bytes, for stdout.
+    pub leftover: Vec<u8>,
+}
+
+/// Everything [`negotiate`] needs besides the connection.
+pub struct Negotiation<'a, S> {
+    pub request: Request<'a>,
+    /// The proxy as `host:port`, for messages.
+    pub proxy: &'a str,
+    pub credentials: Option<Credentials>,
+    /// Opens a fresh connection when the proxy closed the old one after a 407.
+    pub reconnect: &'a mut dyn FnMut() -> Result<S, Error>,
+    /// Gets credentials after a 407 (the terminal prompt); `None` when there is no way to ask.
+    pub ask: &'a mut dyn FnMut() -> Result<Option<Credentials>, Error>,
+}
+
+/// Sends CONNECT, reads the reply, answers one 407 with credentials, and returns the open
+/// tunnel. Never loops: credentials the proxy rejects end the run.
+pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Established<S>, Error> {
+    let Negotiation {
+        request,
+        proxy,
+        credentials,
+        reconnect,
+        ask,
+    } = n;
+    let mut user = credentials.as_ref().map(|c| c.user.clone());
+    let mut authorization = credentials.map(|c| c.basic_authorization());
+    let mut carry = Vec::new();
+    let mut reused = false;
+    loop {
+        debug!("{}", request.redacted(authorization.as_ref()));
+        let sent = send_and_read(&mut stream, &request, authorization.as_ref(), carry, proxy);
+        let (reply, leftover) = match sent {
+            // A kept-alive connection may have been closed while the user typed: once, reconnect.
+            Err(Failure::Closed(_)) if reused => {
+                reused = false;
+                stream = reconnect()?;
+                send_and_read(
+                    &mut stream,
+                    &request,
+                    authorization.as_ref(),
+                    Vec::new(),
+                    proxy,
+                )
+                .map_err(Failure::into_error)?
+            }
+            other => other.map_err(Failure::into_error)?,
+        };
+        if reply.is_success() {
+            return Ok(Established {
+                stream,
+                reply,
+                leftover,
+            });
+        }
+        if reply.code != 407 {
+            return Err(Error::msg(
+                Kind::Refused,
+                format_args!(
+                    "proxy {proxy} refused CONNECT {}: {:?}",
+                    request.target, reply.status_line
+                ),
+            ));
+        }
+        if let Some(user) = &user {
+            return Err(Error::msg(
+                Kind::Auth,
+                format_args!(
+                    "proxy {proxy} rejected the credentials for user {user:?}: {:?}",
+                    reply.status_line
+                ),
+            ));
+        }
+        let schemes = reply.auth_schemes();
+        let offered = if schemes.is_empty() {
+            "no scheme".to_owned()
+        } else {
+            schemes.join(", ")
+        };
+        if !schemes.is_empty() && !schemes.iter().any(|s| s.eq_ignore_ascii_case("Basic")) {
+            return Err(Error::msg(
+                Kind::Auth,
+                format_args!(
+                    "proxy {proxy} requires authentication (offers {offered}), and gimlet speaks only Basic so far: {:?}",
+                    reply.status_line
+                ),
+            ));
+        }
+        let Some(creds) = ask()? else {
+            return Err(Error::msg(
+                Kind::Auth,
+                format_args!(
+                    "proxy {proxy} requires authentication (offers {offered}): {:?}; no credentials given and no terminal to ask on (use -U, --proxy-auth-file or GIMLET_PROXY_AUTH)",
+                    reply.status_line
+                ),
+            ));
+        };
+        user = Some(creds.user.clone());
+        authorization = Some(creds.basic_authorization());
+        // Retry on the same connection when the proxy keeps it and the 407 body can be skipped
+        // exactly; otherwise on a new one (RFC 9110 §11.6.2 puts no rule on which).
+        let drained = match (reply.keep_alive(), reply.content_length()) {
+            (true, Some(len)) if len <= MAX_DRAIN => {
+                drain(&mut stream, leftover, len as usize).ok()
+            }
+            _ => None,
+        };
+        match drained {
+            Some(rest) => {
+                debug!("retrying with credentials on the same connection");
+                stream.restart_clock();
+                carry = rest;
+                reused = true;
+            }
+            None => {
+                debug!("retrying with credentials on a new connection");
+                stream = reconnect()?;
+                carry = Vec::new();
+            }
+        }
+    }
+}
+
+/// A handshake failure, with "the proxy hung up before answering" kept apart so that a reused
+/// connection can be replaced once.
+enum Failure {
+    Closed(Error),
+    Other(Error),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Failure::Closed(e) | Failure::Other(e) => e,
+        }
+    }
+}
+
+fn send_and_read<S: Read + Write>(
+    stream: &mut S,
+    request: &Request<'_>,
+    authorization: Option<&Secret>,
+    carry: Vec<u8>,
+    proxy: &str,
+) -> Result<Parsed, Failure> {
+    let head = request.to_bytes(authorization);
+    if let Err(e) = stream.write_all(&head).and_then(|()| stream.flush()) {
+        let closed = matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        );
+        let e =
+            Error::new(Kind::Unreachable, e).context(format!("sending CONNECT to proxy {proxy}"));
+        return Err(if closed {
+            Failure::Closed(e)
+        } else {
+            Failure::Other(e)
+        });
+    }
+    read_reply(stream, carry).map_err(|(closed, e)| {
+        let e = e.context(format!("reading the reply from proxy {proxy}"));
+        if closed {
+            Failure::Closed(e)
+        } else {
+            Failure::Other(e)
+        }
+    })
+}
+
+/// Reads until the final reply head is complete. The bool in the error is true when the proxy
+/// closed the connection before sending a single byte.
+fn read_reply<S: Read>(stream: &mut S, carry: Vec<u8>) -> Result<Parsed, (bool, Error)> {
+    let mut reader = ReplyReader::new(carry);
+    if let Some(parsed) = reader
+        .feed(&[])
+        .map_err(|e| (false, Error::new(Kind::Protocol, e)))?
+    {
+        return Ok(parsed);
+    }
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => {
+                let e = reader.eof();
+                return Err((
+                    e == ReplyError::ClosedBeforeReply,
+                    Error::new(Kind::Protocol, e),
+                ));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let closed = reader.buffered() == 0 && e.kind() == io::ErrorKind::ConnectionReset;
+                return Err((closed, Error::new(Kind::Unreachable, e)));
+            }
+        };
+        if let Some(parsed) = reader
+            .feed(&chunk[..n])
+            .map_err(|e| (false, Error::new(Kind::Protocol, e)))?
+        {
+            return Ok(parsed);
+        }
+    }
+}
+
+/// Skips a 407 body of `len` bytes; returns what came after it.
+fn drain<S: Read>(stream: &mut S, mut have: Vec<u8>, len: usize) -> io::Result<Vec<u8>> {
+    while have.len() < len {
+        let mut chunk = [0u8; 16 * 1024];
+        let want = (len - have.len()).min(chunk.len());
+        match stream.read(&mut chunk[..want]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => have.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(have.split_off(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Host;
+    use std::collections::VecDeque;
+
+    /// Feeds `input` in the given pieces; returns the reply and leftover, or the error.
+    fn feed_pieces(pieces: &[&[u8]]) -> Result<Option<(u16, String, Vec<u8>)>, ReplyError> {
+        let mut reader = ReplyReader::new(Vec::new());
+        for piece in pieces {
+            if let Some((reply, rest)) = reader.feed(piece)? {
+                // Bytes in later pieces belong to the tunnel too.
+                let mut rest = rest;
+                let done = pieces
+                    .iter()
+                    .position(|p| std::ptr::eq(*p, *piece))
+                    .unwrap();
+                for later in &pieces[done + 1..] {
+                    rest.extend_from_slice(later);
+                }
+                return Ok(Some((reply.code, reply.status_line, rest)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs one table row fed whole, byte by byte, and split in two at every offset: all must
+    /// agree with `expect`.
+    fn check(input: &[u8], expect: &Result<Option<(u16, &str, &[u8])>, ReplyError>) {
+        let expect = expect
+            .as_ref()
+            .map(|o| o.map(|(c, s, l)| (c, s.to_owned(), l.to_vec())))
+            .map_err(|e| format!("{e:?}"));
+        assert_eq!(
+            feed_pieces(&[input]).map_err(|e| format!("{e:?}")),
+            expect,
+            "whole: {:?}",
+            String::from_utf8_lossy(input)
+        );
+        // Split input must reach the same outcome; an early NotHttp quotes only what arrived.
+        let variant = |e: ReplyError| format!("{e:?}").split('(').next().unwrap_or("").to_owned();
+        let expect = expect.map_err(|e| e.split('(').next().unwrap_or("").to_owned());
+        let run = |pieces: &[&[u8]]| feed_pieces(pieces).map_err(variant);
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(
+            run(&bytes),
+            expect,
+            "byte by byte: {:?}",
+            String::from_utf8_lossy(input)
+        );
+        for i in 0..=input.len() {
+            let (a, b) = input.split_at(i);
+            assert_eq!(
+                run(&[a, b]),
+                expect,
+                "split at {i}: {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn reply_table() {
+        type Row<'a> = (
+            &'a [u8],
+            Result<Option<(u16, &'a str, &'a [u8])>, ReplyError>,
+        );
+        let rows: Vec<Row> = vec![
+            (b"HTTP/1.1 200 Connection established\r\n\r\n", Ok(Some((200, "HTTP/1.1 200 Connection established", b"")))),
+            (b"HTTP/1.0 200 OK\r\n\r\nSSH-2.0-x\r\n", Ok(Some((200, "HTTP/1.0 200 OK", b"SSH-2.0-x\r\n")))),
+            (b"HTTP/1.1 200 OK\n\nbare-lf", Ok(Some((200, "HTTP/1.1 200 OK", b"bare-lf")))),
+            (b"HTTP/1.1 200 OK\r\nVia: a\nX: b\r\n\n!", Ok(Some((200, "HTTP/1.1 200 OK", b"!")))),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", Ok(Some((204, "HTTP/1.1 204 No Content", b"")))),
+            (b"HTTP/1.1 201\r\n\r\n", Ok(Some((201, "HTTP/1.1 201", b"")))),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello", Ok(Some((200, "HTTP/1.1 200 OK", b"hello")))),
+            (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\nX", Ok(Some((200, "HTTP/1.1 200 OK", b"X")))),
+            (b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early\r\nLink: x\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", Ok(Some((200, "HTTP/1.1 200 OK", b"")))),
+            (b"\r\nHTTP/1.1 200 OK\r\n\r\n", Ok(Some((200, "HTTP/1.1 200 OK", b"")))),
+            (b"HTTP/1.1  200  OK\r\n\r\n", Ok(Some((200, "HTTP/1.1  200  OK", b"")))),
+            (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\n\r\n", Ok(Some((200, "HTTP/1.1 200 OK", b"")))),
+            (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno!", Ok(Some((403, "HTTP/1.1 403 Forbidden", b"no!")))),
+            (b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", Ok(Some((407, "HTTP/1.1 407 Proxy Authentication Required", b"")))),
+            (b"HTTP/1.1 200 OK\r\n", Ok(None)),
+            (b"HTTP/1.1 200 OK\r\nVia: squid\r\n", Ok(None)),
+            (b"", Ok(None)),
+            (b"SSH-2.0-OpenSSH_9.2\r\n", Err(ReplyError::NotHttp("SSH-2.0-OpenSSH_9.2".into()))),
+            (b"\x16\x03\x01\x00", Err(ReplyError::NotHttp("\u{16}\u{3}\u{1}\u{0}".into()))),
+            (b"HTTP\r\n\r\n", Err(ReplyError::NotHttp("HTTP".into()))),
+            (b"HTTP/2 200\r\n\r\n", Err(ReplyError::Malformed("invalid HTTP version".into(), "HTTP/2 200".into()))),
+            (b"HTTP/1.1 2x0 OK\r\n\r\n", Err(ReplyError::Malformed("invalid response status".into(), "HTTP/1.1 2x0 OK".into()))),
+            (b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", Err(ReplyError::Malformed("invalid header name".into(), "HTTP/1.1 200 OK".into()))),
+        ];
+        for (input, expect) in &rows {
+            check(input, expect);
+        }
+    }
+
+    #[test]
+    fn oversized_heads_are_refused() {
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while big.len() <= MAX_HEAD {
+            big.extend_from_slice(
+                b"X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+            );
+        }
+        let mut reader = ReplyReader::new(Vec::new());
+        let mut result = Ok(None);
+        for chunk in big.chunks(1000) {
+            result = reader.feed(chunk);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result.unwrap_err(), ReplyError::TooLarge);
+        // Never completed, never terminated: the cap holds without a blank line too.
+        let mut reader = ReplyReader::new(Vec::new());
+        assert_eq!(reader.feed(b"HTTP/1.1 200 OK").unwrap().map(|_| ()), None);
+        assert_eq!(
+            reader.feed(&vec![b'a'; MAX_HEAD]).unwrap_err(),
+            ReplyError::TooLarge
+        );
+
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        check(&many, &Err(ReplyError::TooManyHeaders));
+    }
+
+    #[test]
+    fn eof_is_told_apart_from_truncation() {
+        let reader = ReplyReader::new(Vec::new());
+        assert_eq!(reader.eof(), ReplyError::ClosedBeforeReply);
+        let mut reader = ReplyReader::new(Vec::new());
+        reader.feed(b"HTTP/1.1 200 OK\r\nVia").unwrap();
+        assert_eq!(reader.eof(), ReplyError::Truncated(20));
+    }
+
+    fn head(bytes: &[u8]) -> Reply {
+        ReplyReader::new(Vec::new()).feed(bytes).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn keep_alive_and_body_length() {
+        assert!(head(b"HTTP/1.1 407 x\r\n\r\n").keep_alive());
+        assert!(!head(b"HTTP/1.1 407 x\r\nConnection: close\r\n\r\n").keep_alive());
+        assert!(!head(b"HTTP/1.0 407 x\r\n\r\n").keep_alive());
+        assert!(head(b"HTTP/1.0 407 x\r\nProxy-Connection: Keep-Alive\r\n\r\n").keep_alive());
+        assert_eq!(
+            head(b"HTTP/1.1 407 x\r\nContent-Length: 12\r\n\r\n").content_length(),
+            Some(12)
+        );
+        assert_eq!(
+            head(b"HTTP/1.1 407 x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+                .content_length(),
+            None
+        );
+        assert_eq!(
+            head(b"HTTP/1.1 407 x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .content_length(),
+            None
+        );
+        assert_eq!(
+            head(b"HTTP/1.1 407 x\r\nContent-Length: -1\r\n\r\n").content_length(),
+            None
+        );
+    }
+
+    #[test]
+    fn auth_schemes_are_listed_in_order() {
+        let reply = head(
+            b"HTTP/1.1 407 x\r\nProxy-Authenticate: Digest realm=\"a, b\", nonce=\"n\", qop=\"auth\"\r\n\
+              Proxy-Authenticate: Basic realm=\"r\", NTLM\r\nProxy-Authenticate: Negotiate\r\n\r\n",
+        );
+        assert_eq!(
+            reply.auth_schemes(),
+            ["Digest", "Basic", "NTLM", "Negotiate"]
+        );
+    }
+
+    fn target() -> Endpoint {
+        Endpoint {
+            host: Host::Name("example.com".into()),
+            port: 22,
+        }
+    }
+
+    #[test]
+    fn request_bytes_are_exact() {
+        let target = target();
+        let headers = [("X-Trace".to_owned(), "1".to_owned())];
+        let request = Request {
+            target: &target,
+            user_agent: Some("gimlet/test"),
+            headers: &headers,
+        };
+        let creds = Credentials::parse_pair("Aladdin:open sesame").unwrap();
+        assert_eq!(
+            &request.to_bytes(Some(&creds.basic_authorization()))[..],
+            b"CONNECT example.com:22 HTTP/1.1\r\nHost: example.com:22\r\nUser-Agent: gimlet/test\r\n\
+              Proxy-Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\nX-Trace: 1\r\n\r\n"
+        );
+        let shown = request.redacted(Some(&creds.basic_authorization()));
+        assert!(
+            shown.contains("Proxy-Authorization: Basic <redacted>"),
+            "{shown}"
+        );
+        assert!(!shown.contains("QWxh"));
+
+        let v6 = Endpoint {
+            host: Host::Ip("::1".parse().unwrap()),
+            port: 22,
+        };
+        let headers = [("host".to_owned(), "override:1".to_owned())];
+        let request = Request {
+            target: &v6,
+            user_agent: None,
+            headers: &headers,
+        };
+        assert_eq!(
+            &request.to_bytes(None)[..],
+            b"CONNECT [::1]:22 HTTP/1.1\r\nhost: override:1\r\n\r\n"
+        );
+    }
+
+    /// One scripted proxy connection: the replies it gives, in pieces, and what it was sent.
+    struct FakeConn {
+        replies: VecDeque<Vec<u8>>,
+        sent: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
+        clock_restarts: usize,
+    }
+
+    impl Read for FakeConn {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(mut piece) = self.replies.pop_front() else {
+                return Ok(0);
+            };
+            let n = piece.len().min(buf.len());
+            buf[..n].copy_from_slice(&piece[..n]);
+            if n < piece.len() {
+                self.replies.push_front(piece.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for FakeConn {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.sent.borrow_mut().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Conn for FakeConn {
+        fn restart_clock(&mut self) {
+            self.clock_restarts += 1;
+        }
+    }
+
+    type Sent = std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>;
+
+    /// Runs a negotiation against scripted connections (the first, then one per reconnect).
+    fn negotiate_with(
+        conns: Vec<Vec<&[u8]>>,
+        creds: Option<&str>,
+        asked: Option<&str>,
+    ) -> (Result<Established<FakeConn>, Error>, Vec<Sent>, usize) {
+        let sents: Vec<Sent> = conns.iter().map(|_| Default::default()).collect();
+        let mut fakes = conns
+            .into_iter()
+            .zip(sents.iter())
+            .map(|(replies, sent)| FakeConn {
+                replies: replies.into_iter().map(<[u8]>::to_vec).collect(),
+                sent: sent.clone(),
+                clock_restarts: 0,
+            });
+        let first = fakes.next().unwrap();
+        let mut asks = 0;
+        let target = target();
+        let result = negotiate(
+            first,
+            Negotiation {
+                request: Request {
+                    target: &target,
+                    user_agent: None,
+                    headers: &[],
+                },
+                proxy: "proxy:3128",
+                credentials: creds.map(|c| Credentials::parse_pair(c).unwrap()),
+                reconnect: &mut || {
+                    fakes
+                        .next()
+                        .ok_or_else(|| Error::msg(Kind::Unreachable, "no more connections"))
+                },
+                ask: &mut || {
+                    asks += 1;
+                    Ok(asked.map(|c| Credentials::parse_pair(c).unwrap()))
+                },
+            },
+        );
+        (result, sents, asks)
+    }
+
+    fn requests(sent: &Sent) -> Vec<String> {
+        sent.borrow()
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    const AUTH_407_KEEP: &[u8] = b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+        Proxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 4\r\n\r\nnope";
+
+    #[test]
+    fn success_returns_the_bytes_after_the_head() {
+        let (r, sents, _) =
+            negotiate_with(vec![vec![b"HTTP/1.1 200 OK\r\n\r\nSSH-2.0-x"]], None, None);
+        let est = r.unwrap();
+        assert_eq!(est.leftover, b"SSH-2.0-x");
+        assert_eq!(requests(&sents[0]).len(), 1);
+    }
+
+    #[test]
+    fn a_407_is_answered_on_the_same_connection_when_kept_alive() {
+        let (r, sents, asks) = negotiate_with(
+            vec![vec![AUTH_407_KEEP, b"HTTP/1.1 200 OK\r\n\r\n"]],
+            None,
+            Some("u:p"),
+        );
+        let est = r.unwrap();
+        assert_eq!(asks, 1);
+        assert_eq!(est.stream.clock_restarts, 1);
+        let sent = requests(&sents[0]);
+        assert_eq!(sent.len(), 2);
+        assert!(!sent[0].contains("Proxy-Authorization"));
+        assert!(sent[1].contains("Proxy-Authorization: Basic dTpw\r\n"));
+    }
+
+    #[test]
+    fn the_407_body_is_drained_even_when_split() {
+        let (r, sents, _) = negotiate_with(
+            vec![vec![
+                b"HTTP/1.1 407 x\r\nProxy-Authenticate: Basic\r\nContent-Length: 6\r\n\r\nab",
+                b"cd",
+                b"efHTTP/1.1 200 OK\r\n\r\nT",
+            ]],
+            None,
+            Some("u:p"),
+        );
+        assert_eq!(r.unwrap().leftover, b"T");
+        assert_eq!(requests(&sents[0]).len(), 2);
+    }
+
+    #[test]
+    fn a_407_with_connection_close_retries_on_a_new_connection() {
+        let (r, sents, _) = negotiate_with(
+            vec![
+                vec![b"HTTP/1.1 407 x\r\nProxy-Authenticate: Basic\r\nConnection: close\r\n\r\n"],
+                vec![b"HTTP/1.1 200 OK\r\n\r\n"],
+            ],
+            None,
+            Some("u:p"),
+        );
+        r.unwrap();
+        assert_eq!(requests(&sents[0]).len(), 1);
+        assert!(requests(&sents[1])[0].contains("Proxy-Authorization: Basic dTpw"));
+    }
+
+    #[test]
+    fn a_kept_connection_closed_meanwhile_is_replaced_once() {
+        let (r, sents, _) = negotiate_with(
+            vec![vec![AUTH_407_KEEP], vec![b"HTTP/1.1 200 OK\r\n\r\n"]],
+            None,
+            Some("u:p"),
+        );
+        r.unwrap();
+        assert_eq!(requests(&sents[0]).len(), 2);
+        assert_eq!(requests(&sents[1]).len(), 1);
+    }
+
+    #[test]
+    fn rejected_credentials_fail_without_looping() {
+        let (r, sents, asks) = negotiate_with(
+            vec![vec![AUTH_407_KEEP, AUTH_407_KEEP]],
+            Some("u:p"),
+            Some("v:q"),
+        );
+        let e = r.err().unwrap();
+        assert_eq!(e.kind(), Kind::Auth);
+        assert_eq!(asks, 0);
+        assert_eq!(requests(&sents[0]).len(), 1);
+        assert!(
+            e.to_string()
+                .contains("rejected the credentials for user \"u\""),
+            "{e}"
+        );
+
+        let (r, sents, asks) =
+            negotiate_with(vec![vec![AUTH_407_KEEP, AUTH_407_KEEP]], None, Some("v:q"));
+        assert_eq!(r.err().unwrap().kind(), Kind::Auth);
+        assert_eq!((asks, requests(&sents[0]).len()), (1, 2));
+    }
+
+    #[test]
+    fn no_way_to_ask_names_the_offered_schemes() {
+        let (r, _, _) = negotiate_with(vec![vec![AUTH_407_KEEP]], None, None);
+        let e = r.err().unwrap();
+        assert_eq!(e.kind(), Kind::Auth);
+        let text = e.to_string();
+        assert!(
+            text.contains("offers Basic") && text.contains("407 Proxy Authentication Required"),
+            "{text}"
+        );
+
+        let (r, _, asks) = negotiate_with(
+            vec![vec![b"HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM\r\nProxy-Authenticate: Negotiate\r\n\r\n"]],
+            None,
+            Some("u:p"),
+        );
+        let text = r.err().unwrap().to_string();
+        assert!(text.contains("offers NTLM, Negotiate"), "{text}");
+        assert_eq!(asks, 0);
+    }
+
+    #[test]
+    fn refusals_quote_the_status_line() {
+        for (reply, kind) in [
+            (&b"HTTP/1.1 403 Forbidden\r\n\r\n"[..], Kind::Refused),
+            (b"HTTP/1.0 503 Service Unavailable\r\n\r\n", Kind::Refused),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", Kind::Refused),
+            (b"HTTP/1.1 200 OK\r\nVia", Kind::Protocol),
+            (b"", Kind::Protocol),
+            (b"garbage\r\n", Kind::Protocol),
+        ] {
+            let (r, _, _) = negotiate_with(vec![vec![reply]], None, None);
+            let e = r.err().unwrap();
+            assert_eq!(e.kind(), kind, "{e}");
+            let text = e.to_string();
+            assert!(text.contains("proxy:3128"), "{text}");
+            if kind == Kind::Refused {
+                let line = printable(reply);
+                let line = line.lines().next().unwrap();
+                assert!(
+                    text.contains(line) && text.contains("example.com:22"),
+                    "{text}"
+                );
+            }
+        }
+    }
+}

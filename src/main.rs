@@ -1,0 +1,44 @@
+//! Entry point: parse arguments, run, print at most one error line, exit with its status.
+//! `main` returns `ExitCode` so that drop guards (the stdio flags) run on every path.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use gimlet::cli::Cli;
+use gimlet::config::Config;
+use gimlet::error::{Error, Kind};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            // Asked for: help and version go to stdout, as everywhere.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            let why = first.trim_start_matches("error: ");
+            gimlet::report(&Error::msg(
+                Kind::Usage,
+                format_args!("parsing arguments: {why} (see gimlet --help)"),
+            ));
+            return ExitCode::from(Kind::Usage.code());
+        }
+    };
+    gimlet::init_diagnostics(cli.verbose, cli.quiet);
+    let result = Config::from_cli(cli, |name| std::env::var_os(name))
+        .and_then(|config| gimlet::run(&config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            gimlet::report(&e);
+            ExitCode::from(e.kind().code())
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Everything platform-specific or `unsafe` lives below this module, behind safe functions.
+//! The rest of the crate is `#![deny(unsafe_code)]`.
+
+pub mod stdio;
+pub mod tty;

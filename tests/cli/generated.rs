@@ -1,0 +1,1 @@
+//! Generated files (man page, completions) match the clap definition.
