@@ -26,7 +26,8 @@ Exit status: 0 closed cleanly, 2 usage, 3 proxy unreachable, 4 CONNECT refused,
 /// input to the tunnel and the tunnel to standard output until both directions are closed.
 /// Standard output carries tunnel bytes only; every diagnostic goes to standard error. It is
 /// meant to be an ssh ProxyCommand.
-#[derive(Debug, Parser)]
+// No `Debug`: the raw arguments may hold a password.
+#[derive(Parser)]
 #[command(
     name = "gimlet",
     version,

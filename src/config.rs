@@ -118,7 +118,8 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         Some(p) => p,
         None => cli.proxy.into_iter().next().unwrap_or_default(),
     };
-    let proxy = parse_proxy(&proxy_arg).with_context(|| format!("parsing proxy {proxy_arg:?}"))?;
+    let proxy = parse_proxy(&proxy_arg)
+        .with_context(|| format!("parsing proxy {:?}", without_password(&proxy_arg)))?;
     let target_host = args.next().unwrap_or_default();
     let target_port = args.next().unwrap_or_default();
     let target = Endpoint {
@@ -195,6 +196,27 @@ fn bracket_if_v6(host: &str) -> String {
         format!("[{host}]")
     } else {
         host.to_owned()
+    }
+}
+
+/// The proxy argument as messages may show it: a password in the userinfo is replaced.
+fn without_password(s: &str) -> String {
+    let start = s.find("://").map_or(0, |i| i + 3);
+    let end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
+    match s[start..end].rfind('@') {
+        Some(at) => {
+            let userinfo = &s[start..start + at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') {
+                ":<redacted>"
+            } else {
+                ""
+            };
+            format!("{}{user}{hidden}{}", &s[..start], &s[start + at..])
+        }
+        None => s.to_owned(),
     }
 }
 
@@ -476,6 +498,22 @@ mod tests {
         }
         assert!(config(&["p:1", "[::1]", "22"]).is_ok());
         assert!(config(&["p:1", "my_host.example-1.com", "22"]).is_ok());
+    }
+
+    #[test]
+    fn passwords_in_bad_proxy_urls_are_not_echoed() {
+        for arg in [
+            "http://al:Zq9w@h:port",
+            "al:Zq9w@h:1",
+            "http://al:Zq9w@[::1/x",
+            "http://al:Zq%zz@h:1",
+        ] {
+            let err = format!("{:#}", config(&[arg, "h", "1"]).unwrap_err());
+            assert!(!err.contains("Zq"), "{err}");
+            assert!(err.contains("al:<redacted>@"), "{err}");
+        }
+        assert_eq!(without_password("http://bob@h:1/"), "http://bob@h:1/");
+        assert_eq!(without_password("h:1"), "h:1");
     }
 
     #[test]

@@ -643,7 +643,10 @@ mod tests {
 
     /// Runs one table row fed whole, byte by byte, and split in two at every offset: all must
     /// agree with `expect`.
-    fn check(input: &[u8], expect: &Result<Option<(u16, &str, &[u8])>, ReplyError>) {
+    /// What feeding a reply should give: (code, status line, leftover), `None` for "need more".
+    type Expect<'a> = Result<Option<(u16, &'a str, &'a [u8])>, ReplyError>;
+
+    fn check(input: &[u8], expect: &Expect) {
         let expect = expect
             .as_ref()
             .map(|o| o.map(|(c, s, l)| (c, s.to_owned(), l.to_vec())))

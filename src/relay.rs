@@ -303,7 +303,9 @@ pub fn relay<T: Tunnel>(
     let mut up = Pipe::new(BUF_SIZE, &[]);
     let mut down = Pipe::new(BUF_SIZE, leftover);
     let (mut up_ready, mut down_ready) = (Ready::both(), Ready::both());
-    let mut up_dead = false;
+    // Set when the far side refused more bytes: reading goes on, so everything it sent is
+    // still delivered, and then the run fails, because stdin bytes were not.
+    let mut up_failed: Option<io::Error> = None;
     let mut write_shut = false;
     let mut events = Events::with_capacity(8);
     let mut last_moved = Instant::now();
@@ -333,24 +335,27 @@ pub fn relay<T: Tunnel>(
         if down.finished() {
             // The far side is done. Hand over what stdin already gave us if the socket takes it
             // now; the far side stopped sending, so nothing more is owed.
-            if !up_dead {
-                let _ = up.flush(tunnel, &mut up_ready);
-            }
-            return Ok(stats(&up, &down));
+            return match up_failed {
+                Some(e) => Err(RelayError::WriteTunnel(e)),
+                None => {
+                    let _ = up.flush(tunnel, &mut up_ready);
+                    Ok(stats(&up, &down))
+                }
+            };
         }
-        if !up_dead {
+        if up_failed.is_none() {
             match up.pump(&mut stdin, tunnel, &mut up_ready) {
                 Ok(m) => moved |= m,
                 Err(PumpError {
                     side: Side::Src,
                     error,
                 }) => return Err(RelayError::ReadInput(error)),
-                // The far side reset or closed: stop sending but keep reading, so whatever it
-                // sent before is still delivered; the read side reports how it ended.
+                // The far side reset or closed: stop sending but keep reading. Linux reports a
+                // reset once, so the read side may see only EOF; the error is kept for the end.
                 Err(PumpError {
                     side: Side::Dst,
                     error,
-                }) if peer_gone(&error) => up_dead = true,
+                }) if peer_gone(&error) => up_failed = Some(error),
                 Err(PumpError {
                     side: Side::Dst,
                     error,
