@@ -1,0 +1,365 @@
+//! The relay once the tunnel is up: integrity of large transfers in both
+//! directions at once, bytes that arrive with the reply, half-closes,
+//! idle timeout and resets.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const BIG: usize = 64 * 1024 * 1024;
+const UP_SEED: u64 = 0x0123_4567_89ab_cdef;
+const DOWN_SEED: u64 = 0xfedc_ba98_7654_3210;
+
+#[test]
+fn sixty_four_mebibytes_each_way_at_once_arrive_intact() {
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        let mut downstream = s.stream.try_clone().expect("clone");
+        let writer = thread::spawn(move || {
+            write_stream(&mut downstream, DOWN_SEED, BIG).expect("proxy → gimlet write failed");
+        });
+        // Reading to EOF also checks gimlet passed on the end of stdin.
+        verify_stream(&mut s.stream, UP_SEED, BIG, "stdin → proxy");
+        writer.join().expect("downstream writer panicked");
+        // Only now end the session: EOF from the proxy ends gimlet.
+        s.shutdown_write();
+    });
+    let mut running = spawn(
+        gimlet_std()
+            .args([&proxy.addr(), "example.test", "22"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut stdin = running.stdin.take().unwrap();
+    let feeder = thread::spawn(move || {
+        write_stream(&mut stdin, UP_SEED, BIG).expect("writing gimlet's stdin failed");
+        // Dropping stdin gives gimlet EOF.
+    });
+    let mut stdout = running.stdout.take().unwrap();
+    verify_stream(&mut stdout, DOWN_SEED, BIG, "proxy → stdout");
+    feeder.join().expect("feeder panicked");
+    let finished = running.wait(Duration::from_secs(120));
+    finished.assert_code(0);
+    assert_eq!(finished.stderr, "");
+    proxy.finish();
+}
+
+#[test]
+fn data_in_the_same_segment_as_the_reply_comes_out_first() {
+    let proxy = FakeProxy::start(|s| {
+        // One write: reply head and the first tunnel bytes together.
+        s.send("HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-Fake_1.0\r\n");
+        let upstream = s.read_to_eof();
+        assert_eq!(upstream, b"SSH-2.0-Client\r\n");
+        s.send("rest of the session");
+        s.shutdown_write();
+    });
+    gimlet()
+        .args([&proxy.addr(), "example.test", "22"])
+        .write_stdin("SSH-2.0-Client\r\n")
+        .assert()
+        .success()
+        .stdout("SSH-2.0-Fake_1.0\r\nrest of the session")
+        .stderr("");
+    proxy.finish();
+}
+
+#[test]
+fn large_data_burst_right_after_the_reply_is_delivered_in_order() {
+    // 256 KiB written in the same call as the reply head: most of it lands in
+    // gimlet's first reads together with the head.
+    const LEN: usize = 256 * 1024;
+    let proxy = FakeProxy::start(|s| {
+        let mut burst = OK.as_bytes().to_vec();
+        burst.extend_from_slice(&Prng::bytes(42, LEN));
+        s.send(&burst);
+        s.shutdown_write();
+        s.wait_for_close();
+    });
+    let assert = gimlet()
+        .args([&proxy.addr(), "example.test", "22"])
+        .assert()
+        .success()
+        .stderr("");
+    let out = &assert.get_output().stdout;
+    assert_eq!(out.len(), LEN, "wrong number of bytes delivered");
+    assert!(*out == Prng::bytes(42, LEN), "burst corrupted or reordered");
+    proxy.finish();
+}
+
+#[test]
+fn stdin_eof_half_closes_and_the_reply_still_arrives() {
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        // The proxy must see EOF (gimlet shut down its write half)...
+        let upstream = s.read_to_eof();
+        assert_eq!(upstream, b"request then EOF");
+        // ...and can still answer afterwards.
+        s.send("answer after EOF");
+        s.shutdown_write();
+    });
+    gimlet()
+        .args([&proxy.addr(), "example.test", "22"])
+        .write_stdin("request then EOF")
+        .assert()
+        .success()
+        .stdout("answer after EOF")
+        .stderr("");
+    proxy.finish();
+}
+
+#[test]
+fn empty_stdin_half_closes_at_once_and_the_reply_still_arrives() {
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        assert_eq!(s.read_to_eof(), b"");
+        for chunk in ["one ", "two ", "three"] {
+            s.send(chunk);
+        }
+        s.shutdown_write();
+    });
+    gimlet()
+        .args([&proxy.addr(), "example.test", "22"])
+        .assert()
+        .success()
+        .stdout("one two three")
+        .stderr("");
+    proxy.finish();
+}
+
+#[test]
+fn proxy_closing_ends_gimlet_while_stdin_is_still_open() {
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        s.send("goodbye");
+        s.shutdown_write();
+        s.wait_for_close();
+    });
+    let mut running = spawn(
+        gimlet_std()
+            .args([&proxy.addr(), "example.test", "22"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut stdout = running.stdout.take().unwrap();
+    // Keep running.stdin: gimlet must exit on the socket's EOF alone.
+    let finished = running.wait_keeping_stdin(HANG);
+    finished.assert_code(0);
+    assert_eq!(finished.stderr, "");
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "goodbye");
+    proxy.finish();
+}
+
+#[test]
+fn proxy_closing_after_stdin_data_still_delivers_everything() {
+    // Stdin stays open; the far side answers what it got and closes.
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        let mut got = [0u8; 5];
+        s.stream.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        s.send(Prng::bytes(9, 300_000));
+        s.shutdown_write();
+        s.wait_for_close();
+    });
+    let mut running = spawn(
+        gimlet_std()
+            .args([&proxy.addr(), "example.test", "22"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    running.stdin.as_mut().unwrap().write_all(b"hello").unwrap();
+    let mut stdout = running.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).unwrap();
+        out
+    });
+    let finished = running.wait_keeping_stdin(HANG);
+    finished.assert_code(0);
+    let out = reader.join().unwrap();
+    assert!(out == Prng::bytes(9, 300_000), "downstream data lost");
+    proxy.finish();
+}
+
+#[test]
+fn idle_tunnel_times_out_with_io_error_code() {
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        s.wait_for_close();
+    });
+    let started = Instant::now();
+    let running = spawn(
+        gimlet_std()
+            .args(["--idle-timeout", "1", &proxy.addr(), "example.test", "22"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    let finished = running.wait_keeping_stdin(HANG);
+    let elapsed = started.elapsed();
+    finished.assert_code(7);
+    assert_error_line(&finished.stderr, Some(&proxy.addr()));
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "timed out after only {elapsed:?}"
+    );
+    proxy.finish();
+}
+
+#[test]
+fn traffic_keeps_an_idle_timeout_from_firing() {
+    // Data every 250 ms for ~2.5 s with --idle-timeout 1: never idle for a
+    // whole second, so the tunnel must end normally.
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        for i in 0..10 {
+            thread::sleep(Duration::from_millis(250));
+            s.send(format!("tick{i};"));
+        }
+        s.shutdown_write();
+        s.wait_for_close();
+    });
+    let mut running = spawn(
+        gimlet_std()
+            .args(["--idle-timeout", "1", &proxy.addr(), "example.test", "22"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut stdout = running.stdout.take().unwrap();
+    let finished = running.wait_keeping_stdin(HANG);
+    finished.assert_code(0);
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(
+        out,
+        (0..10).map(|i| format!("tick{i};")).collect::<String>()
+    );
+    proxy.finish();
+}
+
+#[test]
+fn connection_reset_mid_tunnel_exits_with_io_error_code() {
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        // Wait until data flows through the tunnel, then abort.
+        let mut got = [0u8; 4];
+        s.stream.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        s.reset_on_close();
+    });
+    let mut running = spawn(
+        gimlet_std()
+            .args([&proxy.addr(), "example.test", "22"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    running.stdin.as_mut().unwrap().write_all(b"ping").unwrap();
+    let finished = running.wait_keeping_stdin(HANG);
+    finished.assert_code(7);
+    assert_error_line(&finished.stderr, Some(&proxy.addr()));
+    proxy.finish();
+}
+
+#[test]
+fn connection_reset_while_sending_exits_with_io_error_code() {
+    // The far side resets while gimlet is still pushing stdin upstream.
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        let mut got = vec![0u8; 64 * 1024];
+        s.stream.read_exact(&mut got).unwrap();
+        s.reset_on_close();
+    });
+    let mut running = spawn(
+        gimlet_std()
+            .args([&proxy.addr(), "example.test", "22"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    let mut stdin = running.stdin.take().unwrap();
+    let feeder = thread::spawn(move || {
+        // Keeps writing until gimlet goes away (then the pipe breaks).
+        let chunk = vec![b'x'; 64 * 1024];
+        while stdin.write_all(&chunk).is_ok() {}
+    });
+    let finished = running.wait(HANG);
+    feeder.join().unwrap();
+    finished.assert_code(7);
+    assert_error_line(&finished.stderr, Some(&proxy.addr()));
+    proxy.finish();
+}
+
+/// The keepalive timer of gimlet's connection to `proxy_port`, read from
+/// /proc/net/tcp: `Some(seconds until the next probe)` when a keepalive
+/// timer is armed, `None` when no timer is. Skips (returns `Err`) when the
+/// table is not available.
+fn keepalive_timer(proxy_port: &str) -> Result<Option<f64>, String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").map_err(|e| e.to_string())?;
+    let port: u16 = proxy_port.parse().unwrap();
+    let suffix = format!(":{port:04X}");
+    let line = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[2].ends_with(&suffix) && f[3] == "01")
+        .ok_or("gimlet's connection is not in /proc/net/tcp")?;
+    let (kind, when) = line[5].split_once(':').unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    match kind {
+        "00" => Ok(None),
+        "02" => Ok(Some(u64::from_str_radix(when, 16).unwrap() as f64 / ticks)),
+        other => Err(format!("unexpected timer kind {other}")),
+    }
+}
+
+/// Runs a tunnel with `options` and returns gimlet's keepalive timer while
+/// the tunnel is up.
+fn keepalive_while_up(options: &[&str]) -> Result<Option<f64>, String> {
+    let proxy = FakeProxy::start(|s| {
+        s.send("HTTP/1.1 200 OK\r\n\r\nx");
+        assert_eq!(s.read_to_eof(), b"");
+        s.shutdown_write();
+    });
+    let mut running = spawn(
+        gimlet_std()
+            .args(options)
+            .args([&proxy.addr(), "example.test", "22"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut stdout = running.stdout.take().unwrap();
+    let mut x = [0u8; 1];
+    stdout.read_exact(&mut x).unwrap();
+    let timer = keepalive_timer(&proxy.port());
+    let finished = running.wait(HANG);
+    finished.assert_code(0);
+    proxy.finish();
+    timer
+}
+
+#[test]
+fn keepalive_option_sets_the_probe_interval() {
+    match keepalive_while_up(&["--keepalive", "7"]) {
+        Err(why) => eprintln!("skipping: {why}"),
+        Ok(timer) => {
+            let left = timer.expect("no keepalive timer armed with --keepalive 7");
+            assert!(
+                left > 3.0 && left <= 7.0,
+                "keepalive timer fires in {left}s, expected about 7s"
+            );
+        }
+    }
+}
+
+#[test]
+fn keepalive_zero_disables_keepalive() {
+    match keepalive_while_up(&["--keepalive", "0"]) {
+        Err(why) => eprintln!("skipping: {why}"),
+        Ok(timer) => assert_eq!(timer, None, "keepalive still armed with --keepalive 0"),
+    }
+}
