@@ -23,7 +23,7 @@ _gimlet() {
 
     case "${cmd}" in
         gimlet)
-            opts="-p -U -H -A -4 -6 -v -q -h -V --proxy --proxy-user --proxy-auth-file --header --user-agent --connect-timeout --idle-timeout --keepalive --verbose --quiet --help --version"
+            opts="-p -U -H -A -4 -6 -v -q -h -V --proxy --proxy-user --proxy-auth-file --proxy-auth --netrc --netrc-file --header --user-agent --connect-timeout --idle-timeout --keepalive --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --tls --cacert --insecure --servername --pinnedpubkey --fdpass --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -46,6 +46,14 @@ _gimlet() {
                     return 0
                     ;;
                 --proxy-auth-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-auth)
+                    COMPREPLY=($(compgen -W "any basic digest ntlm" -- "${cur}"))
+                    return 0
+                    ;;
+                --netrc-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -74,6 +82,38 @@ _gimlet() {
                     return 0
                     ;;
                 --keepalive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-pinnedpubkey)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-servername)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --servername)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pinnedpubkey)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -10,7 +10,7 @@ const USAGE: &str = "gimlet [OPTIONS] PROXY HOST PORT
        gimlet [OPTIONS] --proxy URL HOST PORT";
 
 const AFTER_HELP: &str = "\
-PROXY is host:port, [v6addr]:port or http://[user[:password]@]host[:port].
+PROXY is host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port].
 The five-argument form is corkscrew's: swap the binary in an existing ProxyCommand.
 
 Examples:
@@ -18,7 +18,7 @@ Examples:
   git -c core.sshCommand=\"ssh -o ProxyCommand='gimlet proxy.corp:3128 %h %p'\" clone git@github.com:o/r
 
 Exit status: 0 closed cleanly, 2 usage, 3 proxy unreachable, 4 CONNECT refused,
-5 authentication failed, 6 malformed reply, 7 tunnel failed after it was up.";
+5 authentication failed, 6 malformed reply, 7 tunnel failed after it was up, 8 TLS failed.";
 
 /// Bore a stdio tunnel through an HTTP proxy with CONNECT.
 ///
@@ -40,13 +40,14 @@ pub struct Cli {
     #[arg(value_name = "ARGS", num_args = 0..=5, allow_hyphen_values = false)]
     pub args: Vec<String>,
 
-    /// Proxy to go through: host:port, [v6addr]:port or http://[user[:password]@]host[:port]
-    /// (userinfo percent-decoded; port 80 when a URL omits it).
+    /// Proxy to go through: host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port]
+    /// (userinfo percent-decoded; port 80 or 443 when a URL omits it). https:// speaks TLS to
+    /// the proxy.
     #[arg(short = 'p', long = "proxy", value_name = "URL")]
     pub proxy: Vec<String>,
 
-    /// Proxy credentials. Without :PASSWORD, the password is asked on the terminal. Prefer
-    /// --proxy-auth-file or GIMLET_PROXY_AUTH: other users can read command lines.
+    /// Proxy credentials; DOMAIN\\USER for NTLM. Without :PASSWORD, the password is asked for.
+    /// Prefer --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc: other users can read command lines.
     #[arg(short = 'U', long = "proxy-user", value_name = "USER[:PASSWORD]")]
     pub proxy_user: Option<String>,
 
@@ -54,6 +55,21 @@ pub struct Cli {
     /// password may contain ':'). The file must not be accessible by group or others.
     #[arg(long = "proxy-auth-file", value_name = "FILE")]
     pub proxy_auth_file: Option<PathBuf>,
+
+    /// Authentication scheme: any picks the strongest the proxy offers (Digest, then NTLM, then
+    /// Basic) after its first 407; basic also sends credentials with the first request.
+    #[arg(long = "proxy-auth", value_name = "SCHEME", default_value = "any",
+          value_parser = ["any", "basic", "digest", "ntlm"], ignore_case = true)]
+    pub proxy_auth: String,
+
+    /// Take credentials from ~/.netrc (the entry for the proxy host, else default) when none
+    /// of -U, --proxy-auth-file or GIMLET_PROXY_AUTH is given.
+    #[arg(long)]
+    pub netrc: bool,
+
+    /// Like --netrc, with this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "netrc")]
+    pub netrc_file: Option<PathBuf>,
 
     /// Extra header for the CONNECT request, as 'Name: value' (repeatable). A Host or
     /// User-Agent given here replaces gimlet's own.
@@ -77,6 +93,58 @@ pub struct Cli {
     /// do not drop an idle tunnel; 0 disables.
     #[arg(long, value_name = "SECS", default_value = "60")]
     pub keepalive: String,
+
+    /// Verify an https:// proxy against the CA certificates in FILE (PEM) instead of the
+    /// system's.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_cacert: Option<PathBuf>,
+
+    /// Do not verify an https:// proxy's certificate (a warning is printed).
+    #[arg(long)]
+    pub proxy_insecure: bool,
+
+    /// Accept the https:// proxy only if its public key hashes to one of
+    /// sha256//BASE64[;sha256//BASE64...], as curl's --pinnedpubkey.
+    #[arg(long, value_name = "HASHES")]
+    pub proxy_pinnedpubkey: Option<String>,
+
+    /// Present (SNI) and verify NAME instead of the https:// proxy's host.
+    #[arg(long, value_name = "NAME")]
+    pub proxy_servername: Option<String>,
+
+    /// Client certificate (PEM) for the https:// proxy; the key may be in the same file.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --proxy-cert.
+    #[arg(long, value_name = "FILE", requires = "proxy_cert")]
+    pub proxy_key: Option<PathBuf>,
+
+    /// Speak TLS to HOST through the tunnel, verified like a browser would (inside the
+    /// proxy's own TLS for an https:// proxy).
+    #[arg(long)]
+    pub tls: bool,
+
+    /// With --tls, verify HOST against the CA certificates in FILE (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub cacert: Option<PathBuf>,
+
+    /// With --tls, do not verify HOST's certificate (a warning is printed).
+    #[arg(long, requires = "tls")]
+    pub insecure: bool,
+
+    /// With --tls, present and verify NAME instead of HOST.
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub servername: Option<String>,
+
+    /// With --tls, accept HOST only if its public key hashes to one of these.
+    #[arg(long, value_name = "HASHES", requires = "tls")]
+    pub pinnedpubkey: Option<String>,
+
+    /// After the handshake, hand the connected socket to ssh over standard output and exit,
+    /// so no relay process stays in the path (ssh's ProxyUseFdpass yes). Plain proxies only.
+    #[arg(long)]
+    pub fdpass: bool,
 
     /// Reach the proxy over IPv4 only.
     #[arg(short = '4', conflicts_with = "ipv6")]

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
+use crate::auth::{self, Scheme};
 use crate::cli::Cli;
-use crate::credentials::{self, Credentials, Spec};
+use crate::credentials::{self, Askers, Credentials, Spec};
 use crate::error::{Error, Kind, ResultExt};
+use crate::tls;
 
 /// A host as it appears in an authority: a DNS name or an IP literal.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub struct Proxy {
     pub endpoint: Endpoint,
     /// Credentials given in the proxy URL's userinfo.
     pub credentials: Spec,
+    /// `https://`: TLS to the proxy.
+    pub tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +71,10 @@ pub struct Config {
     pub proxies: Vec<Proxy>,
     pub target: Endpoint,
     pub credentials: Spec,
+    /// The scheme `--proxy-auth` forces; `None` for any.
+    pub auth_scheme: Option<Scheme>,
+    /// Programs that can be asked for credentials.
+    pub askers: Askers,
     /// Extra request headers in order, `Host` and `User-Agent` overrides included.
     pub headers: Vec<(String, String)>,
     pub user_agent: Option<String>,
@@ -76,10 +84,39 @@ pub struct Config {
     pub family: Family,
     pub verbosity: u8,
     pub quiet: bool,
+    /// Verification of an `https://` proxy.
+    pub proxy_tls: tls::Options,
+    /// `--tls`: TLS to the destination, and how to verify it.
+    pub target_tls: Option<tls::Options>,
+    /// Zero-copy relaying with splice(2); `GIMLET_NO_SPLICE=1` turns it off.
+    pub splice: bool,
+    /// `--fdpass`: hand the socket to ssh instead of relaying.
+    pub fdpass: bool,
 }
 
 /// The environment variable holding `user:password`.
 pub const AUTH_ENV: &str = "GIMLET_PROXY_AUTH";
+/// The environment variable that turns splice(2) off, for troubleshooting and for testing
+/// the copying path.
+pub const NO_SPLICE_ENV: &str = "GIMLET_NO_SPLICE";
+/// The environment variable naming a program to ask for credentials.
+pub const ASKPASS_ENV: &str = "GIMLET_ASKPASS";
+
+/// The netrc file to read: `--netrc-file`, or `$HOME/.netrc` with `--netrc`.
+fn netrc_path(
+    default: bool,
+    file: Option<std::path::PathBuf>,
+    env: &impl Fn(&str) -> Option<OsString>,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    match (file, default) {
+        (Some(file), _) => Ok(Some(file)),
+        (None, true) => {
+            let home = env("HOME").ok_or_else(|| anyhow!("--netrc needs HOME to find .netrc"))?;
+            Ok(Some(std::path::PathBuf::from(home).join(".netrc")))
+        }
+        (None, false) => Ok(None),
+    }
+}
 
 impl Config {
     /// Builds the config. `env` looks up environment variables (injected for tests).
@@ -143,9 +180,33 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
             .into_string()
             .map_err(|_| anyhow!("{AUTH_ENV} is not valid UTF-8"))?;
         Spec::Known(Credentials::parse_pair(&pair).with_context(|| format!("parsing {AUTH_ENV}"))?)
+    } else if let Some(path) = netrc_path(cli.netrc, cli.netrc_file, &env)? {
+        let machine = match &proxy.endpoint.host {
+            Host::Name(name) => name.clone(),
+            Host::Ip(ip) => ip.to_string(),
+        };
+        match credentials::read_netrc(&path, &machine) {
+            Ok(found) => found.unwrap_or_default(),
+            // ~/.netrc is optional, as with curl --netrc; a named file is not.
+            Err(e) if cli.netrc && !path.exists() => {
+                drop(e);
+                Spec::None
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         Spec::None
     };
+    let program = |name: &str| {
+        env(name)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    let askers = Askers {
+        askpass: program(ASKPASS_ENV),
+        ssh_askpass: program("SSH_ASKPASS"),
+    };
+    let auth_scheme = auth::parse_scheme_choice(&cli.proxy_auth).context("parsing --proxy-auth")?;
 
     let headers = cli
         .headers
@@ -171,10 +232,61 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
     let keepalive = parse_secs(&cli.keepalive, true).context("parsing --keepalive")?;
     let keepalive = (!keepalive.is_zero()).then_some(keepalive);
 
+    let proxy_pins = cli
+        .proxy_pinnedpubkey
+        .as_deref()
+        .map(tls::parse_pins)
+        .transpose()
+        .context("parsing --proxy-pinnedpubkey")?
+        .unwrap_or_default();
+    let proxy_tls = tls::Options {
+        cacert: cli.proxy_cacert,
+        insecure: cli.proxy_insecure,
+        pins: proxy_pins,
+        servername: cli.proxy_servername,
+        cert: cli.proxy_cert,
+        key: cli.proxy_key,
+    };
+    if !proxy.tls && proxy_tls_given(&proxy_tls) {
+        bail!(
+            "the --proxy-cacert/-insecure/-pinnedpubkey/-servername/-cert options need an https:// proxy"
+        );
+    }
+    let target_tls = if cli.tls {
+        Some(tls::Options {
+            cacert: cli.cacert,
+            insecure: cli.insecure,
+            pins: cli
+                .pinnedpubkey
+                .as_deref()
+                .map(tls::parse_pins)
+                .transpose()
+                .context("parsing --pinnedpubkey")?
+                .unwrap_or_default(),
+            servername: cli.servername,
+            cert: None,
+            key: None,
+        })
+    } else {
+        None
+    };
+
+    if cli.fdpass && (proxy.tls || target_tls.is_some()) {
+        bail!(
+            "--fdpass hands ssh a raw socket, which cannot carry a TLS session: drop --fdpass, or use a plain proxy without --tls"
+        );
+    }
+
     Ok(Config {
+        fdpass: cli.fdpass,
+        splice: env(NO_SPLICE_ENV).is_none_or(|v| v.is_empty() || v == "0"),
+        proxy_tls,
+        target_tls,
         proxies: vec![proxy],
         target,
         credentials,
+        auth_scheme,
+        askers,
         headers,
         user_agent,
         connect_timeout,
@@ -188,6 +300,14 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         verbosity: cli.verbose,
         quiet: cli.quiet,
     })
+}
+
+fn proxy_tls_given(o: &tls::Options) -> bool {
+    o.cacert.is_some()
+        || o.insecure
+        || !o.pins.is_empty()
+        || o.servername.is_some()
+        || o.cert.is_some()
 }
 
 /// corkscrew's PROXYHOST may be a bare IPv6 literal; the joined form needs brackets.
@@ -226,11 +346,12 @@ pub fn parse_proxy(s: &str) -> anyhow::Result<Proxy> {
         Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
         None => (None, s),
     };
-    match scheme.as_deref() {
-        None | Some("http") => {}
-        Some("https") => bail!("https:// proxies are not supported yet"),
-        Some(other) => bail!("unsupported proxy scheme {other:?} (expected http://)"),
-    }
+    let (tls, default_port) = match scheme.as_deref() {
+        None => (false, None),
+        Some("http") => (false, Some(80)),
+        Some("https") => (true, Some(443)),
+        Some(other) => bail!("unsupported proxy scheme {other:?} (expected http:// or https://)"),
+    };
     let (authority, path) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -243,10 +364,7 @@ pub fn parse_proxy(s: &str) -> anyhow::Result<Proxy> {
         Some(_) => bail!("credentials need the URL form http://user:password@host:port"),
         None => (None, authority),
     };
-    let endpoint = match scheme {
-        Some(_) => parse_endpoint(hostport, Some(80))?,
-        None => parse_endpoint(hostport, None)?,
-    };
+    let endpoint = parse_endpoint(hostport, default_port)?;
     let credentials = match userinfo {
         None => Spec::None,
         Some(info) => {
@@ -268,6 +386,7 @@ pub fn parse_proxy(s: &str) -> anyhow::Result<Proxy> {
     Ok(Proxy {
         endpoint,
         credentials,
+        tls,
     })
 }
 
@@ -562,6 +681,23 @@ mod tests {
             config(&["-A", "", "p:1", "h", "1"]).unwrap().user_agent,
             None
         );
+    }
+
+    #[test]
+    fn tls_options_need_their_tls_leg() {
+        assert!(config(&["--proxy-insecure", "p:1", "h", "1"]).is_err());
+        assert!(
+            config(&["--proxy-insecure", "https://p", "h", "1"])
+                .unwrap()
+                .proxy_tls
+                .insecure
+        );
+        assert!(config(&["--insecure", "p:1", "h", "1"]).is_err());
+        let c = config(&["--tls", "--servername", "n", "p:1", "h", "1"]).unwrap();
+        assert_eq!(c.target_tls.unwrap().servername.as_deref(), Some("n"));
+        let pin = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        assert!(config(&["--proxy-pinnedpubkey", pin, "https://p", "h", "1"]).is_ok());
+        assert!(config(&["--proxy-pinnedpubkey", "sha1//AA==", "https://p", "h", "1"]).is_err());
     }
 
     #[test]

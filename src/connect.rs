@@ -1,4 +1,5 @@
-//! Resolving and connecting to the proxy, within the `--connect-timeout` deadline.
+//! Resolving and connecting to the proxy, within the `--connect-timeout` deadline, and the
+//! TLS handshake to an `https://` proxy.
 //!
 //! Name resolution runs on a helper thread so that a hung resolver cannot outlast the
 //! deadline. Sockets get TCP_NODELAY (interactive ssh) and keepalive (proxies and NAT boxes
@@ -6,28 +7,64 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
 
 use crate::config::{Endpoint, Family, Host};
 use crate::diag::info;
-use crate::error::{Error, Kind};
+use crate::error::{Error, Kind, ResultExt};
 use crate::handshake::Conn;
+use crate::tls;
 
 /// How to reach the proxy.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Dialer {
     pub family: Family,
     pub timeout: Duration,
     pub keepalive: Option<Duration>,
+    /// TLS to the proxy: its configuration and the name to present and verify.
+    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// Read the reply head exactly (MSG_PEEK), leaving tunnel bytes in the socket (`--fdpass`).
+    pub exact: bool,
 }
 
 impl Dialer {
-    /// Resolves `endpoint` and connects to the first address that answers, all within the
-    /// timeout. The returned stream enforces what is left of it on every read and write.
-    pub fn connect(&self, endpoint: &Endpoint) -> Result<Deadline, Error> {
+    /// Connects (and with TLS, shakes hands) within the timeout; the stream enforces what is
+    /// left of it on every read and write.
+    pub fn connect(&self, endpoint: &Endpoint) -> Result<Stream, Error> {
+        let mut tcp = self.connect_tcp(endpoint)?;
+        let Some((config, name)) = &self.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let mut conn = ClientConnection::new(config.clone(), name.clone())
+            .kind_ctx(Kind::Tls, || format!("starting TLS with proxy {endpoint}"))?;
+        if let Err(e) = tls::handshake(&mut conn, &mut tcp) {
+            let kind = match e.kind() {
+                io::ErrorKind::TimedOut => Kind::Unreachable,
+                _ => Kind::Tls,
+            };
+            let why = tls::explain(&e, &name.to_str());
+            return Err(Error::msg(
+                kind,
+                format_args!("TLS handshake with proxy {endpoint}: {why}"),
+            ));
+        }
+        info!(
+            "TLS with proxy {endpoint}: {:?}, {:?}",
+            conn.protocol_version()
+                .map_or_else(String::new, |v| format!("{v:?}")),
+            conn.negotiated_cipher_suite()
+                .map_or_else(String::new, |c| format!("{:?}", c.suite()))
+        );
+        Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp))))
+    }
+
+    /// Resolves `endpoint` and connects to the first address that answers.
+    fn connect_tcp(&self, endpoint: &Endpoint) -> Result<Deadline, Error> {
         let deadline = Instant::now() + self.timeout;
         let context = || format!("connecting to proxy {endpoint}");
         let addrs = self
@@ -42,6 +79,7 @@ impl Dialer {
                         stream,
                         deadline,
                         timeout: self.timeout,
+                        exact: self.exact,
                     });
                 }
                 Err(e) => {
@@ -157,6 +195,7 @@ pub struct Deadline {
     stream: TcpStream,
     deadline: Instant,
     timeout: Duration,
+    exact: bool,
 }
 
 impl Deadline {
@@ -207,5 +246,74 @@ impl Write for Deadline {
 impl Conn for Deadline {
     fn restart_clock(&mut self) {
         self.deadline = Instant::now() + self.timeout;
+    }
+
+    fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        if !self.exact {
+            return None;
+        }
+        let r = self.arm(false).and_then(|()| self.stream.peek(buf));
+        Some(self.check(r))
+    }
+}
+
+/// The connection the handshake runs over: plain, or TLS to the proxy.
+pub enum Stream {
+    Plain(Deadline),
+    Tls(Box<StreamOwned<ClientConnection, Deadline>>),
+}
+
+impl Stream {
+    /// The socket and, for TLS, the session, for the non-blocking relay.
+    pub fn into_parts(self) -> io::Result<(TcpStream, Option<ClientConnection>)> {
+        match self {
+            Stream::Plain(d) => Ok((d.into_inner()?, None)),
+            Stream::Tls(s) => {
+                let StreamOwned { conn, sock } = *s;
+                Ok((sock.into_inner()?, Some(conn)))
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(d) => d.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(d) => d.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(d) => d.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Conn for Stream {
+    fn restart_clock(&mut self) {
+        match self {
+            Stream::Plain(d) => d.restart_clock(),
+            Stream::Tls(s) => s.sock.restart_clock(),
+        }
+    }
+
+    /// Only plain connections peek: a TLS session is never handed over.
+    fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        match self {
+            Stream::Plain(d) => d.peek(buf),
+            Stream::Tls(_) => None,
+        }
     }
 }

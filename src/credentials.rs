@@ -1,15 +1,17 @@
 //! Where proxy credentials come from, and how they are kept.
 //!
 //! Sources, first one present wins: the proxy URL's userinfo, `-U`, `--proxy-auth-file` (or
-//! corkscrew's AUTHFILE), `GIMLET_PROXY_AUTH`, then a prompt on `/dev/tty` when the proxy asks.
-//! Secrets are zeroed on drop and never shown by `Debug`. Nothing here touches fd 0 or 1: they
-//! belong to the tunnel.
+//! corkscrew's AUTHFILE), `GIMLET_PROXY_AUTH`, a netrc file (`--netrc`, `--netrc-file`), then,
+//! when the proxy asks, `GIMLET_ASKPASS`, a prompt on `/dev/tty`, or `SSH_ASKPASS` when there is
+//! no terminal (how git GUIs ask). Secrets are zeroed on drop and never shown by `Debug`.
+//! Nothing here touches fd 0 or 1: they belong to the tunnel.
 
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
@@ -116,22 +118,29 @@ impl Spec {
     }
 }
 
-/// Reads corkscrew's credential file: `user:password` on the first line. Refuses a file that
-/// group or others can access, the way ssh refuses such a private key.
-pub fn read_auth_file(path: &Path) -> anyhow::Result<Credentials> {
+/// Opens a file of secrets, refusing one that group or others can access, the way ssh refuses
+/// such a private key.
+fn open_private(path: &Path, what: &str) -> anyhow::Result<File> {
     let shown = path.display();
-    let file = File::open(path).with_context(|| format!("opening credential file {shown}"))?;
+    let file = File::open(path).with_context(|| format!("opening {what} {shown}"))?;
     let mode = file
         .metadata()
-        .with_context(|| format!("reading credential file {shown}"))?
+        .with_context(|| format!("reading {what} {shown}"))?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
         bail!(
-            "credential file {shown} is accessible by group or others (mode {:04o}): run chmod 600 {shown}",
+            "{what} {shown} is accessible by group or others (mode {:04o}): run chmod 600 {shown}",
             mode & 0o7777
         );
     }
+    Ok(file)
+}
+
+/// Reads corkscrew's credential file: `user:password` on the first line.
+pub fn read_auth_file(path: &Path) -> anyhow::Result<Credentials> {
+    let file = open_private(path, "credential file")?;
+    let shown = path.display();
     let mut line = Zeroizing::new(String::new());
     // A credential line is short; the cap keeps a wrong path (a log, a device) from eating memory.
     BufReader::new(file.take(64 * 1024))
@@ -141,21 +150,190 @@ pub fn read_auth_file(path: &Path) -> anyhow::Result<Credentials> {
     Credentials::parse_pair(pair).with_context(|| format!("reading credential file {shown}"))
 }
 
-/// Asks on the controlling terminal for whatever is missing. `None` when there is no terminal.
-pub fn prompt(proxy: &str, user: Option<&str>) -> anyhow::Result<Option<Credentials>> {
-    let Some(mut tty) = sys::tty::open()? else {
-        return Ok(None);
+/// Looks `machine` up in a netrc file (the `default` entry applies when none matches). A login
+/// without a password asks for it later. `Ok(None)` when nothing matches.
+pub fn read_netrc(path: &Path, machine: &str) -> anyhow::Result<Option<Spec>> {
+    let mut file = open_private(path, "netrc file")?;
+    let mut text = Zeroizing::new(String::new());
+    file.by_ref()
+        .take(1024 * 1024)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading netrc file {}", path.display()))?;
+    let entry = netrc_lookup(&text, machine);
+    entry
+        .map(|(login, password)| match password {
+            Some(password) => Credentials::new(login, password.to_string()).map(Spec::Known),
+            None => Ok(Spec::User(login)),
+        })
+        .transpose()
+        .with_context(|| format!("reading netrc file {}", path.display()))
+}
+
+/// The (login, password) of the entry for `machine`, else of `default`.
+fn netrc_lookup(text: &str, machine: &str) -> Option<(String, Option<Zeroizing<String>>)> {
+    let mut tokens = netrc_tokens(text).into_iter();
+    let (mut found, mut fallback) = (None, None);
+    // The entry being read: whether it is the wanted machine or the default, and its fields.
+    let mut current: Option<(bool, Option<String>, Option<Zeroizing<String>>)> = None;
+    let mut finish = |entry: Option<(bool, Option<String>, Option<Zeroizing<String>>)>| {
+        if let Some((is_default, Some(login), password)) = entry {
+            let slot = if is_default {
+                &mut fallback
+            } else {
+                &mut found
+            };
+            if slot.is_none() {
+                *slot = Some((login, password));
+            }
+        }
     };
-    let user = match user {
-        Some(u) => u.to_owned(),
-        None => tty
-            .read_line(&format!("gimlet: user name for proxy {proxy}: "))
-            .context("reading the user name from the terminal")?,
+    while let Some(token) = tokens.next() {
+        match token.as_str() {
+            "machine" => {
+                finish(current.take());
+                let name = tokens.next();
+                current = (name.as_deref().map(|n| n.as_str()) == Some(machine))
+                    .then_some((false, None, None));
+            }
+            "default" => {
+                finish(current.take());
+                current = Some((true, None, None));
+            }
+            "login" => {
+                let value = tokens.next().map(|t| t.to_string());
+                if let Some(entry) = current.as_mut() {
+                    entry.1 = value;
+                }
+            }
+            "password" => {
+                let value = tokens.next();
+                if let Some(entry) = current.as_mut() {
+                    entry.2 = value;
+                }
+            }
+            "account" => {
+                tokens.next();
+            }
+            _ => {}
+        }
+    }
+    finish(current.take());
+    found.or(fallback)
+}
+
+/// Splits netrc text into tokens: whitespace-separated, `"quoted \"strings\""`, `#` comments
+/// at a token's start, and `macdef` bodies (up to an empty line) skipped.
+fn netrc_tokens(text: &str) -> Vec<Zeroizing<String>> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let mut chars = line.chars().peekable();
+        loop {
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            let Some(&first) = chars.peek() else { break };
+            if first == '#' {
+                break;
+            }
+            let mut token = Zeroizing::new(String::new());
+            if first == '"' {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => token.extend(chars.next()),
+                        c => token.push(c),
+                    }
+                }
+            } else {
+                while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                    token.push(c);
+                }
+            }
+            let macdef = token.as_str() == "macdef";
+            out.push(token);
+            if macdef {
+                // The macro body runs to the first empty line.
+                for body in lines.by_ref() {
+                    if body.trim().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Programs that can be asked for credentials, from the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Askers {
+    /// `GIMLET_ASKPASS`: asked first, terminal or not.
+    pub askpass: Option<PathBuf>,
+    /// `SSH_ASKPASS`: asked only when there is no terminal.
+    pub ssh_askpass: Option<PathBuf>,
+}
+
+/// Asks for whatever is missing: the askpass program, else the terminal, else `SSH_ASKPASS`.
+/// `None` when there is no way to ask.
+pub fn ask(
+    proxy: &str,
+    user: Option<&str>,
+    askers: &Askers,
+) -> anyhow::Result<Option<Credentials>> {
+    let user_prompt = format!("gimlet: user name for proxy {proxy}: ");
+    let password_prompt = |user: &str| format!("gimlet: password for {user} at proxy {proxy}: ");
+    let via_program = |program: &Path| -> anyhow::Result<Option<Credentials>> {
+        let user = match user {
+            Some(u) => u.to_owned(),
+            None => run_askpass(program, &user_prompt)?.to_string(),
+        };
+        let password = run_askpass(program, &password_prompt(&user))?;
+        Credentials::new(user, password.to_string()).map(Some)
     };
-    let password =
-        rpassword::prompt_password(format!("gimlet: password for {user} at proxy {proxy}: "))
-            .context("reading the password from the terminal")?;
-    Credentials::new(user, password).map(Some)
+    if let Some(program) = &askers.askpass {
+        return via_program(program);
+    }
+    if let Some(mut tty) = sys::tty::open()? {
+        let user = match user {
+            Some(u) => u.to_owned(),
+            None => tty
+                .read_line(&user_prompt)
+                .context("reading the user name from the terminal")?,
+        };
+        let password = Zeroizing::new(
+            rpassword::prompt_password(password_prompt(&user))
+                .context("reading the password from the terminal")?,
+        );
+        return Credentials::new(user, password.to_string()).map(Some);
+    }
+    match &askers.ssh_askpass {
+        Some(program) => via_program(program),
+        None => Ok(None),
+    }
+}
+
+/// Runs an askpass program the ssh way: the prompt as its argument, the answer on its stdout.
+/// Its stdin is closed so it can never read the tunnel's.
+fn run_askpass(program: &Path, prompt: &str) -> anyhow::Result<Zeroizing<String>> {
+    let shown = program.display();
+    let output = Command::new(program)
+        .arg(prompt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running askpass program {shown}"))?;
+    let stdout = Zeroizing::new(output.stdout);
+    if !output.status.success() {
+        bail!(
+            "askpass program {shown} failed ({}); nothing entered?",
+            output.status
+        );
+    }
+    let text = std::str::from_utf8(&stdout)
+        .map_err(|_| anyhow!("askpass program {shown} printed invalid UTF-8"))?;
+    Ok(Zeroizing::new(text.lines().next().unwrap_or("").to_owned()))
 }
 
 #[cfg(test)]
@@ -222,6 +400,61 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = read_auth_file(&path).unwrap();
         assert_eq!((c.user.as_str(), c.password.expose()), ("carol", "p:w"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn netrc_entries_are_found() {
+        let text = "# comment\nmachine other login x password y\n\
+                    macdef init\ncd /\nmachine proxy.corp login evil\n\n\
+                    machine proxy.corp\n  login \"al ice\" password \"p\\\"w d\" account z\n\
+                    default login anon password guest\n";
+        let (login, password) = netrc_lookup(text, "proxy.corp").unwrap();
+        assert_eq!(
+            (login.as_str(), password.as_deref().map(String::as_str)),
+            ("al ice", Some("p\"w d"))
+        );
+        let (login, _) = netrc_lookup(text, "elsewhere").unwrap();
+        assert_eq!(login, "anon");
+        let (login, password) = netrc_lookup("machine h login bob", "h").unwrap();
+        assert_eq!((login.as_str(), password.is_none()), ("bob", true));
+        assert!(netrc_lookup("machine h password p", "h").is_none());
+        assert!(netrc_lookup("", "h").is_none());
+        for junk in [
+            "machine",
+            "machine h login",
+            "\"",
+            "login x password",
+            "machine \"h",
+        ] {
+            let _ = netrc_lookup(junk, "h");
+        }
+    }
+
+    #[test]
+    fn askpass_programs_answer_on_stdout() {
+        let dir = std::env::temp_dir().join(format!("gimlet-askpass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("askpass");
+        // Answers "robin" to the user prompt and the prompt itself, reversed, for the password.
+        std::fs::write(
+            &program,
+            "#!/bin/sh\ncase \"$1\" in *'user name'*) echo robin;; *) echo \"pw:$1\";; esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let askers = Askers {
+            askpass: Some(program.clone()),
+            ssh_askpass: None,
+        };
+        let creds = ask("p:3128", None, &askers).unwrap().unwrap();
+        assert_eq!(creds.user, "robin");
+        assert_eq!(
+            creds.password.expose(),
+            "pw:gimlet: password for robin at proxy p:3128: "
+        );
+        std::fs::write(&program, "#!/bin/sh\nexit 1\n").unwrap();
+        assert!(ask("p:3128", Some("u"), &askers).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

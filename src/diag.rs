@@ -22,6 +22,13 @@ pub fn error(msg: &dyn std::fmt::Display) {
     }
 }
 
+/// A warning the user must see (an insecure option); nothing with `-q`.
+pub fn warn(msg: &dyn std::fmt::Display) {
+    if QUIET.load(Ordering::Relaxed) == 0 {
+        eprintln!("gimlet: warning: {msg}");
+    }
+}
+
 /// A step, shown with `-v`.
 macro_rules! info {
     ($($arg:tt)*) => {

@@ -22,6 +22,8 @@ pub enum Kind {
     Protocol,
     /// The tunnel was up and then failed: reset, idle timeout, stdin/stdout error.
     Tunnel,
+    /// A TLS handshake failed: certificate not verified, pin mismatch, protocol error.
+    Tls,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Auth => 5,
             Kind::Protocol => 6,
             Kind::Tunnel => 7,
+            Kind::Tls => 8,
         }
     }
 }
@@ -67,6 +70,10 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     (
         Kind::Tunnel.code(),
         "The tunnel failed after it was established: connection reset, idle timeout, or an error reading standard input or writing standard output.",
+    ),
+    (
+        Kind::Tls.code(),
+        "A TLS handshake failed (to an https:// proxy, or to the destination with --tls): the certificate expired, names another host, comes from an unknown authority or does not match the pinned key; the message says which.",
     ),
 ];
 

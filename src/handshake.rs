@@ -10,10 +10,11 @@ use std::io::{self, Read, Write};
 
 use zeroize::Zeroizing;
 
+use crate::auth::{self, Authenticator, Challenge, Scheme};
 use crate::config::Endpoint;
 use crate::credentials::{Credentials, Secret};
 use crate::diag::debug;
-use crate::error::{Error, Kind};
+use crate::error::{Error, Kind, ResultExt};
 
 /// Largest reply head we accept; a proxy has no reason to send more.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -148,42 +149,21 @@ impl Reply {
             .then_some(first)
     }
 
-    /// Authentication scheme names offered in `Proxy-Authenticate` (RFC 9110 §11.6.1), in order.
-    pub fn auth_schemes(&self) -> Vec<String> {
-        let mut schemes = Vec::new();
-        for value in self.values("Proxy-Authenticate") {
-            let value = String::from_utf8_lossy(value);
-            for element in split_outside_quotes(&value) {
-                // A challenge starts with `scheme SP`; `param=value` elements continue the last one.
-                let first = element.split([' ', '\t']).next().unwrap_or("");
-                let rest_is_param = first.contains('=');
-                if !first.is_empty() && !rest_is_param {
-                    schemes.push(first.to_owned());
-                }
-            }
-        }
-        schemes
+    /// Whether this reply asks for credentials: a 407, or the 401 with `WWW-Authenticate`
+    /// that tinyproxy sends for wrong proxy credentials.
+    pub fn is_auth_challenge(&self) -> bool {
+        self.code == 407 || (self.code == 401 && self.values("WWW-Authenticate").next().is_some())
     }
-}
 
-/// Splits a header value at commas that are not inside a quoted-string.
-fn split_outside_quotes(value: &str) -> Vec<&str> {
-    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                parts.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
+    /// The authentication challenges offered (RFC 9110 §11.6.1), in order.
+    pub fn challenges(&self) -> Vec<Challenge> {
+        let header = if self.code == 401 {
+            "WWW-Authenticate"
+        } else {
+            "Proxy-Authenticate"
+        };
+        auth::parse_challenges(self.values(header))
     }
-    parts.push(value[start..].trim());
-    parts.retain(|p| !p.is_empty());
-    parts
 }
 
 /// Why a reply could not be read.
@@ -388,6 +368,13 @@ fn parse_head(head: &[u8]) -> Result<Reply, ReplyError> {
 pub trait Conn: Read + Write {
     /// Starts the handshake clock afresh, after time spent waiting for the user.
     fn restart_clock(&mut self) {}
+
+    /// For `--fdpass`: looks at what has arrived without consuming it, so that the handshake
+    /// takes exactly the reply head and leaves every tunnel byte in the socket for ssh.
+    /// `None` when the connection reads normally.
+    fn peek(&mut self, _buf: &mut [u8]) -> Option<io::Result<usize>> {
+        None
+    }
 }
 
 /// The outcome of a successful handshake.
@@ -404,33 +391,57 @@ pub struct Negotiation<'a, S> {
     /// The proxy as `host:port`, for messages.
     pub proxy: &'a str,
     pub credentials: Option<Credentials>,
+    /// The scheme `--proxy-auth` forces; `None` picks the strongest offered. A forced Basic
+    /// with known credentials is sent with the first request.
+    pub scheme: Option<Scheme>,
     /// Opens a fresh connection when the proxy closed the old one after a 407.
     pub reconnect: &'a mut dyn FnMut() -> Result<S, Error>,
     /// Gets credentials after a 407 (the terminal prompt); `None` when there is no way to ask.
     pub ask: &'a mut dyn FnMut() -> Result<Option<Credentials>, Error>,
 }
 
-/// Sends CONNECT, reads the reply, answers one 407 with credentials, and returns the open
+/// Most authentication rounds in one handshake: NTLM needs two, a stale Digest nonce one more.
+const MAX_ROUNDS: usize = 4;
+
+/// Sends CONNECT, reads the reply, answers 407s with the chosen scheme, and returns the open
 /// tunnel. Never loops: credentials the proxy rejects end the run.
 pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Established<S>, Error> {
     let Negotiation {
         request,
         proxy,
-        credentials,
+        mut credentials,
+        scheme: forced,
         reconnect,
         ask,
     } = n;
-    let mut user = credentials.as_ref().map(|c| c.user.clone());
-    let mut authorization = credentials.map(|c| c.basic_authorization());
+    let target = request.target.to_string();
+    let signed = auth::Target {
+        method: "CONNECT",
+        uri: &target,
+    };
+    let mut auth: Option<Authenticator> = None;
+    let mut authorization: Option<Secret> = None;
+    if forced == Some(Scheme::Basic) {
+        if let Some(creds) = credentials.take() {
+            let (a, value) =
+                Authenticator::start(Scheme::Basic, creds, None, &signed).kind(Kind::Auth)?;
+            (auth, authorization) = (Some(a), Some(value));
+        }
+    }
     let mut carry = Vec::new();
     let mut reused = false;
-    loop {
+    for _ in 0..=MAX_ROUNDS {
         debug!("{}", request.redacted(authorization.as_ref()));
         let sent = send_and_read(&mut stream, &request, authorization.as_ref(), carry, proxy);
         let (reply, leftover) = match sent {
-            // A kept-alive connection may have been closed while the user typed: once, reconnect.
-            Err(Failure::Closed(_)) if reused => {
-                reused = false;
+            // A kept-alive connection may have been closed while the user typed: once, reconnect,
+            // unless the scheme's state lives on that connection.
+            Err(Failure::Closed(_))
+                if reused
+                    && !auth
+                        .as_ref()
+                        .is_some_and(Authenticator::bound_to_connection) =>
+            {
                 stream = reconnect()?;
                 send_and_read(
                     &mut stream,
@@ -450,52 +461,75 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
                 leftover,
             });
         }
-        if reply.code != 407 {
+        if !reply.is_auth_challenge() {
             return Err(Error::msg(
                 Kind::Refused,
                 format_args!(
-                    "proxy {proxy} refused CONNECT {}: {:?}",
-                    request.target, reply.status_line
-                ),
-            ));
-        }
-        if let Some(user) = &user {
-            return Err(Error::msg(
-                Kind::Auth,
-                format_args!(
-                    "proxy {proxy} rejected the credentials for user {user:?}: {:?}",
+                    "proxy {proxy} refused CONNECT {target}: {:?}",
                     reply.status_line
                 ),
             ));
         }
-        let schemes = reply.auth_schemes();
-        let offered = if schemes.is_empty() {
-            "no scheme".to_owned()
-        } else {
-            schemes.join(", ")
+        let challenges = reply.challenges();
+        let rejected = |a: &Authenticator| {
+            Error::msg(
+                Kind::Auth,
+                format_args!(
+                    "proxy {proxy} rejected the {} credentials for user {:?}: {:?}",
+                    a.scheme(),
+                    a.user(),
+                    reply.status_line
+                ),
+            )
         };
-        if !schemes.is_empty() && !schemes.iter().any(|s| s.eq_ignore_ascii_case("Basic")) {
-            return Err(Error::msg(
-                Kind::Auth,
-                format_args!(
-                    "proxy {proxy} requires authentication (offers {offered}), and gimlet speaks only Basic so far: {:?}",
-                    reply.status_line
-                ),
-            ));
-        }
-        let Some(creds) = ask()? else {
-            return Err(Error::msg(
-                Kind::Auth,
-                format_args!(
-                    "proxy {proxy} requires authentication (offers {offered}): {:?}; no credentials given and no terminal to ask on (use -U, --proxy-auth-file or GIMLET_PROXY_AUTH)",
-                    reply.status_line
-                ),
-            ));
+        let value = match &mut auth {
+            Some(a) => a
+                .next(&challenges, &signed)
+                .kind_ctx(Kind::Auth, || {
+                    format!("authenticating to proxy {proxy} with {}", a.scheme())
+                })?
+                .ok_or_else(|| rejected(a))?,
+            None => {
+                let (scheme, challenge) = auth::choose(&challenges, forced).map_err(|offered| {
+                    let wanted = match forced {
+                        Some(s) => format!("{s} (forced by --proxy-auth)"),
+                        None => "Digest, NTLM or Basic".to_owned(),
+                    };
+                    Error::msg(
+                        Kind::Auth,
+                        format_args!(
+                            "proxy {proxy} requires authentication with {offered}, and gimlet speaks {wanted}: {:?}",
+                            reply.status_line
+                        ),
+                    )
+                })?;
+                let creds = match credentials.take() {
+                    Some(c) => c,
+                    None => ask()?.ok_or_else(|| {
+                        Error::msg(
+                            Kind::Auth,
+                            format_args!(
+                                "proxy {proxy} requires authentication (offers {}): {:?}; no credentials given and no way to ask (use -U, --proxy-auth-file, {}, --netrc or an askpass program)",
+                                challenges.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>().join(", "),
+                                reply.status_line,
+                                crate::config::AUTH_ENV,
+                            ),
+                        )
+                    })?,
+                };
+                let (a, value) = Authenticator::start(scheme, creds, Some(challenge), &signed)
+                    .kind_ctx(Kind::Auth, || {
+                        format!("authenticating to proxy {proxy} with {scheme}")
+                    })?;
+                debug!("answering with {scheme} authentication");
+                auth = Some(a);
+                value
+            }
         };
-        user = Some(creds.user.clone());
-        authorization = Some(creds.basic_authorization());
-        // Retry on the same connection when the proxy keeps it and the 407 body can be skipped
-        // exactly; otherwise on a new one (RFC 9110 §11.6.2 puts no rule on which).
+        authorization = Some(value);
+        // Retry on the same connection when the proxy keeps it and the body can be skipped
+        // exactly; otherwise on a new one (RFC 9110 §11.6.2 puts no rule on which). NTLM's
+        // answer must go back on the connection that carried its challenge.
         let drained = match (reply.keep_alive(), reply.content_length()) {
             (true, Some(len)) if len <= MAX_DRAIN => {
                 drain(&mut stream, leftover, len as usize).ok()
@@ -504,18 +538,35 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
         };
         match drained {
             Some(rest) => {
-                debug!("retrying with credentials on the same connection");
+                debug!("retrying on the same connection");
                 stream.restart_clock();
                 carry = rest;
                 reused = true;
             }
+            None if auth
+                .as_ref()
+                .is_some_and(Authenticator::bound_to_connection) =>
+            {
+                return Err(Error::msg(
+                    Kind::Auth,
+                    format_args!(
+                        "proxy {proxy} closed the connection in the middle of NTLM authentication: {:?}",
+                        reply.status_line
+                    ),
+                ));
+            }
             None => {
-                debug!("retrying with credentials on a new connection");
+                debug!("retrying on a new connection");
                 stream = reconnect()?;
                 carry = Vec::new();
+                reused = false;
             }
         }
     }
+    Err(Error::msg(
+        Kind::Auth,
+        format_args!("proxy {proxy} kept asking for authentication after {MAX_ROUNDS} rounds"),
+    ))
 }
 
 /// A handshake failure, with "the proxy hung up before answering" kept apart so that a reused
@@ -533,7 +584,7 @@ impl Failure {
     }
 }
 
-fn send_and_read<S: Read + Write>(
+fn send_and_read<S: Conn>(
     stream: &mut S,
     request: &Request<'_>,
     authorization: Option<&Secret>,
@@ -565,18 +616,21 @@ fn send_and_read<S: Read + Write>(
 }
 
 /// Reads until the final reply head is complete. The bool in the error is true when the proxy
-/// closed the connection before sending a single byte.
-fn read_reply<S: Read>(stream: &mut S, carry: Vec<u8>) -> Result<Parsed, (bool, Error)> {
+/// closed the connection before sending a single byte. When the connection can peek, only the
+/// head is consumed and the returned leftover is empty: the rest stays in the socket.
+fn read_reply<S: Conn>(stream: &mut S, carry: Vec<u8>) -> Result<Parsed, (bool, Error)> {
     let mut reader = ReplyReader::new(carry);
-    if let Some(parsed) = reader
-        .feed(&[])
-        .map_err(|e| (false, Error::new(Kind::Protocol, e)))?
-    {
+    let protocol = |e| (false, Error::new(Kind::Protocol, e));
+    if let Some(parsed) = reader.feed(&[]).map_err(protocol)? {
         return Ok(parsed);
     }
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        let n = match stream.read(&mut chunk) {
+        let (got, peeked) = match stream.peek(&mut chunk) {
+            Some(r) => (r, true),
+            None => (stream.read(&mut chunk), false),
+        };
+        let n = match got {
             Ok(0) => {
                 let e = reader.eof();
                 return Err((
@@ -591,11 +645,23 @@ fn read_reply<S: Read>(stream: &mut S, carry: Vec<u8>) -> Result<Parsed, (bool, 
                 return Err((closed, Error::new(Kind::Unreachable, e)));
             }
         };
-        if let Some(parsed) = reader
-            .feed(&chunk[..n])
-            .map_err(|e| (false, Error::new(Kind::Protocol, e)))?
-        {
-            return Ok(parsed);
+        let parsed = reader.feed(&chunk[..n]).map_err(protocol)?;
+        if !peeked {
+            if let Some(parsed) = parsed {
+                return Ok(parsed);
+            }
+            continue;
+        }
+        // Peeked: take what belongs to the head (all of it while the head is incomplete).
+        let (take, done) = match parsed {
+            Some((reply, rest)) => (n - rest.len(), Some(reply)),
+            None => (n, None),
+        };
+        stream
+            .read_exact(&mut chunk[..take])
+            .map_err(|e| (false, Error::new(Kind::Unreachable, e)))?;
+        if let Some(reply) = done {
+            return Ok((reply, Vec::new()));
         }
     }
 }
@@ -788,15 +854,17 @@ mod tests {
     }
 
     #[test]
-    fn auth_schemes_are_listed_in_order() {
+    fn challenges_come_from_every_header_and_401_reads_www_authenticate() {
         let reply = head(
             b"HTTP/1.1 407 x\r\nProxy-Authenticate: Digest realm=\"a, b\", nonce=\"n\", qop=\"auth\"\r\n\
               Proxy-Authenticate: Basic realm=\"r\", NTLM\r\nProxy-Authenticate: Negotiate\r\n\r\n",
         );
-        assert_eq!(
-            reply.auth_schemes(),
-            ["Digest", "Basic", "NTLM", "Negotiate"]
-        );
+        let schemes: Vec<String> = reply.challenges().into_iter().map(|c| c.scheme).collect();
+        assert_eq!(schemes, ["Digest", "Basic", "NTLM", "Negotiate"]);
+        let reply = head(b"HTTP/1.0 401 x\r\nWWW-Authenticate: Basic realm=\"t\"\r\n\r\n");
+        assert!(reply.is_auth_challenge());
+        assert_eq!(reply.challenges()[0].scheme, "Basic");
+        assert!(!head(b"HTTP/1.0 401 x\r\n\r\n").is_auth_challenge());
     }
 
     fn target() -> Endpoint {
@@ -889,6 +957,15 @@ mod tests {
         creds: Option<&str>,
         asked: Option<&str>,
     ) -> (Result<Established<FakeConn>, Error>, Vec<Sent>, usize) {
+        negotiate_forced(conns, creds, asked, None)
+    }
+
+    fn negotiate_forced(
+        conns: Vec<Vec<&[u8]>>,
+        creds: Option<&str>,
+        asked: Option<&str>,
+        scheme: Option<Scheme>,
+    ) -> (Result<Established<FakeConn>, Error>, Vec<Sent>, usize) {
         let sents: Vec<Sent> = conns.iter().map(|_| Default::default()).collect();
         let mut fakes = conns
             .into_iter()
@@ -911,6 +988,7 @@ mod tests {
                 },
                 proxy: "proxy:3128",
                 credentials: creds.map(|c| Credentials::parse_pair(c).unwrap()),
+                scheme,
                 reconnect: &mut || {
                     fakes
                         .next()
@@ -1004,18 +1082,21 @@ mod tests {
 
     #[test]
     fn rejected_credentials_fail_without_looping() {
+        // Known credentials wait for the challenge, answer it once, and stop at the next 407.
         let (r, sents, asks) = negotiate_with(
-            vec![vec![AUTH_407_KEEP, AUTH_407_KEEP]],
+            vec![vec![AUTH_407_KEEP, AUTH_407_KEEP, AUTH_407_KEEP]],
             Some("u:p"),
             Some("v:q"),
         );
         let e = r.err().unwrap();
         assert_eq!(e.kind(), Kind::Auth);
         assert_eq!(asks, 0);
-        assert_eq!(requests(&sents[0]).len(), 1);
+        let sent = requests(&sents[0]);
+        assert_eq!(sent.len(), 2);
+        assert!(!sent[0].contains("Proxy-Authorization") && sent[1].contains("Basic dTpw"));
         assert!(
             e.to_string()
-                .contains("rejected the credentials for user \"u\""),
+                .contains("rejected the Basic credentials for user \"u\""),
             "{e}"
         );
 
@@ -1023,6 +1104,129 @@ mod tests {
             negotiate_with(vec![vec![AUTH_407_KEEP, AUTH_407_KEEP]], None, Some("v:q"));
         assert_eq!(r.err().unwrap().kind(), Kind::Auth);
         assert_eq!((asks, requests(&sents[0]).len()), (1, 2));
+    }
+
+    #[test]
+    fn forced_basic_is_sent_preemptively() {
+        let (r, sents, _) = negotiate_forced(
+            vec![vec![b"HTTP/1.1 200 OK\r\n\r\n"]],
+            Some("u:p"),
+            None,
+            Some(Scheme::Basic),
+        );
+        r.unwrap();
+        assert!(requests(&sents[0])[0].contains("Proxy-Authorization: Basic dTpw\r\n"));
+    }
+
+    #[test]
+    fn a_forced_scheme_the_proxy_does_not_offer_fails_clearly() {
+        let (r, _, asks) = negotiate_forced(
+            vec![vec![AUTH_407_KEEP]],
+            Some("u:p"),
+            None,
+            Some(Scheme::Ntlm),
+        );
+        let text = r.err().unwrap().to_string();
+        assert!(
+            text.contains("requires authentication with Basic") && text.contains("NTLM (forced"),
+            "{text}"
+        );
+        assert_eq!(asks, 0);
+    }
+
+    #[test]
+    fn tinyproxys_401_for_wrong_credentials_is_an_auth_failure() {
+        let (r, _, _) = negotiate_with(
+            vec![vec![
+                AUTH_407_KEEP,
+                b"HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"tinyproxy\"\r\n\r\n",
+            ]],
+            Some("u:wrong"),
+            None,
+        );
+        let e = r.err().unwrap();
+        assert_eq!(e.kind(), Kind::Auth);
+        assert!(e.to_string().contains("401 Unauthorized"), "{e}");
+    }
+
+    #[test]
+    fn digest_is_preferred_and_a_stale_nonce_is_retried_once() {
+        let digest_then_basic: &[u8] = b"HTTP/1.1 407 x\r\nProxy-Authenticate: Digest realm=\"r\", nonce=\"n1\", qop=\"auth\"\r\n\
+            Proxy-Authenticate: Basic realm=\"r\"\r\nContent-Length: 0\r\n\r\n";
+        let stale: &[u8] = b"HTTP/1.1 407 x\r\nProxy-Authenticate: Digest realm=\"r\", nonce=\"n2\", qop=\"auth\", stale=true\r\nContent-Length: 0\r\n\r\n";
+        let (r, sents, _) = negotiate_with(
+            vec![vec![digest_then_basic, stale, b"HTTP/1.1 200 OK\r\n\r\n"]],
+            Some("u:p"),
+            None,
+        );
+        r.unwrap();
+        let sent = requests(&sents[0]);
+        assert_eq!(sent.len(), 3);
+        assert!(
+            sent[1].contains("Proxy-Authorization: Digest username=\"u\"")
+                && sent[1].contains("nonce=\"n1\"")
+        );
+        assert!(sent[2].contains("nonce=\"n2\""), "{}", sent[2]);
+        assert!(!sent.iter().any(|r| r.contains("Basic")));
+
+        // A second stale answer is a rejection, not a loop.
+        let (r, sents, _) = negotiate_with(
+            vec![vec![digest_then_basic, stale, stale]],
+            Some("u:p"),
+            None,
+        );
+        assert_eq!(r.err().unwrap().kind(), Kind::Auth);
+        assert_eq!(requests(&sents[0]).len(), 3);
+    }
+
+    /// A type 2 message for the NTLM round trip (the MS-NLMP §4.2.4.3 example).
+    const NTLM_TYPE2_B64: &str = "TlRMTVNTUAACAAAADAAMADgAAAAzgoriASNFZ4mrze8AAAAAAAAAACQAJABEAAAABgBwFwAAAA9TAGUAcgB2AGUAcgACAAwARABvAG0AYQBpAG4AAQAMAFMAZQByAHYAZQByAAAAAAA=";
+
+    #[test]
+    fn ntlm_runs_its_three_messages_on_one_connection() {
+        let type2 = format!(
+            "HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM {NTLM_TYPE2_B64}\r\nContent-Length: 0\r\n\r\n"
+        );
+        // The first 407 closes: NTLM has not started, so a new connection is fine.
+        let (r, sents, _) = negotiate_with(
+            vec![
+                vec![b"HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM\r\nConnection: close\r\n\r\n"],
+                vec![type2.as_bytes(), b"HTTP/1.1 200 OK\r\n\r\n"],
+            ],
+            Some("CORP\\alice:p\u{e4}ss"),
+            None,
+        );
+        r.unwrap();
+        let sent = requests(&sents[1]);
+        assert_eq!(sent.len(), 2);
+        assert!(
+            sent[0].contains("Proxy-Authorization: NTLM TlRMTVNTUAABAAAA"),
+            "{}",
+            sent[0]
+        );
+        assert!(
+            sent[1].contains("Proxy-Authorization: NTLM TlRMTVNTUAADAAAA"),
+            "{}",
+            sent[1]
+        );
+
+        // The challenge arrives with Connection: close: the answer cannot go anywhere.
+        let first: &[u8] =
+            b"HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n";
+        let closing = type2.replace("Content-Length: 0", "Connection: close");
+        let (r, _, _) = negotiate_with(
+            vec![vec![first, closing.as_bytes()], vec![]],
+            Some("alice:p"),
+            None,
+        );
+        let text = r.err().unwrap().to_string();
+        assert!(text.contains("in the middle of NTLM"), "{text}");
+
+        // A garbage challenge is an auth error, not a panic.
+        let garbage: &[u8] =
+            b"HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM AAAA\r\nContent-Length: 0\r\n\r\n";
+        let (r, _, _) = negotiate_with(vec![vec![first, garbage]], Some("alice:p"), None);
+        assert_eq!(r.err().unwrap().kind(), Kind::Auth);
     }
 
     #[test]
@@ -1037,12 +1241,12 @@ mod tests {
         );
 
         let (r, _, asks) = negotiate_with(
-            vec![vec![b"HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM\r\nProxy-Authenticate: Negotiate\r\n\r\n"]],
+            vec![vec![b"HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate\r\nProxy-Authenticate: Kerberos\r\n\r\n"]],
             None,
             Some("u:p"),
         );
         let text = r.err().unwrap().to_string();
-        assert!(text.contains("offers NTLM, Negotiate"), "{text}");
+        assert!(text.contains("with Negotiate, Kerberos"), "{text}");
         assert_eq!(asks, 0);
     }
 
@@ -1070,5 +1274,61 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A connection that can peek, as `--fdpass` uses: what stays unread is what ssh gets.
+    struct PeekConn {
+        pieces: VecDeque<Vec<u8>>,
+    }
+
+    impl Read for PeekConn {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(mut piece) = self.pieces.pop_front() else {
+                return Ok(0);
+            };
+            let n = piece.len().min(buf.len());
+            buf[..n].copy_from_slice(&piece[..n]);
+            if n < piece.len() {
+                self.pieces.push_front(piece.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for PeekConn {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Conn for PeekConn {
+        fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+            let piece = self.pieces.front().map_or(&[][..], |p| p.as_slice());
+            let n = piece.len().min(buf.len());
+            buf[..n].copy_from_slice(&piece[..n]);
+            Some(Ok(n))
+        }
+    }
+
+    #[test]
+    fn exact_mode_consumes_only_the_reply_heads() {
+        let pieces = [
+            &b"HTTP/1.1 100 Cont"[..],
+            b"inue\r\n\r\nHTTP/1.1 200 OK\r\n",
+            b"\r\nSSH-2.0-x\r\n",
+        ];
+        let mut conn = PeekConn {
+            pieces: pieces.iter().map(|p| p.to_vec()).collect(),
+        };
+        let (reply, leftover) = read_reply(&mut conn, Vec::new())
+            .map_err(|(_, e)| e)
+            .unwrap();
+        assert_eq!(reply.code, 200);
+        assert!(leftover.is_empty());
+        let rest: Vec<u8> = conn.pieces.into_iter().flatten().collect();
+        assert_eq!(rest, b"SSH-2.0-x\r\n");
     }
 }

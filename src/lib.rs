@@ -5,6 +5,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connect;
@@ -15,6 +16,7 @@ pub mod handshake;
 pub mod relay;
 #[allow(unsafe_code)]
 mod sys;
+pub mod tls;
 
 use std::os::fd::AsFd;
 
@@ -23,7 +25,9 @@ use connect::Dialer;
 use credentials::Spec;
 use diag::info;
 use error::{Error, Kind, ResultExt};
-use handshake::{Negotiation, Request};
+use handshake::{Established, Negotiation, Request};
+use relay::{RelayError, Stats, Tunnel};
+use tls::TlsTunnel;
 
 pub use diag::init as init_diagnostics;
 
@@ -40,24 +44,61 @@ pub fn run(config: &Config) -> Result<(), Error> {
         Spec::None => None,
         Spec::Known(c) => Some(c.clone()),
         Spec::User(user) => Some(
-            credentials::prompt(&proxy_name, Some(user))
+            credentials::ask(&proxy_name, Some(user), &config.askers)
                 .kind_ctx(Kind::Auth, || format!("asking for the password of proxy user {user:?}"))?
                 .ok_or_else(|| {
                     Error::msg(
                         Kind::Auth,
                         format_args!(
-                            "no terminal to ask for the password of proxy user {user:?} (use --proxy-auth-file or {})",
-                            config::AUTH_ENV
+                            "asking for the password of proxy user {user:?}: no terminal and no askpass program (give the password with --proxy-auth-file, {}, --netrc or {})",
+                            config::AUTH_ENV,
+                            config::ASKPASS_ENV
                         ),
                     )
                 })?,
         ),
     };
 
+    let proxy_tls = if proxy.tls {
+        let host = proxy.endpoint.host.to_string();
+        let name = tls::server_name(&host, &config.proxy_tls).kind(Kind::Usage)?;
+        let tls_config = tls::client_config(&config.proxy_tls, &proxy_name)
+            .kind_ctx(Kind::Tls, || {
+                format!("setting up TLS for proxy {proxy_name}")
+            })?;
+        if config.proxy_tls.insecure {
+            diag::warn(&"--proxy-insecure: the proxy's certificate is not verified");
+        }
+        Some((tls_config, name))
+    } else {
+        None
+    };
+    let target_tls = match &config.target_tls {
+        Some(opts) => {
+            let host = config.target.host.to_string();
+            let name = tls::server_name(&host, opts).kind(Kind::Usage)?;
+            let tls_config = tls::client_config(opts, &host).kind_ctx(Kind::Tls, || {
+                format!("setting up TLS for {}", config.target)
+            })?;
+            if opts.insecure {
+                diag::warn(&"--insecure: the destination's certificate is not verified");
+            }
+            Some((tls_config, name))
+        }
+        None => None,
+    };
+    if config.fdpass && !sys::fdpass::is_unix_socket(std::io::stdout().as_fd()) {
+        return Err(Error::msg(
+            Kind::Usage,
+            "--fdpass needs standard output to be a Unix socket, as ssh gives with ProxyUseFdpass yes",
+        ));
+    }
     let dialer = Dialer {
         family: config.family,
         timeout: config.connect_timeout,
         keepalive: config.keepalive,
+        tls: proxy_tls,
+        exact: config.fdpass,
     };
     let stream = dialer.connect(&proxy.endpoint)?;
     info!(
@@ -74,9 +115,10 @@ pub fn run(config: &Config) -> Result<(), Error> {
             },
             proxy: &proxy_name,
             credentials,
+            scheme: config.auth_scheme,
             reconnect: &mut || dialer.connect(&proxy.endpoint),
             ask: &mut || {
-                credentials::prompt(&proxy_name, None).kind_ctx(Kind::Auth, || {
+                credentials::ask(&proxy_name, None, &config.askers).kind_ctx(Kind::Auth, || {
                     format!("asking for credentials for proxy {proxy_name}")
                 })
             },
@@ -92,25 +134,122 @@ pub fn run(config: &Config) -> Result<(), Error> {
         }
     );
 
+    if config.fdpass {
+        let (tcp, _) = established
+            .stream
+            .into_parts()
+            .kind_ctx(Kind::Tunnel, || "passing the connection to ssh")?;
+        sys::fdpass::send_fd(
+            std::io::stdout().as_fd(),
+            std::os::fd::AsRawFd::as_raw_fd(&tcp),
+        )
+        .kind_ctx(
+            Kind::Tunnel,
+            || "passing the connection to ssh over standard output",
+        )?;
+        info!("passed the connection to ssh");
+        return Ok(());
+    }
     let relaying = || format!("relaying to {} via proxy {proxy_name}", config.target);
-    let stream = established
-        .stream
-        .into_inner()
-        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+    let Established {
+        mut stream,
+        leftover,
+        ..
+    } = established;
+    // --tls: shake hands with the destination through the tunnel. The bytes that came with the
+    // proxy's reply are the start of the destination's TLS stream.
+    let inner = match target_tls {
+        Some((tls_config, name)) => {
+            let target = &config.target;
+            let mut conn = rustls::ClientConnection::new(tls_config, name.clone())
+                .kind_ctx(Kind::Tls, || format!("starting TLS with {target}"))?;
+            let mut prefixed = Prefixed {
+                prefix: std::io::Cursor::new(leftover.as_slice()),
+                stream: &mut stream,
+            };
+            tls::handshake(&mut conn, &mut prefixed).map_err(|e| {
+                let kind = match e.kind() {
+                    std::io::ErrorKind::TimedOut => Kind::Unreachable,
+                    _ => Kind::Tls,
+                };
+                let why = tls::explain(&e, &name.to_str());
+                Error::msg(
+                    kind,
+                    format_args!("TLS handshake with {target} through proxy {proxy_name}: {why}"),
+                )
+            })?;
+            let mut rest = prefixed.prefix;
+            while (rest.position() as usize) < leftover.len() {
+                conn.read_tls(&mut rest).kind_ctx(Kind::Tls, relaying)?;
+            }
+            conn.process_new_packets()
+                .map_err(|e| Error::new(Kind::Tls, e).context(relaying()))?;
+            info!("TLS with {target} through the tunnel");
+            Some(conn)
+        }
+        None => None,
+    };
+    let (tcp, outer) = stream
+        .into_parts()
+        .and_then(|(s, c)| s.set_nonblocking(true).map(|()| (s, c)))
         .kind_ctx(Kind::Tunnel, relaying)?;
-    let mut socket = mio::net::TcpStream::from_std(stream);
-    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
-    let stats = relay::relay(
-        stdin.as_fd(),
-        stdout.as_fd(),
-        &mut socket,
-        &established.leftover,
-        config.idle_timeout,
-    )
+    let socket = mio::net::TcpStream::from_std(tcp);
+    // With --tls the leftover went into the destination's TLS session, not to stdout.
+    let first = if inner.is_some() {
+        &[][..]
+    } else {
+        &leftover[..]
+    };
+    let opts = relay::Options {
+        idle_timeout: config.idle_timeout,
+        splice: config.splice,
+    };
+    let stats = match (outer, inner) {
+        (None, None) => relay_stdio(socket, first, opts),
+        (Some(o), None) => relay_stdio(TlsTunnel::new(o, socket), first, opts),
+        (None, Some(i)) => relay_stdio(TlsTunnel::new(i, socket), first, opts),
+        (Some(o), Some(i)) => {
+            relay_stdio(TlsTunnel::new(i, TlsTunnel::new(o, socket)), first, opts)
+        }
+    }
     .kind_ctx(Kind::Tunnel, relaying)?;
     info!(
         "tunnel closed: {} bytes sent, {} bytes received",
         stats.up, stats.down
     );
     Ok(())
+}
+
+fn relay_stdio<T: Tunnel>(
+    mut tunnel: T,
+    first: &[u8],
+    opts: relay::Options,
+) -> Result<Stats, RelayError> {
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    relay::relay(stdin.as_fd(), stdout.as_fd(), &mut tunnel, first, opts)
+}
+
+/// Reads `prefix` first, then the stream: for a handshake whose first bytes were already read.
+struct Prefixed<'a, S> {
+    prefix: std::io::Cursor<&'a [u8]>,
+    stream: &'a mut S,
+}
+
+impl<S: std::io::Read> std::io::Read for Prefixed<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.prefix.read(buf)? {
+            0 => self.stream.read(buf),
+            n => Ok(n),
+        }
+    }
+}
+
+impl<S: std::io::Write> std::io::Write for Prefixed<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
 }

@@ -13,12 +13,13 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::sys::splice;
 use crate::sys::stdio::{NonBlocking, RawIo};
 
 /// Buffer per direction. Large enough that a 64 KiB pipe or a socket's queue moves in one
@@ -192,14 +193,351 @@ impl Pipe {
     }
 }
 
-/// The socket side of the tunnel.
+/// Most bytes one splice call is asked to move.
+const SPLICE_CHUNK: usize = 1 << 20;
+
+/// One direction of the tunnel moved by `splice(2)`: bytes go from kernel buffer to kernel
+/// buffer and never through user space. Directly when one end is a pipe; through a pipe of
+/// our own when neither is (a socketpair as stdio). Same contract as [`Pipe`]: readiness flags
+/// cleared only on `WouldBlock`, a turn's worth per call, EOF and errors attributed to a side.
+pub struct Splicer {
+    /// Bytes to write with plain `write` before splicing starts (those that came with the 200).
+    head: Vec<u8>,
+    head_done: usize,
+    mid: Option<Mid>,
+    /// Which end is the tunnel socket, to attribute connection errors of a direct splice.
+    socket_is_src: bool,
+    eof: bool,
+    moved: u64,
+    /// Bytes moved by splice itself: a fallback to copying is safe only while it is zero.
+    spliced: u64,
+}
+
+/// Our own pipe between two non-pipe ends, and how full it is.
+struct Mid {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+    capacity: usize,
+    filled: usize,
+}
+
+/// Raised when the kernel cannot splice these fds: the caller falls back to copying.
+#[derive(Debug)]
+pub struct Unspliceable;
+
+impl Splicer {
+    /// `direct` when one end is a pipe; otherwise an intermediate pipe is made.
+    pub fn new(direct: bool, socket_is_src: bool, head: &[u8]) -> io::Result<Splicer> {
+        let mid = if direct {
+            None
+        } else {
+            let (read, write, capacity) = splice::pipe()?;
+            Some(Mid {
+                read,
+                write,
+                capacity,
+                filled: 0,
+            })
+        };
+        Ok(Splicer {
+            head: head.to_vec(),
+            head_done: 0,
+            mid,
+            socket_is_src,
+            eof: false,
+            moved: 0,
+            spliced: 0,
+        })
+    }
+
+    pub fn moved(&self) -> u64 {
+        self.moved
+    }
+
+    pub fn finished(&self) -> bool {
+        self.eof
+            && self.head_done == self.head.len()
+            && self.mid.as_ref().is_none_or(|m| m.filled == 0)
+    }
+
+    /// Which end a direct splice's error belongs to: EPIPE is always the destination's;
+    /// connection errors are the socket's; anything else is the stdio end's.
+    fn side_of(&self, e: &io::Error) -> Side {
+        let socket_error = matches!(
+            e.raw_os_error(),
+            Some(
+                libc::ECONNRESET
+                    | libc::ETIMEDOUT
+                    | libc::ENOTCONN
+                    | libc::ECONNABORTED
+                    | libc::EHOSTUNREACH
+                    | libc::ENETUNREACH
+            )
+        );
+        let socket_side = if self.socket_is_src {
+            Side::Src
+        } else {
+            Side::Dst
+        };
+        let stdio_side = if self.socket_is_src {
+            Side::Dst
+        } else {
+            Side::Src
+        };
+        match e.raw_os_error() {
+            Some(libc::EPIPE) => Side::Dst,
+            _ if socket_error => socket_side,
+            _ => stdio_side,
+        }
+    }
+
+    /// Moves bytes until a side would block, EOF, or a turn's worth has moved.
+    pub fn pump(
+        &mut self,
+        src_fd: RawFd,
+        dst_fd: RawFd,
+        ready: &mut Ready,
+    ) -> Result<bool, Result<PumpError, Unspliceable>> {
+        let before = self.moved;
+        let mut progress = false;
+        while self.head_done < self.head.len() && ready.dst {
+            match splice::write(dst_fd, &self.head[self.head_done..]) {
+                Ok(n) => {
+                    self.head_done += n;
+                    self.moved += n as u64;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.dst = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    return Err(Ok(PumpError {
+                        side: Side::Dst,
+                        error,
+                    }));
+                }
+            }
+        }
+        if self.head_done < self.head.len() {
+            return Ok(progress);
+        }
+        let mut retries = 0;
+        while self.moved - before < TURN {
+            let again = match self.mid.as_mut() {
+                None => {
+                    if self.eof || !ready.src || !ready.dst {
+                        break;
+                    }
+                    match splice::splice(src_fd, dst_fd, SPLICE_CHUNK) {
+                        Ok(0) => {
+                            self.eof = true;
+                            false
+                        }
+                        Ok(n) => {
+                            self.moved += n as u64;
+                            self.spliced += n as u64;
+                            progress = true;
+                            true
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // EAGAIN does not say which side blocked. A full destination is
+                            // the first suspect: its edge comes when it drains, and then the
+                            // next splice tells. Only with room at the destination does an
+                            // empty source mean "wait for the source": a socket holding just
+                            // its FIN reads as empty yet answers EAGAIN, not EOF, while the
+                            // pipe is full. An edge arriving after these checks is still
+                            // queued by epoll, so clearing a flag here cannot miss it.
+                            if !splice::writable_now(dst_fd) {
+                                ready.dst = false;
+                                false
+                            } else if splice::pending(src_fd).unwrap_or(0) == 0 {
+                                ready.src = false;
+                                false
+                            } else if retries < 2 {
+                                retries += 1;
+                                true
+                            } else {
+                                ready.dst = false;
+                                false
+                            }
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.spliced == 0 => {
+                            return Err(Err(Unspliceable));
+                        }
+                        Err(error) => {
+                            let side = self.side_of(&error);
+                            return Err(Ok(PumpError { side, error }));
+                        }
+                    }
+                }
+                Some(mid) => {
+                    let mut again = false;
+                    if !self.eof && ready.src && mid.filled < mid.capacity {
+                        match splice::splice(
+                            src_fd,
+                            mid.write.as_raw_fd(),
+                            mid.capacity - mid.filled,
+                        ) {
+                            Ok(0) => self.eof = true,
+                            Ok(n) => {
+                                mid.filled += n;
+                                self.spliced += n as u64;
+                                again = true;
+                            }
+                            // Our pipe fills by slots, not bytes: small segments can fill it
+                            // long before `capacity`. Blame the source only when the pipe has room.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                if splice::writable_now(mid.write.as_raw_fd()) {
+                                    ready.src = false;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => again = true,
+                            Err(e)
+                                if e.raw_os_error() == Some(libc::EINVAL) && self.spliced == 0 =>
+                            {
+                                return Err(Err(Unspliceable));
+                            }
+                            Err(error) => {
+                                return Err(Ok(PumpError {
+                                    side: Side::Src,
+                                    error,
+                                }));
+                            }
+                        }
+                    }
+                    if mid.filled > 0 && ready.dst {
+                        match splice::splice(mid.read.as_raw_fd(), dst_fd, mid.filled) {
+                            Ok(0) => {
+                                return Err(Ok(PumpError {
+                                    side: Side::Dst,
+                                    error: io::ErrorKind::WriteZero.into(),
+                                }));
+                            }
+                            Ok(n) => {
+                                mid.filled -= n;
+                                self.moved += n as u64;
+                                progress = true;
+                                again = true;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.dst = false,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => again = true,
+                            Err(error) => {
+                                return Err(Ok(PumpError {
+                                    side: Side::Dst,
+                                    error,
+                                }));
+                            }
+                        }
+                    }
+                    again
+                }
+            };
+            if !again {
+                break;
+            }
+        }
+        Ok(progress)
+    }
+}
+
+/// The socket side of the tunnel. `flush` sends what the tunnel queued on its own (TLS
+/// records); the relay calls it whenever the socket may be writable.
 pub trait Tunnel: Read + Write + mio::event::Source {
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// The socket, when its bytes are the tunnel's bytes and may be spliced (not under TLS).
+    fn splice_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 impl Tunnel for mio::net::TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn splice_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
+}
+
+/// One direction's data path, chosen at start-up.
+enum Path {
+    Copy(Pipe),
+    Splice(Splicer),
+}
+
+impl Path {
+    /// Splice when asked, possible, and the stdio end is a pipe (directly) or a socket (through
+    /// a pipe of ours); copy otherwise (terminals, files, TLS).
+    fn choose(splice_ok: bool, stdio: BorrowedFd<'_>, socket_is_src: bool, head: &[u8]) -> Path {
+        let direct = match splice::kind(stdio) {
+            _ if !splice_ok => None,
+            splice::FdKind::Pipe => Some(true),
+            splice::FdKind::Socket => Some(false),
+            splice::FdKind::Other => None,
+        };
+        match direct.map(|d| Splicer::new(d, socket_is_src, head)) {
+            Some(Ok(s)) => Path::Splice(s),
+            _ => Path::Copy(Pipe::new(BUF_SIZE, head)),
+        }
+    }
+
+    fn finished(&self) -> bool {
+        match self {
+            Path::Copy(p) => p.finished(),
+            Path::Splice(s) => s.finished(),
+        }
+    }
+
+    fn moved(&self) -> u64 {
+        match self {
+            Path::Copy(p) => p.moved(),
+            Path::Splice(s) => s.moved(),
+        }
+    }
+
+    /// Pumps between `src` and `dst` (whose raw fds are given for splicing); falls back to
+    /// copying when the kernel refuses to splice these fds.
+    fn pump<R, W>(
+        &mut self,
+        src: &mut R,
+        dst: &mut W,
+        fds: (RawFd, RawFd),
+        ready: &mut Ready,
+    ) -> Result<bool, PumpError>
+    where
+        R: Read + ?Sized,
+        W: Write + ?Sized,
+    {
+        match self {
+            Path::Copy(p) => p.pump(src, dst, ready),
+            Path::Splice(s) => match s.pump(fds.0, fds.1, ready) {
+                Ok(m) => Ok(m),
+                Err(Ok(e)) => Err(e),
+                Err(Err(Unspliceable)) => {
+                    *self = Path::Copy(Pipe::new(BUF_SIZE, &[]));
+                    self.pump(src, dst, fds, ready)
+                }
+            },
+        }
+    }
+
+    /// Writes what is already taken from the source, reading no more.
+    /// Best effort: the caller is finishing and has no use for an error here.
+    fn flush<W: Write + ?Sized>(&mut self, dst: &mut W, fds: (RawFd, RawFd), ready: &mut Ready) {
+        match self {
+            Path::Copy(p) => {
+                let _ = p.flush(dst, ready);
+            }
+            Path::Splice(s) => {
+                let mut only_dst = Ready {
+                    src: false,
+                    dst: ready.dst,
+                };
+                let _ = s.pump(fds.0, fds.1, &mut only_dst);
+            }
+        }
     }
 }
 
@@ -268,6 +606,15 @@ fn peer_gone(e: &io::Error) -> bool {
     )
 }
 
+/// How the relay runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Stop when no byte has moved for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Move bytes with splice(2) where the ends allow it.
+    pub splice: bool,
+}
+
 /// Relays between `input`/`output` and the tunnel until the tunnel's far side has closed and
 /// everything it sent was written, or `output` went away. `leftover` is written to `output`
 /// first. `O_NONBLOCK` is set on pollable stdio fds and restored before returning.
@@ -276,7 +623,7 @@ pub fn relay<T: Tunnel>(
     output: BorrowedFd<'_>,
     tunnel: &mut T,
     leftover: &[u8],
-    idle_timeout: Option<Duration>,
+    opts: Options,
 ) -> Result<Stats, RelayError> {
     let mut poll = Poll::new().map_err(RelayError::Poll)?;
     let input_polled =
@@ -299,9 +646,15 @@ pub fn relay<T: Tunnel>(
         .register(tunnel, SOCKET, Interest::READABLE | Interest::WRITABLE)
         .map_err(RelayError::Poll)?;
 
+    // Splicing needs the socket's bytes to be the tunnel's (no TLS) and the stdio end polled,
+    // so that its readiness is known.
+    let socket_fd = tunnel.splice_fd().unwrap_or(-1);
+    let splice_ok = opts.splice && splice::SUPPORTED && socket_fd >= 0;
+    let mut up = Path::choose(splice_ok && input_polled, input, false, &[]);
+    let mut down = Path::choose(splice_ok && output_polled, output, true, leftover);
+    let up_fds = (input.as_raw_fd(), socket_fd);
+    let down_fds = (socket_fd, output.as_raw_fd());
     let (mut stdin, mut stdout) = (RawIo::new(input), RawIo::new(output));
-    let mut up = Pipe::new(BUF_SIZE, &[]);
-    let mut down = Pipe::new(BUF_SIZE, leftover);
     let (mut up_ready, mut down_ready) = (Ready::both(), Ready::both());
     // Set when the far side refused more bytes: reading goes on, so everything it sent is
     // still delivered, and then the run fails, because stdin bytes were not.
@@ -309,13 +662,13 @@ pub fn relay<T: Tunnel>(
     let mut write_shut = false;
     let mut events = Events::with_capacity(8);
     let mut last_moved = Instant::now();
-    let stats = |up: &Pipe, down: &Pipe| Stats {
+    let stats = |up: &Path, down: &Path| Stats {
         up: up.moved(),
         down: down.moved(),
     };
 
     loop {
-        let mut moved = match down.pump(tunnel, &mut stdout, &mut down_ready) {
+        let mut moved = match down.pump(tunnel, &mut stdout, down_fds, &mut down_ready) {
             Ok(m) => m,
             Err(PumpError {
                 side: Side::Dst,
@@ -338,13 +691,13 @@ pub fn relay<T: Tunnel>(
             return match up_failed {
                 Some(e) => Err(RelayError::WriteTunnel(e)),
                 None => {
-                    let _ = up.flush(tunnel, &mut up_ready);
+                    up.flush(tunnel, up_fds, &mut up_ready);
                     Ok(stats(&up, &down))
                 }
             };
         }
         if up_failed.is_none() {
-            match up.pump(&mut stdin, tunnel, &mut up_ready) {
+            match up.pump(&mut stdin, tunnel, up_fds, &mut up_ready) {
                 Ok(m) => moved |= m,
                 Err(PumpError {
                     side: Side::Src,
@@ -368,6 +721,15 @@ pub fn relay<T: Tunnel>(
                     _ => {}
                 }
             }
+            // Records the tunnel queued itself (TLS close_notify, key updates); a no-op on TCP.
+            if up_ready.dst {
+                match tunnel.flush() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => up_ready.dst = false,
+                    Err(e) if peer_gone(&e) => up_failed = Some(e),
+                    Err(e) => return Err(RelayError::WriteTunnel(e)),
+                }
+            }
         }
 
         let now = Instant::now();
@@ -382,7 +744,7 @@ pub fn relay<T: Tunnel>(
             }
             Some(Duration::ZERO)
         } else {
-            match idle_timeout {
+            match opts.idle_timeout {
                 Some(limit) => {
                     let left = (last_moved + limit).saturating_duration_since(now);
                     if left.is_zero() {
@@ -610,5 +972,270 @@ mod tests {
                 .unwrap()
         );
         assert!(pipe.moved() >= TURN && pipe.moved() < TURN + 2048);
+    }
+
+    // The splice path against real fds: the same cases as the copy path's scripted tests.
+    mod splicing {
+        use super::super::*;
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+        fn tcp_pair() -> (TcpStream, TcpStream) {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (b, _) = l.accept().unwrap();
+            (a, b)
+        }
+
+        fn pipe() -> (std::fs::File, std::fs::File) {
+            let (r, w, _) = splice::pipe().unwrap();
+            (std::fs::File::from(r), std::fs::File::from(w))
+        }
+
+        fn nonblocking(fd: &impl AsFd) -> crate::sys::stdio::NonBlocking {
+            crate::sys::stdio::NonBlocking::set(fd.as_fd()).unwrap()
+        }
+
+        /// Pumps until finished the way the relay does: edge-triggered mio registrations, flags
+        /// set only by events. A stall of 10 s is a lost wake-up and fails the test.
+        fn run(s: &mut Splicer, src: RawFd, dst: RawFd) {
+            run_from(s, src, dst, Ready::both());
+        }
+
+        fn run_from(s: &mut Splicer, src: RawFd, dst: RawFd, mut ready: Ready) {
+            use mio::unix::SourceFd;
+            let mut poll = Poll::new().unwrap();
+            poll.registry()
+                .register(&mut SourceFd(&src), Token(0), Interest::READABLE)
+                .unwrap();
+            poll.registry()
+                .register(&mut SourceFd(&dst), Token(1), Interest::WRITABLE)
+                .unwrap();
+            let mut events = Events::with_capacity(4);
+            while !s.finished() {
+                let progress = s
+                    .pump(src, dst, &mut ready)
+                    .map_err(|e| format!("{e:?}"))
+                    .unwrap();
+                if progress || s.finished() {
+                    continue;
+                }
+                poll.poll(&mut events, Some(Duration::from_secs(10)))
+                    .unwrap();
+                assert!(
+                    !events.is_empty(),
+                    "lost wake-up: {ready:?}, {} bytes moved",
+                    s.moved()
+                );
+                for e in events.iter() {
+                    let hangup = e.is_error() || e.is_read_closed() || e.is_write_closed();
+                    if e.token() == Token(0) && (e.is_readable() || hangup) {
+                        ready.src = true;
+                    }
+                    if e.token() == Token(1) && (e.is_writable() || hangup) {
+                        ready.dst = true;
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_fin_behind_a_full_pipe_is_not_taken_for_an_empty_source() {
+            // Regression: with the pipe full, a socket holding only its FIN answers EAGAIN, not
+            // EOF, and reads as empty. Blaming the source cleared a flag whose edge (the FIN's)
+            // had already come: the relay hung with all data delivered.
+            let (sock, peer) = tcp_pair();
+            let _nb = nonblocking(&sock);
+            peer.shutdown(std::net::Shutdown::Write).unwrap();
+            wait_read_closed(&sock);
+            let (mut pipe_r, mut pipe_w) = pipe();
+            let filled = {
+                let _nb = nonblocking(&pipe_w);
+                let mut filled = 0;
+                loop {
+                    match pipe_w.write(&[7u8; 4096]) {
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break filled,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            };
+            let mut s = Splicer::new(true, true, &[]).unwrap();
+            let mut ready = Ready::both();
+            let progress = s
+                .pump(sock.as_raw_fd(), pipe_w.as_raw_fd(), &mut ready)
+                .unwrap();
+            assert!(!progress && !s.finished());
+            assert!(
+                ready.src && !ready.dst,
+                "must wait for the pipe, not the socket: {ready:?}"
+            );
+            // Once the pipe drains, its edge leads to the EOF.
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                pipe_r.read_to_end(&mut got).unwrap();
+                got.len()
+            });
+            run_from(&mut s, sock.as_raw_fd(), pipe_w.as_raw_fd(), ready);
+            drop(pipe_w);
+            assert_eq!(reader.join().unwrap(), filled);
+        }
+
+        fn wait_read_closed(sock: &TcpStream) {
+            use mio::unix::SourceFd;
+            let fd = sock.as_raw_fd();
+            let mut poll = Poll::new().unwrap();
+            poll.registry()
+                .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+                .unwrap();
+            let mut events = Events::with_capacity(4);
+            loop {
+                poll.poll(&mut events, Some(Duration::from_secs(10)))
+                    .unwrap();
+                assert!(!events.is_empty(), "the FIN never arrived");
+                if events.iter().any(|e| e.is_read_closed()) {
+                    return;
+                }
+            }
+        }
+
+        #[test]
+        fn pipe_to_socket_moves_every_byte_in_order() {
+            let (pipe_r, mut pipe_w) = pipe();
+            let (sock, mut peer) = tcp_pair();
+            let _nb = nonblocking(&sock);
+            let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+            let writer = {
+                let data = data.clone();
+                std::thread::spawn(move || pipe_w.write_all(&data))
+            };
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                peer.read_to_end(&mut got).unwrap();
+                got
+            });
+            let mut s = Splicer::new(true, false, &[]).unwrap();
+            let pipe_r_fd = pipe_r.as_raw_fd();
+            let closer = std::thread::spawn(move || writer.join().unwrap());
+            run(&mut s, pipe_r_fd, sock.as_raw_fd());
+            closer.join().unwrap().unwrap();
+            sock.shutdown(std::net::Shutdown::Write).unwrap();
+            assert_eq!(reader.join().unwrap(), data);
+            assert_eq!(s.moved(), data.len() as u64);
+        }
+
+        #[test]
+        fn socket_to_pipe_writes_the_head_first() {
+            let (sock, mut peer) = tcp_pair();
+            let _nb = nonblocking(&sock);
+            let (mut pipe_r, pipe_w) = pipe();
+            peer.write_all(b" and the rest").unwrap();
+            drop(peer);
+            let mut s = Splicer::new(true, true, b"first bytes").unwrap();
+            run(&mut s, sock.as_raw_fd(), pipe_w.as_raw_fd());
+            drop(pipe_w);
+            let mut got = String::new();
+            pipe_r.read_to_string(&mut got).unwrap();
+            assert_eq!(got, "first bytes and the rest");
+        }
+
+        #[test]
+        fn an_empty_source_clears_only_its_flag() {
+            let (pipe_r, _pipe_w) = pipe();
+            let (sock, _peer) = tcp_pair();
+            let _nb = nonblocking(&sock);
+            let mut s = Splicer::new(true, false, &[]).unwrap();
+            let mut ready = Ready::both();
+            assert!(
+                !s.pump(pipe_r.as_raw_fd(), sock.as_raw_fd(), &mut ready)
+                    .unwrap()
+            );
+            assert!(!ready.src && ready.dst, "{ready:?}");
+            assert!(!s.finished());
+        }
+
+        #[test]
+        fn a_full_destination_clears_only_its_flag_and_loses_nothing() {
+            let (pipe_r, mut pipe_w) = pipe();
+            let (sock, mut peer) = tcp_pair();
+            let _nb = nonblocking(&sock);
+            // More than the socket and its peer can buffer while nobody reads.
+            let data: Vec<u8> = (0..(8 << 20) as u32).map(|i| (i % 253) as u8).collect();
+            let writer = {
+                let data = data.clone();
+                std::thread::spawn(move || pipe_w.write_all(&data))
+            };
+            let mut s = Splicer::new(true, false, &[]).unwrap();
+            let mut ready = Ready::both();
+            let mut stalls = 0;
+            while ready.dst {
+                if !s
+                    .pump(pipe_r.as_raw_fd(), sock.as_raw_fd(), &mut ready)
+                    .unwrap()
+                {
+                    ready.src = true;
+                    stalls += 1;
+                    assert!(stalls < 100_000, "destination never filled");
+                }
+            }
+            assert!(!ready.dst);
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                peer.read_to_end(&mut got).unwrap();
+                got
+            });
+            run(&mut s, pipe_r.as_raw_fd(), sock.as_raw_fd());
+            writer.join().unwrap().unwrap();
+            sock.shutdown(std::net::Shutdown::Write).unwrap();
+            assert_eq!(reader.join().unwrap(), data);
+        }
+
+        #[test]
+        fn socket_to_socket_goes_through_a_pipe_of_its_own() {
+            let (src, mut src_peer) = tcp_pair();
+            let (dst, mut dst_peer) = tcp_pair();
+            let (_a, _b) = (nonblocking(&src), nonblocking(&dst));
+            let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+            let writer = {
+                let data = data.clone();
+                std::thread::spawn(move || {
+                    src_peer.write_all(&data).unwrap();
+                })
+            };
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                dst_peer.read_to_end(&mut got).unwrap();
+                got
+            });
+            let mut s = Splicer::new(false, true, b"head:").unwrap();
+            run(&mut s, src.as_raw_fd(), dst.as_raw_fd());
+            writer.join().unwrap();
+            dst.shutdown(std::net::Shutdown::Write).unwrap();
+            let got = reader.join().unwrap();
+            assert_eq!(&got[..5], b"head:");
+            assert_eq!(&got[5..], &data[..]);
+        }
+
+        #[test]
+        fn a_closed_reader_is_a_broken_pipe_on_the_destination() {
+            let (sock, mut peer) = tcp_pair();
+            let _nb = nonblocking(&sock);
+            let (pipe_r, pipe_w): (OwnedFd, OwnedFd) = {
+                let (r, w, _) = splice::pipe().unwrap();
+                (r, w)
+            };
+            drop(pipe_r);
+            peer.write_all(b"nobody reads this").unwrap();
+            let mut s = Splicer::new(true, true, &[]).unwrap();
+            let e = s
+                .pump(sock.as_raw_fd(), pipe_w.as_raw_fd(), &mut Ready::both())
+                .unwrap_err()
+                .unwrap();
+            assert_eq!(
+                (e.side, e.error.kind()),
+                (Side::Dst, io::ErrorKind::BrokenPipe)
+            );
+        }
     }
 }

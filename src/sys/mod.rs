@@ -1,5 +1,7 @@
 //! Everything platform-specific or `unsafe` lives below this module, behind safe functions.
 //! The rest of the crate is `#![deny(unsafe_code)]`.
 
+pub mod fdpass;
+pub mod splice;
 pub mod stdio;
 pub mod tty;

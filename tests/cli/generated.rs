@@ -61,6 +61,51 @@ fn man_page() -> Vec<u8> {
             "Proxy credentials as user:password (the password may contain ':'), used when neither \
              the proxy URL, -U nor an auth file gives any. Keeps the password off the command line.",
         );
+        paragraph(
+            r,
+            "GIMLET_ASKPASS",
+            "A program to ask for missing credentials, before the terminal: it is run with the \
+             prompt as its argument and its first line of output is the answer.",
+        );
+        paragraph(
+            r,
+            "SSH_ASKPASS",
+            "Used like GIMLET_ASKPASS when there is no terminal to prompt on.",
+        );
+        paragraph(r, "HOME", "Where --netrc finds .netrc.");
+        paragraph(
+            r,
+            "GIMLET_NO_SPLICE",
+            "When set to anything but 0, relay by copying through a buffer instead of splice(2), \
+             for troubleshooting.",
+        );
+    });
+    section(&mut page, "CREDENTIALS", |r| {
+        r.control("PP", []).text([roman(
+            "Sources, first present wins: the proxy URL's userinfo, -U, --proxy-auth-file or \
+             AUTHFILE, GIMLET_PROXY_AUTH, the netrc entry for the proxy host (with --netrc or \
+             --netrc-file), then, when the proxy asks, GIMLET_ASKPASS, the terminal, or \
+             SSH_ASKPASS. Files of secrets must not be accessible by group or others.",
+        )]);
+        r.control("PP", []).text([roman(
+            "By default the first request carries no credentials; after the proxy's 407 gimlet \
+             answers with the strongest scheme offered: Digest (SHA-256, then MD5), NTLMv2, \
+             then Basic. --proxy-auth basic sends Basic with the first request. Rejected \
+             credentials end the run with status 5; gimlet never loops.",
+        )]);
+    });
+    section(&mut page, "TLS", |r| {
+        r.control("PP", []).text([roman(
+            "An https:// proxy is reached over TLS (rustls, TLS 1.2 or 1.3): the CONNECT, the \
+             credentials and the tunnel travel inside the session, and closing standard input \
+             sends close_notify before the socket's sending half is shut. The proxy's \
+             certificate is verified against the system's roots (or --proxy-cacert) for the \
+             proxy's host name, sent as SNI (--proxy-servername overrides it; IP addresses are \
+             checked against the certificate's IP addresses). --tls also speaks TLS to HOST \
+             through the tunnel, TLS inside TLS with an https:// proxy. A verification failure \
+             ends the run with status 8 and says why: expired, wrong name, unknown authority, \
+             pinned key mismatch.",
+        )]);
     });
     section(&mut page, "EXAMPLES", |r| {
         let examples = [
@@ -75,6 +120,14 @@ fn man_page() -> Vec<u8> {
             (
                 "In place of corkscrew, credentials from a file readable only by you:",
                 "ProxyCommand gimlet proxy.corp 3128 %h %p ~/.ssh/proxyauth",
+            ),
+            (
+                "Handing the socket to ssh, with no relay process left (ssh_config):",
+                "ProxyCommand gimlet --fdpass proxy.corp:3128 %h %p\nProxyUseFdpass yes",
+            ),
+            (
+                "Through a TLS-only proxy whose CA is not in the system store:",
+                "gimlet --proxy-cacert corp-ca.pem https://proxy.corp:8443 git.example.com 22",
             ),
             (
                 "With credentials from the environment, showing the steps:",

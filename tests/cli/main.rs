@@ -1,11 +1,17 @@
 //! Black-box tests of the gimlet command line: a real gimlet process talks
 //! to a scripted fake proxy on the loopback interface.
 
+mod askpass;
 mod auth;
+mod digest;
 mod errors;
 mod generated;
+mod netrc;
+mod ntlm;
 mod reply;
 mod request;
 mod stdio;
 mod support;
+mod support_tls;
+mod tls;
 mod tunnel;

@@ -94,8 +94,12 @@ fn user_agent_option_replaces_the_default() {
 
 #[test]
 fn extra_headers_are_sent_in_order_after_credentials() {
+    // Preemptive Basic puts the credentials in the first request, so the
+    // whole order can be seen there.
     let head = head_sent(
         &[
+            "--proxy-auth",
+            "basic",
             "-U",
             "alice:secret",
             "-H",

@@ -1,6 +1,12 @@
 //! Shared fixtures for the black-box tests: a scripted fake HTTP proxy,
 //! helpers to run gimlet without a controlling terminal, a deterministic
-//! data generator and a few small system helpers.
+//! data generator and a few small system helpers. The `schemes` module adds
+//! what the authentication tests need: proxies that ask for credentials and
+//! check them with their own Basic, Digest and NTLM computations.
+
+mod schemes;
+
+pub use schemes::*;
 
 use std::any::Any;
 use std::io::{self, ErrorKind, Read, Write};
@@ -44,10 +50,12 @@ pub const OK: &str = "HTTP/1.1 200 Connection established\r\n\r\n";
 
 /// A `std::process::Command` for gimlet that starts it in a new session, so it
 /// has no controlling terminal and `/dev/tty` cannot be opened, with no
-/// credentials inherited from the environment.
+/// credentials or askpass programs inherited from the environment.
 pub fn gimlet_std() -> Command {
     let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("gimlet"));
-    cmd.env_remove("GIMLET_PROXY_AUTH");
+    for name in ["GIMLET_PROXY_AUTH", "GIMLET_ASKPASS", "SSH_ASKPASS"] {
+        cmd.env_remove(name);
+    }
     // SAFETY: setsid is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| {
@@ -267,6 +275,9 @@ pub struct Record {
     pub connections: usize,
     /// Request heads received, in order.
     pub requests: Vec<Vec<u8>>,
+    /// For each request, an identifier of the connection it came on (equal
+    /// identifiers mean the same connection).
+    pub request_connections: Vec<usize>,
 }
 
 impl Record {
@@ -282,6 +293,38 @@ impl Record {
         );
         text(&self.requests[0])
     }
+
+    /// Request `i` as text.
+    #[track_caller]
+    pub fn request(&self, i: usize) -> String {
+        match self.requests.get(i) {
+            Some(head) => text(head),
+            None => panic!(
+                "expected at least {} requests, got {:?}",
+                i + 1,
+                self.requests.iter().map(|r| text(r)).collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// Asserts how many requests came, showing them when the count differs.
+    #[track_caller]
+    pub fn assert_requests(&self, count: usize) {
+        assert_eq!(
+            self.requests.len(),
+            count,
+            "unexpected number of requests: {:?}",
+            self.requests.iter().map(|r| text(r)).collect::<Vec<_>>()
+        );
+    }
+
+    /// Whether requests `a` and `b` came on the same connection.
+    #[track_caller]
+    pub fn same_connection(&self, a: usize, b: usize) -> bool {
+        self.request(a);
+        self.request(b);
+        self.request_connections[a] == self.request_connections[b]
+    }
 }
 
 /// One connection from gimlet, handed to a script.
@@ -289,6 +332,8 @@ pub struct Session {
     pub stream: TcpStream,
     index: usize,
     shared: Arc<Shared>,
+    /// The request head read most recently.
+    head: Vec<u8>,
 }
 
 impl FakeProxy {
@@ -424,6 +469,7 @@ impl FakeProxy {
         requests.sort_by_key(|(index, _)| *index);
         Record {
             connections,
+            request_connections: requests.iter().map(|(index, _)| *index).collect(),
             requests: requests.into_iter().map(|(_, head)| head).collect(),
         }
     }
@@ -457,12 +503,13 @@ fn run_session(
         return;
     }
     if !head.is_empty() {
-        shared.requests.lock().unwrap().push((index, head));
+        shared.requests.lock().unwrap().push((index, head.clone()));
     }
     let mut session = Session {
         stream,
         index,
         shared,
+        head,
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| script(&mut session)));
     drop(session);
@@ -480,6 +527,13 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 }
 
 impl Session {
+    /// The request head read most recently: the one the proxy read before
+    /// handing the connection to the script, until [`Session::read_request`]
+    /// reads another. Empty if gimlet sent nothing.
+    pub fn request(&self) -> &[u8] {
+        &self.head
+    }
+
     /// Reads (and records) one more request head on this connection; `None`
     /// if gimlet closed the connection first.
     pub fn read_request(&mut self) -> Option<Vec<u8>> {
@@ -492,6 +546,7 @@ impl Session {
             .lock()
             .unwrap()
             .push((self.index, head.clone()));
+        self.head = head.clone();
         Some(head)
     }
 

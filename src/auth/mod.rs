@@ -1,0 +1,483 @@
+//! Proxy authentication: parsing challenges, choosing a scheme, and producing
+//! `Proxy-Authorization` values round after round. Pure: randomness and time come in as
+//! arguments where a scheme needs them, so the published test vectors can be checked.
+//!
+//! Like curl's `--proxy-anyauth`, gimlet reads every challenge of a 407 and picks the
+//! strongest scheme it speaks: Digest, then NTLM, then Basic.
+
+pub mod digest;
+pub mod ntlm;
+
+use std::fmt;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+
+use crate::credentials::{Credentials, Secret};
+
+/// The schemes gimlet speaks, weakest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scheme {
+    Basic,
+    Ntlm,
+    Digest,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Basic => "Basic",
+            Scheme::Ntlm => "NTLM",
+            Scheme::Digest => "Digest",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Scheme> {
+        [Scheme::Basic, Scheme::Ntlm, Scheme::Digest]
+            .into_iter()
+            .find(|s| s.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One challenge from a `Proxy-Authenticate` header (RFC 9110 §11.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: String,
+    pub token68: Option<String>,
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn is(&self, scheme: Scheme) -> bool {
+        self.scheme.eq_ignore_ascii_case(scheme.name())
+    }
+}
+
+/// Parses header values into challenges. A value may hold several challenges, and commas
+/// separate both challenges and their parameters, so a new challenge is recognised by a
+/// scheme token that is not followed by `=`.
+pub fn parse_challenges<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<Challenge> {
+    let mut out: Vec<Challenge> = Vec::new();
+    for value in values {
+        let value = String::from_utf8_lossy(value);
+        let mut rest = value.as_ref();
+        loop {
+            rest = rest.trim_start_matches([' ', '\t', ',']);
+            if rest.is_empty() {
+                break;
+            }
+            let token_end = rest.find(|c: char| !is_tchar(c)).unwrap_or(rest.len());
+            let token = &rest[..token_end];
+            let after = rest[token_end..].trim_start_matches([' ', '\t']);
+            if token.is_empty() {
+                // Not a token at all: skip to the next comma outside quotes.
+                rest = skip_element(rest);
+                continue;
+            }
+            if let (Some(value_part), Some(last)) = (after.strip_prefix('='), out.last_mut()) {
+                if !value_part.starts_with('=') {
+                    // `name=value`: a parameter of the current challenge.
+                    let (v, remaining) =
+                        parse_param_value(value_part.trim_start_matches([' ', '\t']));
+                    last.params.push((token.to_ascii_lowercase(), v));
+                    rest = remaining;
+                    continue;
+                }
+            }
+            // A scheme. Either a token68 or parameters may follow after whitespace.
+            let mut challenge = Challenge {
+                scheme: token.to_owned(),
+                token68: None,
+                params: Vec::new(),
+            };
+            rest = &rest[token_end..];
+            let spaced = rest.starts_with([' ', '\t']);
+            let body = rest.trim_start_matches([' ', '\t']);
+            if spaced && !body.is_empty() && !body.starts_with(',') {
+                // token68 (RFC 9110 §11.2): token68 characters, then only `=` padding before
+                // the end or a comma. Anything else starts the parameter list.
+                let t68_end = body
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || "-._~+/".contains(c)))
+                    .unwrap_or(body.len());
+                let eq_end = body[t68_end..]
+                    .find(|c| c != '=')
+                    .map_or(body.len(), |i| t68_end + i);
+                let tail = body[eq_end..].trim_start_matches([' ', '\t']);
+                if t68_end > 0 && (tail.is_empty() || tail.starts_with(',')) {
+                    challenge.token68 = Some(body[..eq_end].to_owned());
+                    rest = tail;
+                } else {
+                    rest = body;
+                }
+            }
+            out.push(challenge);
+        }
+    }
+    out
+}
+
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+/// Reads a token or quoted-string; returns it and what follows.
+fn parse_param_value(s: &str) -> (String, &str) {
+    if let Some(quoted) = s.strip_prefix('"') {
+        let mut value = String::new();
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(escaped);
+                    }
+                }
+                '"' => return (value, &quoted[i + 1..]),
+                _ => value.push(c),
+            }
+        }
+        (value, "")
+    } else {
+        let end = s.find([',', ' ', '\t']).unwrap_or(s.len());
+        (s[..end].to_owned(), &s[end..])
+    }
+}
+
+fn skip_element(s: &str) -> &str {
+    let mut quoted = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => return &s[i + 1..],
+            _ => {}
+        }
+    }
+    ""
+}
+
+/// Picks the strongest offered scheme gimlet speaks, or the forced one. The error lists what
+/// was offered, for the message.
+pub fn choose(
+    challenges: &[Challenge],
+    forced: Option<Scheme>,
+) -> Result<(Scheme, &Challenge), String> {
+    let usable = |c: &&Challenge| match Scheme::from_name(&c.scheme) {
+        Some(Scheme::Digest) => digest::Params::from_challenge(c).is_ok(),
+        Some(_) => true,
+        None => false,
+    };
+    let mut candidates: Vec<(Scheme, &Challenge)> = challenges
+        .iter()
+        .filter(usable)
+        .filter_map(|c| Scheme::from_name(&c.scheme).map(|s| (s, c)))
+        .filter(|(s, _)| forced.is_none_or(|f| f == *s))
+        .collect();
+    // Strongest scheme first; among Digest challenges, the strongest algorithm.
+    candidates.sort_by_key(|(s, c)| {
+        let strength = match s {
+            Scheme::Digest => digest::Params::from_challenge(c).map_or(0, |p| p.strength()),
+            _ => 0,
+        };
+        std::cmp::Reverse((*s, strength))
+    });
+    candidates.into_iter().next().ok_or_else(|| {
+        let offered: Vec<&str> = challenges.iter().map(|c| c.scheme.as_str()).collect();
+        if offered.is_empty() {
+            "no scheme".to_owned()
+        } else {
+            offered.join(", ")
+        }
+    })
+}
+
+/// The request facts a scheme signs.
+pub struct Target<'a> {
+    pub method: &'a str,
+    pub uri: &'a str,
+}
+
+/// Where a scheme is in its exchange.
+enum State {
+    Basic,
+    Digest {
+        params: digest::Params,
+        retried_stale: bool,
+    },
+    /// NTLM negotiate message sent; the next 407 must carry the server's challenge.
+    NtlmNegotiated,
+    /// NTLM authenticate message sent; another 407 means rejection.
+    NtlmDone,
+}
+
+/// One scheme's exchange with the proxy, holding the credentials it needs.
+pub struct Authenticator {
+    scheme: Scheme,
+    credentials: Credentials,
+    state: State,
+}
+
+impl Authenticator {
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    pub fn user(&self) -> &str {
+        &self.credentials.user
+    }
+
+    /// Starts with `challenge` (`None` for preemptive Basic); returns the first header value.
+    pub fn start(
+        scheme: Scheme,
+        credentials: Credentials,
+        challenge: Option<&Challenge>,
+        target: &Target<'_>,
+    ) -> anyhow::Result<(Authenticator, Secret)> {
+        let (state, value) = match scheme {
+            Scheme::Basic => (State::Basic, credentials.basic_authorization()),
+            Scheme::Digest => {
+                let challenge = challenge.ok_or_else(|| anyhow!("Digest needs a challenge"))?;
+                let params = digest::Params::from_challenge(challenge)?;
+                let value = digest::authorization(&params, &credentials, target, &cnonce()?)?;
+                (
+                    State::Digest {
+                        params,
+                        retried_stale: false,
+                    },
+                    value,
+                )
+            }
+            Scheme::Ntlm => {
+                let message = ntlm::negotiate_message();
+                (
+                    State::NtlmNegotiated,
+                    Secret::new(format!("NTLM {}", b64(&message))),
+                )
+            }
+        };
+        Ok((
+            Authenticator {
+                scheme,
+                credentials,
+                state,
+            },
+            value,
+        ))
+    }
+
+    /// Answers a further 401/407. `Ok(None)` means the proxy rejected the credentials.
+    pub fn next(
+        &mut self,
+        challenges: &[Challenge],
+        target: &Target<'_>,
+    ) -> anyhow::Result<Option<Secret>> {
+        match &mut self.state {
+            State::Basic | State::NtlmDone => Ok(None),
+            State::Digest {
+                params,
+                retried_stale,
+            } => {
+                // RFC 7616 §3.3: stale=true means the nonce expired, not the credentials.
+                let fresh = challenges
+                    .iter()
+                    .filter(|c| c.is(Scheme::Digest))
+                    .find(|c| {
+                        c.param("stale")
+                            .is_some_and(|s| s.eq_ignore_ascii_case("true"))
+                    });
+                match (fresh, *retried_stale) {
+                    (Some(c), false) => {
+                        *params = digest::Params::from_challenge(c)?;
+                        *retried_stale = true;
+                        digest::authorization(params, &self.credentials, target, &cnonce()?)
+                            .map(Some)
+                    }
+                    _ => Ok(None),
+                }
+            }
+            State::NtlmNegotiated => {
+                let token = challenges
+                    .iter()
+                    .filter(|c| c.is(Scheme::Ntlm))
+                    .find_map(|c| c.token68.as_deref())
+                    .ok_or_else(|| anyhow!("the proxy's NTLM reply carries no challenge"))?;
+                let message = base64::engine::general_purpose::STANDARD
+                    .decode(token.trim())
+                    .context("decoding the proxy's NTLM challenge")?;
+                let challenge = ntlm::Challenge::parse(&message)
+                    .context("reading the proxy's NTLM challenge")?;
+                let mut client_challenge = [0u8; 8];
+                getrandom::fill(&mut client_challenge)
+                    .map_err(|e| anyhow!("getting random bytes: {e}"))?;
+                let message = ntlm::authenticate_message(
+                    &challenge,
+                    &self.credentials,
+                    client_challenge,
+                    ntlm::filetime_now(),
+                );
+                self.state = State::NtlmDone;
+                Ok(Some(Secret::new(format!("NTLM {}", b64(&message)))))
+            }
+        }
+    }
+
+    /// True while the scheme's state lives on the current connection: the NTLM authenticate
+    /// message must travel on the connection that brought the challenge.
+    pub fn bound_to_connection(&self) -> bool {
+        matches!(self.state, State::NtlmDone)
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A fresh client nonce: 128 random bits, hex.
+fn cnonce() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow!("getting random bytes: {e}"))?;
+    Ok(hex(&bytes))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `--proxy-auth` as the library sees it.
+pub fn parse_scheme_choice(s: &str) -> anyhow::Result<Option<Scheme>> {
+    if s.eq_ignore_ascii_case("any") {
+        return Ok(None);
+    }
+    match Scheme::from_name(s) {
+        Some(scheme) => Ok(Some(scheme)),
+        None => bail!("unknown scheme {s:?} (expected basic, digest, ntlm or any)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(values: &[&str]) -> Vec<Challenge> {
+        parse_challenges(values.iter().map(|v| v.as_bytes()))
+    }
+
+    fn ch(scheme: &str, token68: Option<&str>, params: &[(&str, &str)]) -> Challenge {
+        Challenge {
+            scheme: scheme.into(),
+            token68: token68.map(Into::into),
+            params: params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn challenges_are_parsed_from_one_or_many_headers() {
+        assert_eq!(
+            parse(&[
+                r#"Digest realm="a, b", nonce="n\"q", qop="auth,auth-int", algorithm=MD5, Basic realm="x""#
+            ]),
+            [
+                ch(
+                    "Digest",
+                    None,
+                    &[
+                        ("realm", "a, b"),
+                        ("nonce", "n\"q"),
+                        ("qop", "auth,auth-int"),
+                        ("algorithm", "MD5")
+                    ]
+                ),
+                ch("Basic", None, &[("realm", "x")]),
+            ]
+        );
+        assert_eq!(
+            parse(&["NTLM", "Negotiate", "Basic realm=\"Squid proxy\""]),
+            [
+                ch("NTLM", None, &[]),
+                ch("Negotiate", None, &[]),
+                ch("Basic", None, &[("realm", "Squid proxy")])
+            ]
+        );
+        assert_eq!(
+            parse(&[
+                "NTLM TlRMTVNTUAACAAAA==",
+                "Basic  realm = corp ,  charset=UTF-8"
+            ]),
+            [
+                ch("NTLM", Some("TlRMTVNTUAACAAAA=="), &[]),
+                ch("Basic", None, &[("realm", "corp"), ("charset", "UTF-8")])
+            ]
+        );
+        assert_eq!(
+            parse(&["NTLM abc, Basic"]),
+            [ch("NTLM", Some("abc"), &[]), ch("Basic", None, &[])]
+        );
+        // Junk never panics and yields what can be read.
+        for junk in [
+            "",
+            ",,,",
+            "=",
+            "\"",
+            "Basic realm=\"unterminated",
+            "= = =",
+            "\u{1F600} x=y",
+            "Digest ,,realm",
+        ] {
+            let _ = parse(&[junk]);
+        }
+    }
+
+    #[test]
+    fn the_strongest_offered_scheme_is_chosen() {
+        let offered = parse(&[
+            "Basic realm=\"r\"",
+            "NTLM",
+            "Digest realm=\"r\", nonce=\"n\", algorithm=MD5, qop=\"auth\"",
+            "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-256, qop=\"auth\"",
+            "Negotiate",
+        ]);
+        let (scheme, challenge) = choose(&offered, None).unwrap();
+        assert_eq!(
+            (scheme, challenge.param("algorithm")),
+            (Scheme::Digest, Some("SHA-256"))
+        );
+        assert_eq!(
+            choose(&offered, Some(Scheme::Basic)).unwrap().0,
+            Scheme::Basic
+        );
+        assert_eq!(choose(&offered[..2], None).unwrap().0, Scheme::Ntlm);
+        assert_eq!(choose(&offered[4..], None).unwrap_err(), "Negotiate");
+        assert_eq!(
+            choose(&offered[..1], Some(Scheme::Digest)).unwrap_err(),
+            "Basic"
+        );
+        // A Digest algorithm gimlet does not speak is passed over, not attempted.
+        let odd = parse(&[
+            "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-512-256",
+            "Basic",
+        ]);
+        assert_eq!(choose(&odd, None).unwrap().0, Scheme::Basic);
+    }
+
+    #[test]
+    fn scheme_choice_parses() {
+        assert_eq!(parse_scheme_choice("ANY").unwrap(), None);
+        assert_eq!(parse_scheme_choice("ntlm").unwrap(), Some(Scheme::Ntlm));
+        assert!(parse_scheme_choice("kerberos").is_err());
+    }
+}
