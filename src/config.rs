@@ -249,7 +249,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
     };
     if !proxy.tls && proxy_tls_given(&proxy_tls) {
         bail!(
-            "the --proxy-cacert/-insecure/-pinnedpubkey/-servername/-cert options need an https:// proxy"
+            "checking the TLS options: --proxy-cacert, --proxy-insecure, --proxy-pinnedpubkey, --proxy-servername and --proxy-cert need an https:// proxy"
         );
     }
     let target_tls = if cli.tls {

@@ -49,7 +49,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     ),
     (
         Kind::Usage.code(),
-        "Usage or configuration error: bad arguments, an invalid host, port or header, an unreadable or unsafe credential file. Nothing was sent.",
+        "Usage or configuration error: bad arguments, an invalid host, port or header, an unreadable or unsafe credential, CA or certificate file. Nothing was sent.",
     ),
     (
         Kind::Unreachable.code(),

@@ -180,6 +180,10 @@ pub enum ReplyError {
 impl std::fmt::Display for ReplyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ReplyError::NotHttp(line) if line.starts_with(['\u{15}', '\u{16}']) => write!(
+                f,
+                "the proxy's reply is not HTTP but looks like TLS (use an https:// proxy URL): {line:?}"
+            ),
             ReplyError::NotHttp(line) => write!(f, "the proxy's reply is not HTTP: {line:?}"),
             ReplyError::Malformed(why, line) => write!(f, "malformed reply ({why}): {line:?}"),
             ReplyError::TooLarge => write!(f, "reply head is larger than {MAX_HEAD} bytes"),
@@ -597,8 +601,7 @@ fn send_and_read<S: Conn>(
             e.kind(),
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
         );
-        let e =
-            Error::new(Kind::Unreachable, e).context(format!("sending CONNECT to proxy {proxy}"));
+        let e = Error::new(io_kind(&e), e).context(format!("sending CONNECT to proxy {proxy}"));
         return Err(if closed {
             Failure::Closed(e)
         } else {
@@ -642,7 +645,7 @@ fn read_reply<S: Conn>(stream: &mut S, carry: Vec<u8>) -> Result<Parsed, (bool, 
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 let closed = reader.buffered() == 0 && e.kind() == io::ErrorKind::ConnectionReset;
-                return Err((closed, Error::new(Kind::Unreachable, e)));
+                return Err((closed, Error::new(io_kind(&e), e)));
             }
         };
         let parsed = reader.feed(&chunk[..n]).map_err(protocol)?;
@@ -663,6 +666,17 @@ fn read_reply<S: Conn>(stream: &mut S, carry: Vec<u8>) -> Result<Parsed, (bool, 
         if let Some(reply) = done {
             return Ok((reply, Vec::new()));
         }
+    }
+}
+
+/// An I/O failure during the handshake: a TLS alert or bad record is a TLS failure (a TLS 1.3
+/// server's verdict on our client certificate arrives only now), anything else means the
+/// proxy could not be reached or kept.
+fn io_kind(e: &io::Error) -> Kind {
+    if crate::tls::is_tls_error(e) {
+        Kind::Tls
+    } else {
+        Kind::Unreachable
     }
 }
 

@@ -59,32 +59,22 @@ pub fn run(config: &Config) -> Result<(), Error> {
         ),
     };
 
-    let proxy_tls = if proxy.tls {
-        let host = proxy.endpoint.host.to_string();
-        let name = tls::server_name(&host, &config.proxy_tls).kind(Kind::Usage)?;
-        let tls_config = tls::client_config(&config.proxy_tls, &proxy_name)
-            .kind_ctx(Kind::Tls, || {
-                format!("setting up TLS for proxy {proxy_name}")
-            })?;
-        if config.proxy_tls.insecure {
-            diag::warn(&"--proxy-insecure: the proxy's certificate is not verified");
-        }
-        Some((tls_config, name))
-    } else {
-        None
+    let proxy_tls = match proxy.tls {
+        true => Some(tls_leg(
+            &proxy.endpoint.host.to_string(),
+            &config.proxy_tls,
+            &format!("proxy {proxy_name}"),
+            "--proxy-insecure: the proxy's certificate is not verified",
+        )?),
+        false => None,
     };
     let target_tls = match &config.target_tls {
-        Some(opts) => {
-            let host = config.target.host.to_string();
-            let name = tls::server_name(&host, opts).kind(Kind::Usage)?;
-            let tls_config = tls::client_config(opts, &host).kind_ctx(Kind::Tls, || {
-                format!("setting up TLS for {}", config.target)
-            })?;
-            if opts.insecure {
-                diag::warn(&"--insecure: the destination's certificate is not verified");
-            }
-            Some((tls_config, name))
-        }
+        Some(opts) => Some(tls_leg(
+            &config.target.host.to_string(),
+            opts,
+            &config.target.to_string(),
+            "--insecure: the destination's certificate is not verified",
+        )?),
         None => None,
     };
     if config.fdpass && !sys::fdpass::is_unix_socket(std::io::stdout().as_fd()) {
@@ -218,6 +208,29 @@ pub fn run(config: &Config) -> Result<(), Error> {
         stats.up, stats.down
     );
     Ok(())
+}
+
+/// The configuration and server name of one TLS leg. Failures here come from the user's files
+/// and options, before anything is sent: usage errors.
+fn tls_leg(
+    host: &str,
+    opts: &tls::Options,
+    what: &str,
+    insecure_warning: &str,
+) -> Result<
+    (
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    Error,
+> {
+    let setting_up = || format!("setting up TLS for {what}");
+    let name = tls::server_name(host, opts).kind_ctx(Kind::Usage, setting_up)?;
+    let config = tls::client_config(opts, what).kind_ctx(Kind::Usage, setting_up)?;
+    if opts.insecure {
+        diag::warn(&insecure_warning);
+    }
+    Ok((config, name))
 }
 
 fn relay_stdio<T: Tunnel>(

@@ -64,6 +64,8 @@ pub struct Pipe {
     end: usize,
     eof: bool,
     moved: u64,
+    /// The source failed: reported once the bytes read before it are written.
+    failed: Option<io::Error>,
 }
 
 impl Pipe {
@@ -77,6 +79,7 @@ impl Pipe {
             end: initial.len(),
             eof: false,
             moved: 0,
+            failed: None,
         }
     }
 
@@ -96,7 +99,7 @@ impl Pipe {
 
     /// The source reached EOF and every byte was written.
     pub fn finished(&self) -> bool {
-        self.eof && self.is_empty()
+        self.eof && self.is_empty() && self.failed.is_none()
     }
 
     /// Moves bytes until neither side can go on (or a turn's worth has moved). Returns whether
@@ -124,17 +127,25 @@ impl Pipe {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.src = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => again = true,
+                    // Hold the error until what came before it is written: a reset right after
+                    // the proxy's 200 must not swallow the bytes that came with it.
                     Err(error) => {
-                        return Err(PumpError {
-                            side: Side::Src,
-                            error,
-                        });
+                        self.failed = Some(error);
+                        self.eof = true;
                     }
                 }
             }
             if self.write(dst, ready)? {
                 progress = true;
                 again = true;
+            }
+            if self.is_empty() {
+                if let Some(error) = self.failed.take() {
+                    return Err(PumpError {
+                        side: Side::Src,
+                        error,
+                    });
+                }
             }
             if !again || self.moved - before >= TURN {
                 return Ok(progress);
@@ -211,6 +222,8 @@ pub struct Splicer {
     moved: u64,
     /// Bytes moved by splice itself: a fallback to copying is safe only while it is zero.
     spliced: u64,
+    /// The source failed while our pipe still held bytes: reported once they are written.
+    failed: Option<io::Error>,
 }
 
 /// Our own pipe between two non-pipe ends, and how full it is.
@@ -247,6 +260,7 @@ impl Splicer {
             eof: false,
             moved: 0,
             spliced: 0,
+            failed: None,
         })
     }
 
@@ -256,6 +270,7 @@ impl Splicer {
 
     pub fn finished(&self) -> bool {
         self.eof
+            && self.failed.is_none()
             && self.head_done == self.head.len()
             && self.mid.as_ref().is_none_or(|m| m.filled == 0)
     }
@@ -397,11 +412,10 @@ impl Splicer {
                             {
                                 return Err(Err(Unspliceable));
                             }
+                            // As with the copying pipe: what is already in our pipe goes first.
                             Err(error) => {
-                                return Err(Ok(PumpError {
-                                    side: Side::Src,
-                                    error,
-                                }));
+                                self.failed = Some(error);
+                                self.eof = true;
                             }
                         }
                     }
@@ -427,6 +441,14 @@ impl Splicer {
                                     error,
                                 }));
                             }
+                        }
+                    }
+                    if mid.filled == 0 {
+                        if let Some(error) = self.failed.take() {
+                            return Err(Ok(PumpError {
+                                side: Side::Src,
+                                error,
+                            }));
                         }
                     }
                     again
@@ -931,13 +953,34 @@ mod tests {
             fail: Some(io::ErrorKind::BrokenPipe),
             ..Default::default()
         };
-        let e = pipe
+        let e = Pipe::new(16, &[])
             .pump(&mut src, &mut dst, &mut Ready::both())
             .unwrap_err();
         assert_eq!(
             (e.side, e.error.kind()),
             (Side::Dst, io::ErrorKind::BrokenPipe)
         );
+    }
+
+    #[test]
+    fn a_source_error_waits_until_earlier_bytes_are_written() {
+        let mut src = script(vec![err(io::ErrorKind::ConnectionReset)]);
+        let mut dst = ScriptWriter {
+            limits: [0].into(),
+            ..Default::default()
+        };
+        let mut pipe = Pipe::new(16, b"came with 200");
+        let mut ready = Ready::both();
+        // The writer is blocked: nothing written, so the reset is not reported yet.
+        assert!(!pipe.pump(&mut src, &mut dst, &mut ready).unwrap());
+        assert!(!pipe.finished());
+        ready.dst = true;
+        let e = pipe.pump(&mut src, &mut dst, &mut ready).unwrap_err();
+        assert_eq!(
+            (e.side, e.error.kind()),
+            (Side::Src, io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(dst.got, b"came with 200");
     }
 
     #[test]

@@ -240,19 +240,34 @@ pub fn explain(e: &io::Error, name: &str) -> String {
             CertificateError::Other(other) => format!("the certificate was refused: {other}"),
             _ => format!("the certificate was refused ({tls})"),
         },
+        // The peer answered with something that is not TLS at all.
+        rustls::Error::InvalidMessage(_) => {
+            format!("{tls} (the peer does not seem to speak TLS: is it a plain http:// proxy?)")
+        }
         other => other.to_string(),
     }
 }
 
+/// Whether an I/O error is a TLS failure (an alert, a bad record), not a network one.
+pub fn is_tls_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
 /// Runs a client handshake to completion over a blocking stream.
 pub fn handshake<S: Read + Write>(conn: &mut ClientConnection, stream: &mut S) -> io::Result<()> {
+    let closed = || {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection during the TLS handshake",
+        )
+    };
     while conn.is_handshaking() {
-        let (read, wrote) = conn.complete_io(stream)?;
-        if read == 0 && wrote == 0 && conn.is_handshaking() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer closed the connection during the TLS handshake",
-            ));
+        match conn.complete_io(stream) {
+            Ok((0, 0)) if conn.is_handshaking() => return Err(closed()),
+            Ok(_) => {}
+            // rustls says only "unexpected end of file": say who hung up and when.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(closed()),
+            Err(e) => return Err(e),
         }
     }
     // Flush what the handshake left to send (the client Finished in TLS 1.2).
@@ -270,6 +285,9 @@ const SEND_LIMIT: usize = 64 * 1024;
 pub struct TlsTunnel<T> {
     conn: ClientConnection,
     io: T,
+    /// A record failed after others in the same read decrypted: their plaintext goes out
+    /// first, then this error.
+    failed: Option<io::Error>,
     /// Half-close requested: close_notify queued, the transport shut once it is flushed.
     closing: bool,
     closed: bool,
@@ -281,6 +299,7 @@ impl<T: Tunnel> TlsTunnel<T> {
         TlsTunnel {
             conn,
             io,
+            failed: None,
             closing: false,
             closed: false,
         }
@@ -320,10 +339,21 @@ impl<T: Tunnel> Read for TlsTunnel<T> {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
             let got = self.conn.read_tls(&mut self.io)?;
-            self.conn
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if let Err(e) = self.conn.process_new_packets() {
+                // Records before the bad one were authenticated: deliver them first.
+                let e = io::Error::new(io::ErrorKind::InvalidData, e);
+                return match self.conn.reader().read(buf) {
+                    Ok(n) if n > 0 => {
+                        self.failed = Some(e);
+                        Ok(n)
+                    }
+                    _ => Err(e),
+                };
+            }
             // Reading may queue records to send (alerts, key updates).
             ignore_would_block(self.send_queued())?;
             if got == 0 {

@@ -775,10 +775,9 @@ fn client_certificate_and_key_may_share_one_file() {
 fn assert_client_certificate_refusal(output: &Output, proxy: &TlsProxy) {
     let stderr = text(&output.stderr);
     let code = output.status.code();
-    assert!(
-        code == Some(8) || code == Some(3),
-        "expected status 8 (or 3), got {code:?}; stderr: {stderr:?}"
-    );
+    // TLS 1.3 delivers the server's verdict only after the handshake, while the reply is read:
+    // it is still a TLS failure.
+    assert_eq!(code, Some(8), "stderr: {stderr:?}");
     assert!(
         output.stdout.is_empty(),
         "stdout: {:?}",
@@ -1463,8 +1462,8 @@ fn unreadable_proxy_ca_bundle_fails_before_connecting_with_one_line() {
         let stderr = text(&output.stderr);
         let code = output.status.code();
         assert!(
-            code == Some(2) || code == Some(8),
-            "{bundle}: expected status 2 (or 8), got {code:?}: {stderr:?}"
+            code == Some(2),
+            "{bundle}: a bad CA bundle is a usage error (nothing was sent), got {code:?}: {stderr:?}"
         );
         assert!(output.stdout.is_empty());
         assert_error_line(&stderr, None);
@@ -1535,8 +1534,6 @@ fn tls_proxy_hanging_up_during_the_handshake_fails_with_one_line() {
 }
 
 #[test]
-#[ignore = "gimlet bug: the line ends in rustls's bare \"unexpected end of file\"; \
-            tls::handshake's own explanation is never reached"]
 fn tls_proxy_hanging_up_during_the_handshake_says_the_proxy_closed_the_connection() {
     let proxy = TlsProxy::hanging_up();
     let pki = Pki::new();
@@ -1582,7 +1579,7 @@ fn corrupt_tls_record_mid_tunnel_fails_with_status_7_and_one_line() {
 }
 
 #[test]
-#[ignore = "gimlet bug: plaintext decrypted in the same read as a bad record is dropped"]
+
 fn authenticated_bytes_just_before_a_corrupt_record_still_reach_stdout() {
     let pki = Pki::new();
     let proxy = TlsProxy::start(pki.server.server_config(), |s| {
