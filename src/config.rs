@@ -273,7 +273,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
 
     if cli.fdpass && (proxy.tls || target_tls.is_some()) {
         bail!(
-            "--fdpass hands ssh a raw socket, which cannot carry a TLS session: drop --fdpass, or use a plain proxy without --tls"
+            "checking --fdpass: ssh gets a raw socket, which cannot carry a TLS session (drop --fdpass, or use a plain proxy without --tls)"
         );
     }
 

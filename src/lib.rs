@@ -80,7 +80,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
     if config.fdpass && !sys::fdpass::is_unix_socket(std::io::stdout().as_fd()) {
         return Err(Error::msg(
             Kind::Usage,
-            "--fdpass needs standard output to be a Unix socket, as ssh gives with ProxyUseFdpass yes",
+            "checking standard output for --fdpass: it is not a Unix socket (ssh gives one with ProxyUseFdpass yes)",
         ));
     }
     let dialer = Dialer {

@@ -5,6 +5,7 @@ mod askpass;
 mod auth;
 mod digest;
 mod errors;
+mod fdpass;
 mod generated;
 mod netrc;
 mod ntlm;
