@@ -931,6 +931,8 @@ mod tests {
         replies: VecDeque<Vec<u8>>,
         sent: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
         clock_restarts: usize,
+        /// Peek like `--fdpass` connections: what stays unread is what ssh would get.
+        peeks: bool,
     }
 
     impl Read for FakeConn {
@@ -961,6 +963,16 @@ mod tests {
         fn restart_clock(&mut self) {
             self.clock_restarts += 1;
         }
+
+        fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+            if !self.peeks {
+                return None;
+            }
+            let piece = self.replies.front().map_or(&[][..], |p| p.as_slice());
+            let n = piece.len().min(buf.len());
+            buf[..n].copy_from_slice(&piece[..n]);
+            Some(Ok(n))
+        }
     }
 
     type Sent = std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>;
@@ -988,6 +1000,7 @@ mod tests {
                 replies: replies.into_iter().map(<[u8]>::to_vec).collect(),
                 sent: sent.clone(),
                 clock_restarts: 0,
+                peeks: false,
             });
         let first = fakes.next().unwrap();
         let mut asks = 0;
@@ -1290,43 +1303,6 @@ mod tests {
         }
     }
 
-    /// A connection that can peek, as `--fdpass` uses: what stays unread is what ssh gets.
-    struct PeekConn {
-        pieces: VecDeque<Vec<u8>>,
-    }
-
-    impl Read for PeekConn {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let Some(mut piece) = self.pieces.pop_front() else {
-                return Ok(0);
-            };
-            let n = piece.len().min(buf.len());
-            buf[..n].copy_from_slice(&piece[..n]);
-            if n < piece.len() {
-                self.pieces.push_front(piece.split_off(n));
-            }
-            Ok(n)
-        }
-    }
-
-    impl Write for PeekConn {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Conn for PeekConn {
-        fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-            let piece = self.pieces.front().map_or(&[][..], |p| p.as_slice());
-            let n = piece.len().min(buf.len());
-            buf[..n].copy_from_slice(&piece[..n]);
-            Some(Ok(n))
-        }
-    }
-
     #[test]
     fn exact_mode_consumes_only_the_reply_heads() {
         let pieces = [
@@ -1334,15 +1310,18 @@ mod tests {
             b"inue\r\n\r\nHTTP/1.1 200 OK\r\n",
             b"\r\nSSH-2.0-x\r\n",
         ];
-        let mut conn = PeekConn {
-            pieces: pieces.iter().map(|p| p.to_vec()).collect(),
+        let mut conn = FakeConn {
+            replies: pieces.iter().map(|p| p.to_vec()).collect(),
+            sent: Default::default(),
+            clock_restarts: 0,
+            peeks: true,
         };
         let (reply, leftover) = read_reply(&mut conn, Vec::new())
             .map_err(|(_, e)| e)
             .unwrap();
         assert_eq!(reply.code, 200);
         assert!(leftover.is_empty());
-        let rest: Vec<u8> = conn.pieces.into_iter().flatten().collect();
+        let rest: Vec<u8> = conn.replies.into_iter().flatten().collect();
         assert_eq!(rest, b"SSH-2.0-x\r\n");
     }
 }

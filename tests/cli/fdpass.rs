@@ -36,6 +36,20 @@ fn receive_fd(via: &UnixStream) -> Option<OwnedFd> {
     }
 }
 
+/// Starts `gimlet --fdpass ARGS` with one end of a socketpair as stdout; returns the other end.
+fn spawn_fdpass(args: &[&str]) -> (std::process::Child, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let child = gimlet_std()
+        .arg("--fdpass")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, ours)
+}
+
 #[test]
 fn fdpass_hands_over_the_socket_with_the_tunnel_bytes_still_in_it() {
     let proxy = FakeProxy::start(|s| {
@@ -48,14 +62,7 @@ fn fdpass_hands_over_the_socket_with_the_tunnel_bytes_still_in_it() {
         s.shutdown_write();
         s.wait_for_close();
     });
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let child = gimlet_std()
-        .args(["--fdpass", &proxy.addr(), "example.test", "22"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(OwnedFd::from(theirs)))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, ours) = spawn_fdpass(&[&proxy.addr(), "example.test", "22"]);
     let fd = receive_fd(&ours).expect("no descriptor received");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
@@ -85,14 +92,7 @@ fn fdpass_after_a_407_hands_over_the_authorised_connection() {
         s.shutdown_write();
         s.wait_for_close();
     });
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let child = gimlet_std()
-        .args(["--fdpass", "-U", "u:p", &proxy.addr(), "example.test", "22"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(OwnedFd::from(theirs)))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, ours) = spawn_fdpass(&["-U", "u:p", &proxy.addr(), "example.test", "22"]);
     let fd = receive_fd(&ours).expect("no descriptor received");
     assert_eq!(child.wait_with_output().unwrap().status.code(), Some(0));
     let mut rest = String::new();
@@ -106,14 +106,7 @@ fn fdpass_after_a_407_hands_over_the_authorised_connection() {
 #[test]
 fn fdpass_refused_connect_passes_nothing_and_says_why() {
     let proxy = FakeProxy::replying("HTTP/1.1 403 Forbidden\r\n\r\n");
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let child = gimlet_std()
-        .args(["--fdpass", &proxy.addr(), "example.test", "22"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(OwnedFd::from(theirs)))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, ours) = spawn_fdpass(&[&proxy.addr(), "example.test", "22"]);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(4));
     assert_error_line(&text(&out.stderr), Some(&proxy.addr()));

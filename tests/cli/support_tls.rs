@@ -24,14 +24,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ProtocolVersion, RootCertStore, ServerConfig, ServerConnection};
 use sha2::{Digest, Sha256};
 
-use crate::support::{HANG, base64, scratch_file};
+use crate::support::{HANG, base64, read_head, scratch_file};
 
 /// How long a fake proxy connection may sit in a blocking read or write
 /// before it gives up (only a guard against a hang).
 const IO_LIMIT: Duration = Duration::from_secs(60);
-
-/// Largest request head the fake proxy reads before giving up.
-const HEAD_CAP: usize = 128 * 1024;
 
 /// What [`TlsProxy::connections`] sends to tell its probe from gimlet (whose
 /// first byte is a TLS record type, or a letter for plain HTTP).
@@ -627,27 +624,6 @@ impl Sink for TlsWriter<'_> {
     }
 }
 
-/// Reads a request head byte by byte until CRLFCRLF or LFLF, EOF, an error
-/// or a cap. Returns what was read.
-pub fn read_head_from(stream: &mut impl Read) -> Vec<u8> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while head.len() < HEAD_CAP {
-        match stream.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) => {
-                head.push(byte[0]);
-                if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    head
-}
-
 // ---------------------------------------------------------------------------
 // The fake TLS proxy
 // ---------------------------------------------------------------------------
@@ -756,7 +732,7 @@ impl TlsSession {
     /// Reads (and records) another request head on this connection; `None`
     /// if gimlet ended the session first.
     pub fn read_request(&mut self) -> Option<Vec<u8>> {
-        let head = read_head_from(&mut self.tls.reader);
+        let head = read_head(&mut self.tls.reader);
         if head.is_empty() {
             return None;
         }

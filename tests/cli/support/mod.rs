@@ -623,8 +623,9 @@ impl Session {
 }
 
 /// Reads a request (or reply) head byte by byte until CRLFCRLF or LFLF, EOF
-/// or a cap. Returns what was read (empty on immediate EOF or error).
-pub fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+/// or a cap, from a socket or a TLS session. Returns what was read (empty on
+/// immediate EOF or error).
+pub fn read_head(stream: &mut impl Read) -> Vec<u8> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while head.len() < HEAD_CAP {
