@@ -321,11 +321,21 @@ pub fn printable(bytes: &[u8]) -> String {
     out
 }
 
+/// Control characters escaped, everything else (quotes, backslashes) as the proxy sent it.
+fn escape_controls(line: &str) -> String {
+    line.chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_default());
+            escaped.into_iter().flatten().chain((!c.is_control()).then_some(c))
+        })
+        .collect()
+}
+
 fn shown_head(prefix: &str, head: &[u8]) -> String {
     String::from_utf8_lossy(head)
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("{prefix}{}", l.escape_debug()))
+        .map(|l| format!("{prefix}{}", escape_controls(l)))
         .collect::<Vec<_>>()
         .join("\ngimlet: ")
 }
@@ -479,7 +489,7 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
             Error::msg(
                 Kind::Auth,
                 format_args!(
-                    "proxy {proxy} rejected the {} credentials for user {:?}: {:?}",
+                    "proxy {proxy} rejected the {} credentials for user \"{}\": {:?}",
                     a.scheme(),
                     a.user(),
                     reply.status_line

@@ -45,12 +45,12 @@ pub fn run(config: &Config) -> Result<(), Error> {
         Spec::Known(c) => Some(c.clone()),
         Spec::User(user) => Some(
             credentials::ask(&proxy_name, Some(user), &config.askers)
-                .kind_ctx(Kind::Auth, || format!("asking for the password of proxy user {user:?}"))?
+                .kind_ctx(Kind::Auth, || format!("asking for the password of proxy user \"{user}\""))?
                 .ok_or_else(|| {
                     Error::msg(
                         Kind::Auth,
                         format_args!(
-                            "asking for the password of proxy user {user:?}: no terminal and no askpass program (give the password with --proxy-auth-file, {}, --netrc or {})",
+                            "asking for the password of proxy user \"{user}\": no terminal and no askpass program (give the password with --proxy-auth-file, {}, --netrc or {})",
                             config::AUTH_ENV,
                             config::ASKPASS_ENV
                         ),

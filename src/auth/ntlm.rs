@@ -2,10 +2,12 @@
 //! kept-alive connection. Only what a proxy client needs: no signing, sealing or MIC.
 //!
 //! The challenge comes from the network, so every field is bounds-checked: a malformed
-//! message is an error, never a panic or an out-of-bounds read. The target-name field is not
-//! read at all (squid's test helper sends a bogus offset there).
+//! header is an error, never a panic or an out-of-bounds read. The target-name field is not
+//! read at all, and a target-info field pointing outside the message counts as absent: squid's
+//! ntlm_fake_auth echoes the client's TARGET_INFO flag but sends a 49-byte challenge whose
+//! bytes 40-48 are text, not a buffer descriptor.
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use hmac::{Hmac, KeyInit, Mac};
 use md4::{Digest as _, Md4};
 use md5::Md5;
@@ -77,10 +79,11 @@ impl Challenge {
         let target_info = if flags & NEGOTIATE_TARGET_INFO != 0 && m.len() >= 48 {
             let len = u16_at(m, 40).unwrap_or_default() as usize;
             let offset = u32_at(m, 44).unwrap_or_default() as usize;
-            match offset.checked_add(len).and_then(|end| m.get(offset..end)) {
-                Some(info) => info.to_vec(),
-                None => bail!("target information lies outside the message"),
-            }
+            offset
+                .checked_add(len)
+                .and_then(|end| m.get(offset..end))
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -319,12 +322,13 @@ mod tests {
         let mut wrong_sig = good.clone();
         wrong_sig[0] = b'X';
         assert!(Challenge::parse(&wrong_sig).is_err());
+        // Target info pointing past the end (or overflowing) reads as absent.
         let mut bad_info = good.clone();
-        bad_info[44] = 0xff; // target info offset past the end
-        assert!(Challenge::parse(&bad_info).is_err());
+        bad_info[44] = 0xff;
+        assert_eq!(Challenge::parse(&bad_info).unwrap().target_info, b"");
         let mut huge = good.clone();
         huge[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(Challenge::parse(&huge).is_err());
+        assert_eq!(Challenge::parse(&huge).unwrap().target_info, b"");
         // A bogus target-name offset (squid's fake helper) is ignored.
         let mut bogus_name = good.clone();
         bogus_name[16..20].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
@@ -338,6 +342,22 @@ mod tests {
                 let _ = Challenge::parse(&m).map(|c| c.server_timestamp());
             }
         }
+    }
+
+    #[test]
+    fn squids_fake_helper_challenge_is_accepted() {
+        // Captured from squid 5.7's ntlm_fake_auth: TARGET_INFO flagged, no such field, a
+        // garbage target-name offset, "WORKGROUP" where the target-info descriptor would be.
+        let raw = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            "TlRMTVNTUAACAAAACQAJAK6qqqoHgoigYmYKPRbscE8AAAAAAAA6AFdPUktHUk9VUA==",
+        )
+        .unwrap();
+        let challenge = Challenge::parse(&raw).unwrap();
+        assert!(challenge.target_info.is_empty());
+        let creds = Credentials::parse_pair("CORP\\alice:pw").unwrap();
+        let m = authenticate_message(&challenge, &creds, [1; 8], 0);
+        assert_eq!(&m[..12], b"NTLMSSP\0\x03\0\0\0");
     }
 
     #[test]
