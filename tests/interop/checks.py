@@ -4,20 +4,25 @@
 # Failed with the reason on failure, and may return a short note (throughput).
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
 import shlex
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
-from harness import LOOPBACK, Child, Failed, Sandbox, run, run_ok, tail
-from proxies import Proxy
+from harness import LOOPBACK, Child, Failed, Sandbox, run, run_ok, tail, tool
+from pki import certificate, pki_dir
+from proxies import Credentials, Proxy
 from target import Target, checkout_manifest
 
 # Timeouts only catch hangs; a healthy run takes a small fraction of them.
@@ -25,6 +30,12 @@ LOGIN_TIMEOUT = 60
 GIT_TIMEOUT = 180
 REFUSED_TIMEOUT = 30
 REFUSED_EXIT = 4  # gimlet's exit status for a CONNECT the proxy refused (gimlet --help)
+AUTH_EXIT = 5  # ... for credentials the proxy refused
+TLS_EXIT = 8  # ... for a failed TLS handshake (certificate not verified)
+PROMPTLY = 10  # seconds a refused gimlet may take to exit
+LOG_WAIT = 5  # seconds a proxy may take to log a closed tunnel
+ECHO_MIB = 16
+ECHO_WINDOW = 256 << 10  # bytes the echo check lets travel unanswered
 PUSH_MIB = 1
 COALESCE = Path(__file__).with_name("coalesce.py")
 
@@ -44,23 +55,93 @@ class Tunnel:
     target: Target
     sandbox: Sandbox
     scratch: Path  # this row's own directory for clones
+    dir: Path  # the proxy's directory (config, logs)
+    credentials: Credentials | None = None  # None: the row's own
+    fdpass: bool = False  # ProxyCommand gimlet --fdpass with ssh's ProxyUseFdpass yes
 
-    def gimlet_argv(self, host: str, port: str, family: str = "inet",
-                    joined: bool = False) -> list[str]:
-        """gimlet's argv. The proxy is given corkscrew-style (`127.0.0.1 PORT`),
-        or as `127.0.0.1:PORT` when joined; over IPv6 always as `[::1]:PORT`."""
-        if family == "inet6":
-            proxy = [f"[{LOOPBACK['inet6']}]:{self.port}"]
-        elif joined:
-            proxy = [f"{LOOPBACK['inet']}:{self.port}"]
+    def __post_init__(self):
+        if self.credentials is None:
+            self.credentials = self.proxy.credentials
+        self.auth_args, self.auth_env, self.userinfo = self._credential_settings()
+
+    def _credential_settings(self) -> tuple[list[str], dict[str, str], str | None]:
+        """gimlet's arguments and environment that give it the credentials the
+        row's way, writing the files that takes to scratch; and the URL
+        userinfo when that is the way."""
+        c = self.credentials
+        if c is None:
+            return [], {}, None
+        args = ["--proxy-auth", c.scheme] if c.scheme else []
+        env, userinfo = {}, None
+        tag = hashlib.sha256(f"{c.user}\0{c.password}".encode()).hexdigest()[:8]
+        if c.via == "-U":
+            args += ["-U", f"{c.user}:{c.password}"]
+        elif c.via == "url":
+            userinfo = f"{quote(c.user, safe='')}:{quote(c.password, safe='')}"
+        elif c.via == "file":
+            path = self._private(f"auth-{tag}", f"{c.user}:{c.password}\n")
+            args += ["--proxy-auth-file", str(path)]
+        elif c.via == "env":
+            env["GIMLET_PROXY_AUTH"] = f"{c.user}:{c.password}"
+        elif c.via == "netrc":
+            def q(word: str) -> str:
+                return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            text = "".join(f"machine {host} login {q(c.user)} password {q(c.password)}\n"
+                           for host in LOOPBACK.values())
+            args += ["--netrc-file", str(self._private(f"netrc-{tag}", text))]
+        elif c.via == "askpass":
+            answer = f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(c.password)}\n"
+            script = self._private(f"askpass-{tag}", answer)
+            script.chmod(0o700)
+            args += ["-U", c.user]
+            env["GIMLET_ASKPASS"] = str(script)
         else:
-            proxy = [LOOPBACK["inet"], str(self.port)]
-        return [self.gimlet, *self.proxy.gimlet_args, *proxy, host, port]
+            raise ValueError(f"unknown credential source {c.via!r}")
+        return args, env, userinfo
+
+    def _private(self, name: str, text: str) -> Path:
+        path = self.scratch / name
+        path.touch(mode=0o600)
+        path.write_text(text)
+        return path
+
+    def tls_args(self, trusted: bool = True) -> list[str]:
+        tls = self.proxy.tls
+        if not tls:
+            return []
+        args = [*tls.base, *(tls.trust if trusted else ())]
+        if any("{pki}" in a for a in args):
+            pki = str(pki_dir(self.sandbox))
+            args = [a.replace("{pki}", pki) for a in args]
+        return args
+
+    def gimlet_argv(self, host: str, port: str, family: str = "inet", joined: bool = False,
+                    trusted: bool = True, options: tuple[str, ...] = ()) -> list[str]:
+        """gimlet's argv. The proxy is given corkscrew-style (`127.0.0.1 PORT`),
+        or as `127.0.0.1:PORT` when joined; over IPv6 always as `[::1]:PORT`;
+        as a URL (`https://`, `http://USER:PASS@`) whenever the row needs one.
+        `trusted=False` leaves the row's TLS trust options out."""
+        address = LOOPBACK[family] if family == "inet" else f"[{LOOPBACK[family]}]"
+        if self.proxy.tls or self.userinfo is not None:
+            scheme = "https" if self.proxy.tls else "http"
+            userinfo = f"{self.userinfo}@" if self.userinfo is not None else ""
+            proxy = [f"{scheme}://{userinfo}{address}:{self.port}"]
+        elif family == "inet6" or joined:
+            proxy = [f"{address}:{self.port}"]
+        else:
+            proxy = [address, str(self.port)]
+        return [self.gimlet, *self.proxy.gimlet_args, *self.auth_args, *self.tls_args(trusted),
+                *options, *proxy, host, port]
 
     def ssh_command(self, family: str = "inet", joined: bool = False) -> list[str]:
-        """ssh with gimlet as ProxyCommand; the caller adds port and host."""
-        proxy_command = shlex.join(self.gimlet_argv("%h", "%p", family, joined))
-        return ["ssh", "-F", str(self.target.ssh_config), "-o", f"ProxyCommand={proxy_command}"]
+        """ssh with gimlet as ProxyCommand; the caller adds port and host.
+        ssh expands %-tokens in a ProxyCommand, so a literal % is doubled."""
+        options = ("--fdpass",) if self.fdpass else ()
+        *argv, host, port = self.gimlet_argv("%h", "%p", family, joined, options=options)
+        proxy_command = shlex.join([a.replace("%", "%%") for a in argv] + [host, port])
+        fdpass = ["-o", "ProxyUseFdpass=yes"] if self.fdpass else []
+        return ["ssh", "-F", str(self.target.ssh_config), "-o", f"ProxyCommand={proxy_command}",
+                *fdpass]
 
     def ssh(self, family: str = "inet") -> list[str]:
         """ssh … -p PORT HOST, ready for a remote command."""
@@ -71,10 +152,11 @@ class Tunnel:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment for ssh/git/gimlet: the caller's gimlet settings and
-        ssh agent are dropped, the row's gimlet_env is added."""
+        ssh agent are dropped, the row's gimlet_env and credentials are added."""
         env = {k: v for k, v in self.target.git_env.items()
                if not k.startswith("GIMLET") and k not in ("SSH_AUTH_SOCK", "GIT_SSH", "GIT_SSH_COMMAND")}
         env.update(self.proxy.gimlet_env)
+        env.update(self.auth_env)
         env.update(extra)
         return env
 
@@ -83,7 +165,8 @@ class Tunnel:
 class Check:
     name: str
     run: Callable[[Tunnel], str | None]
-    needs: frozenset = frozenset({"inet"})  # families the proxy must listen on
+    needs: frozenset = frozenset({"inet"})  # Proxy.features the row must have
+    packages: tuple[str, ...] = ()  # needed by the check itself
 
 
 def login(t: Tunnel, family: str) -> None:
@@ -202,6 +285,15 @@ def check_bulk_up(t: Tunnel) -> str:
     return throughput(size, time.monotonic() - started)
 
 
+def check_fdpass(t: Tunnel) -> str:
+    """ssh with ProxyUseFdpass yes and gimlet --fdpass: gimlet hands ssh the
+    connected socket and exits; a login and the bulk download (size and
+    sha256) then run on that socket with no relay process in between."""
+    passed = replace(t, fdpass=True)
+    login(passed, "inet")
+    return check_bulk_down(passed)
+
+
 def check_refused(t: Tunnel) -> None:
     """gimlet alone, CONNECT to a closed port: exits 4 by itself (stdin left
     open), writes nothing to stdout, quotes the proxy's status line on stderr."""
@@ -224,6 +316,201 @@ def check_refused(t: Tunnel) -> None:
         raise Failed(f"stderr does not quote the proxy's {status} status line: {tail(stderr)}")
 
 
+def session(argv: list[str], env: dict[str, str], banner: bool) -> tuple[int, bytes, str, float]:
+    """Run gimlet alone with stdin open. With `banner`, close stdin once a
+    line (sshd's banner) came out; else only once gimlet exited by itself.
+    Returns (status, stdout, stderr, seconds)."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as err, Child(
+        argv, REFUSED_TIMEOUT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env,
+    ) as child:
+        out = b""
+        if banner:
+            while b"\n" not in out and (chunk := child.proc.stdout.read1(1 << 16)):
+                out += chunk
+            child.proc.stdin.close()
+        out += child.proc.stdout.read()
+        code = child.proc.wait()
+        elapsed = time.monotonic() - started
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+        if child.timed_out:
+            raise Failed(f"{child.hang_reason()} (stdin open): {tail(stderr)}")
+    return code, out, stderr, elapsed
+
+
+def reaches_sshd(t: Tunnel, argv: list[str]) -> str:
+    """gimlet to sshd must print its banner and exit 0 after stdin closes; its stderr."""
+    code, out, stderr, _ = session(argv, t.env(), banner=True)
+    if not out.startswith(b"SSH-2.0-"):
+        raise Failed(f"no sshd banner on stdout ({out[:40]!r}), status {code}: {tail(stderr)}")
+    if code != 0:
+        raise Failed(f"exited with status {code} after the banner: {tail(stderr)}")
+    return stderr
+
+
+def refuses(argv: list[str], env: dict[str, str], status: int, *texts: str,
+            secrets: tuple[str, ...] = (), warning: str | None = None) -> str:
+    """gimlet must exit `status` by itself within PROMPTLY seconds, print
+    nothing on stdout and one `gimlet: ` line on stderr (besides a warning
+    line holding `warning`) holding every text, and none of the secrets.
+    Returns a note with the time it took."""
+    code, out, stderr, elapsed = session(argv, env, banner=False)
+    lines = [line for line in stderr.splitlines() if not (warning and warning in line)]
+    if code != status:
+        raise Failed(f"exited with status {code}, expected {status}: {tail(stderr)}")
+    if elapsed > PROMPTLY:
+        raise Failed(f"took {elapsed:.1f}s to give up, more than {PROMPTLY}s")
+    if out:
+        raise Failed(f"wrote {len(out)} bytes to stdout: {out[:60]!r}")
+    if len(lines) != 1 or not lines[0].startswith("gimlet: "):
+        raise Failed(f"stderr is not one 'gimlet: ' line: {stderr[:300]!r}")
+    missing = [text for text in texts if text not in lines[0]]
+    if missing:
+        raise Failed(f"stderr lacks {', '.join(map(repr, missing))}: {lines[0]}")
+    if any(secret in stderr for secret in secrets):
+        raise Failed(f"stderr shows a password: {lines[0]}")
+    return f"{status} in {elapsed:.2f}s"
+
+
+def check_auth(t: Tunnel) -> str:
+    """Rows with credentials: gimlet alone reaches sshd, and the proxy's log
+    names the user; then with wrong credentials (another user where the
+    proxy takes any password) it exits 5 by itself within 10 s, writes
+    nothing to stdout and one line to stderr naming the proxy and quoting its
+    407 (tinyproxy's 401), without the password."""
+    argv = [LOOPBACK["inet"], str(t.target.port)]
+    reaches_sshd(t, t.gimlet_argv(*argv))
+    if t.proxy.auth_log:
+        name, text = t.proxy.auth_log
+        log, deadline = t.dir / name, time.monotonic() + LOG_WAIT
+        while text not in (logged := log.read_text(errors="replace") if log.exists() else ""):
+            if time.monotonic() > deadline:
+                raise Failed(f"{name} does not name the user ({text.strip()!r}): {tail(logged, 2)}")
+            time.sleep(0.1)
+    wrong = replace(t, credentials=t.credentials.refused())
+    return "wrong credentials: " + refuses(
+        wrong.gimlet_argv(*argv), wrong.env(), AUTH_EXIT,
+        f"{LOOPBACK['inet']}:{t.port}", f"{t.proxy.auth_refused_status} ",
+        secrets=(t.credentials.password, wrong.credentials.password))
+
+
+def spki_pin(port: int) -> str:
+    """curl's sha256//BASE64 pin of the public key the TLS server on the port
+    presents (fetched without verification)."""
+    pem = ssl.get_server_certificate((LOOPBACK["inet"], port), timeout=REFUSED_TIMEOUT)
+    public = run_ok(["openssl", "x509", "-pubkey", "-noout"], REFUSED_TIMEOUT, "openssl x509",
+                    input=pem.encode()).stdout
+    der = run_ok(["openssl", "pkey", "-pubin", "-outform", "DER"], REFUSED_TIMEOUT, "openssl pkey",
+                 input=public).stdout
+    return "sha256//" + base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def check_tls_verify(t: Tunnel) -> str:
+    """https:// rows: gimlet alone with the row's trust options reaches sshd,
+    saying nothing on stderr (but warning with --proxy-insecure), and so it
+    does with --proxy-pinnedpubkey naming the proxy's key too; without the
+    trust options, or with a pin of another key, it exits 8 by itself within
+    10 s with one line giving the reason (unknown authority, not valid for
+    the name, no pinned key)."""
+    argv = [LOOPBACK["inet"], str(t.target.port)]
+    stderr = reaches_sshd(t, t.gimlet_argv(*argv))
+    warning = t.proxy.tls.warning
+    if warning and warning not in stderr:
+        raise Failed(f"no warning mentioning {warning} on stderr: {stderr[:200]!r}")
+    if not warning and stderr:
+        raise Failed(f"stderr not empty: {tail(stderr)}")
+    pin = spki_pin(t.port)
+    reaches_sshd(t, t.gimlet_argv(*argv, options=("--proxy-pinnedpubkey", pin)))
+    other = "sha256//" + base64.b64encode(hashlib.sha256(pin.encode()).digest()).decode()
+    address = f"{LOOPBACK['inet']}:{t.port}"
+    refuses(t.gimlet_argv(*argv, options=("--proxy-pinnedpubkey", other)), t.env(), TLS_EXIT,
+            address, "matches no pinned key", warning=warning)
+    return "untrusted: " + refuses(t.gimlet_argv(*argv, trusted=False), t.env(), TLS_EXIT,
+                                   address, t.proxy.tls.rejected)
+
+
+def start_echo(t: Tunnel, d: Path):
+    """stunnel serving TLS on the target's echo port, each connection copied
+    back by cat; the certificate is the test CA's for the loopback names."""
+    cert, key = certificate(t.sandbox, "localhost")
+    port = t.target.echo_port
+    (d / "echo.conf").write_text("\n".join([
+        "foreground = yes", "syslog = no", f"pid = {d}/echo.pid", "debug = notice",
+        "[echo]", f"accept = 127.0.0.1:{port}", f"cert = {cert}", f"key = {key}",
+        f"exec = {tool('cat')}", "execArgs = cat",
+    ]) + "\n")
+    return t.sandbox.spawn("stunnel-echo", [tool("stunnel"), str(d / "echo.conf")], port, d,
+                           {"inet"})
+
+
+def check_tls_echo(t: Tunnel) -> str:
+    """gimlet --tls --cacert CA to a TLS echo service (stunnel running cat)
+    through the tunnel, TLS inside TLS on https:// rows: 16 MiB of random data
+    come back intact while being sent; stdin closed, gimlet exits 0.
+
+    At most ECHO_WINDOW bytes are in flight, as in request/response traffic:
+    privoxy and stunnel each write blocking, so an unbounded echo can fill
+    every buffer between them and deadlock the two (observed: privoxy stuck
+    writing to stunnel with 125 KB from stunnel unread, gimlet idle)."""
+    d = t.scratch / "echo"
+    d.mkdir(exist_ok=True)
+    echo = start_echo(t, d)
+    data = os.urandom(ECHO_MIB << 20)
+    options = ("--tls", "--cacert", str(pki_dir(t.sandbox) / "ca.pem"))
+    argv = t.gimlet_argv(LOOPBACK["inet"], str(t.target.echo_port), options=options)
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryFile() as err, Child(
+            argv, bulk_timeout(len(data)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=err, env=t.env(),
+        ) as child:
+            progress = threading.Condition()
+            digest, received, done = hashlib.sha256(), 0, False
+
+            def send():
+                try:
+                    for at in range(0, len(data), 1 << 16):
+                        with progress:
+                            progress.wait_for(lambda: done or at - received <= ECHO_WINDOW,
+                                              timeout=bulk_timeout(len(data)))
+                        if done:
+                            return
+                        child.proc.stdin.write(data[at:at + (1 << 16)])
+                        child.proc.stdin.flush()
+                except OSError:
+                    pass  # gimlet died: the read side tells
+
+            writer = threading.Thread(target=send, daemon=True)
+            writer.start()
+            while received < len(data) and (chunk := child.proc.stdout.read1(1 << 20)):
+                digest.update(chunk)
+                with progress:
+                    received += len(chunk)
+                    progress.notify()
+            with progress:
+                done = True
+                progress.notify()
+            writer.join()
+            child.proc.stdin.close()
+            rest = child.proc.stdout.read()
+            code = child.proc.wait()
+            err.seek(0)
+            stderr = err.read()
+            if child.timed_out:
+                raise Failed(f"{child.hang_reason()} after {received} bytes: {tail(stderr)}")
+    finally:
+        t.sandbox.stop(echo)
+    if received != len(data) or digest.hexdigest() != hashlib.sha256(data).hexdigest():
+        raise Failed(f"got back {received} bytes (sha256 {digest.hexdigest()[:16]}…) of "
+                     f"{len(data)}, status {code}: {tail(stderr)}")
+    if rest:
+        raise Failed(f"{len(rest)} bytes more than were sent came back")
+    if code != 0:
+        raise Failed(f"exited with status {code} after the echo: {tail(stderr)}")
+    return throughput(len(data), time.monotonic() - started)
+
+
 CHECKS = [
     Check("ssh", check_ssh),
     Check("ssh-v6", check_ssh_v6, needs=frozenset({"inet6"})),
@@ -233,4 +520,8 @@ CHECKS = [
     Check("bulk-down", check_bulk_down),
     Check("bulk-up", check_bulk_up),
     Check("refused", check_refused),
+    Check("fdpass", check_fdpass, needs=frozenset({"inet", "plain"})),
+    Check("auth", check_auth, needs=frozenset({"inet", "auth"})),
+    Check("tls-verify", check_tls_verify, needs=frozenset({"inet", "tls"})),
+    Check("tls-echo", check_tls_echo, packages=("stunnel4", "openssl")),
 ]

@@ -1,8 +1,9 @@
 # The proxies the interop suite runs gimlet through: one PROXIES entry per
 # matrix row, each saying which packages it needs, how to write its config and
 # start it (on a given port, on loopback only), which address families it
-# listens on, how it answers a CONNECT to a closed port, and what extra
-# arguments/environment gimlet needs to use it (credentials, TLS, ...).
+# listens on, how it answers a CONNECT to a closed port, and what gimlet needs
+# to use it: extra arguments/environment, credentials (and where gimlet reads
+# them from), TLS trust for an https:// proxy.
 #
 # Adding a row: write a launcher `def launch_x(site: Site) -> None` that writes
 # its config under site.dir and calls site.spawn(...) so that something accepts
@@ -13,17 +14,32 @@
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping
 
-from harness import BOTH_FAMILIES, IS_ROOT, Sandbox, tool
+from harness import BOTH_FAMILIES, IS_ROOT, Sandbox, run_ok, tool
+from pki import certificate
 from target import Target
 
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
 PRIVOXY_TEMPLATES = Path("/etc/privoxy/templates")  # shipped data, read only
+SQUID_HELPERS = Path("/usr/lib/squid")
+REALM = "gimlet-interop"
+
+USER = "alice"
+# Every kind of character the credential parsers could trip on: ':' (the
+# user:password separator), '@' (ends URL userinfo), '$' (shells), a space,
+# and non-ASCII (UTF-8 in Basic, Digest and NTLM alike).
+PASSWORD = "ope:n@$ sesame-ü€"
+# tinyproxy 1.11's config grammar takes BasicAuth words of [-A-Za-z0-9._]
+# only, quoted or not (anything else is "Syntax error on line N").
+TINYPROXY_PASSWORD = "open-Sesame_1.0"
+NTLM_USER = "CORP\\alice"
 
 
 @dataclass
@@ -51,10 +67,55 @@ class Site:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """The row's proxy credentials and where gimlet finds them (`via`):
+    "-U" (-U USER:PASSWORD), "url" (percent-encoded userinfo of the proxy URL),
+    "file" (--proxy-auth-file), "env" (GIMLET_PROXY_AUTH), "netrc"
+    (--netrc-file) or "askpass" (-U USER, the password from GIMLET_ASKPASS).
+    `scheme` is given as --proxy-auth when set. `wrong` is the (user, password)
+    the proxy must refuse; by default the user with another password."""
+
+    user: str
+    password: str
+    via: str
+    scheme: str | None = None
+    wrong: tuple[str, str] | None = None
+
+    def refused(self) -> Credentials:
+        user, password = self.wrong or (self.user, "not-the-password")
+        return replace(self, user=user, password=password)
+
+
+@dataclass(frozen=True)
+class Tls:
+    """An https:// proxy. `trust` are the gimlet options that make its
+    certificate acceptable, `base` options always given; without `trust`,
+    gimlet must exit 8 saying `rejected`. `warning` is what gimlet must print
+    on stderr even when it succeeds (--proxy-insecure). "{pki}" in an option
+    stands for the test PKI's directory (pki.py)."""
+
+    trust: tuple[str, ...]
+    rejected: str
+    base: tuple[str, ...] = ()
+    warning: str | None = None
+
+
+CA_TRUST = ("--proxy-cacert", "{pki}/ca.pem")
+VERIFIED = Tls(trust=CA_TRUST, rejected="unknown authority")
+NOT_THROUGH_TLS = {
+    "coalesced": "coalesce.py splits plain HTTP; it cannot see the reply head inside TLS",
+}
+
+
+@dataclass(frozen=True)
 class Proxy:
     """One matrix row. gimlet_args go before gimlet's positional arguments
-    (e.g. ("-U", "user:pass")); gimlet_env is added to the environment of
-    ssh, git and gimlet (e.g. {"GIMLET_PROXY_AUTH": "user:pass"})."""
+    (e.g. ("-A", "agent")); gimlet_env is added to the environment of ssh, git
+    and gimlet. A row with `credentials` or `tls` is reached through a proxy
+    URL (http://user:pass@…, https://…). `auth_log` is (file in the proxy's
+    directory, text) naming the authenticated user once a tunnel closed;
+    `auth_refused_status` is the proxy's answer to wrong credentials. `skip`
+    maps a check that cannot apply to the row to the reason."""
 
     name: str
     packages: tuple[str, ...]
@@ -63,18 +124,77 @@ class Proxy:
     families: frozenset = BOTH_FAMILIES
     gimlet_args: tuple[str, ...] = ()
     gimlet_env: Mapping[str, str] = field(default_factory=dict)
+    credentials: Credentials | None = None
+    tls: Tls | None = None
+    auth_log: tuple[str, str] | None = None
+    auth_refused_status: int = 407
+    skip: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def features(self) -> frozenset:
+        """What checks can ask of the row (Check.needs): its address
+        families, "auth" with credentials, "tls" for an https:// proxy and
+        "plain" for the others."""
+        return (self.families | ({"auth"} if self.credentials else set())
+                | ({"tls"} if self.tls else {"plain"}))
 
 
-def launch_squid(site: Site) -> None:
+def htpasswd(path: Path, user: str, password: str) -> None:
+    """An Apache password file (MD5 "$apr1$" hash) holding one user; the
+    password goes through stdin, not the command line."""
+    run_ok(["htpasswd", "-i", "-c", "-m", str(path), user], 30, "htpasswd",
+           input=password.encode())
+
+
+def squid_auth(d: Path, scheme: str, password: str | None) -> list[str]:
+    """squid.conf lines offering one scheme, with the helper's password file."""
+    lines = []
+    if scheme == "basic":
+        htpasswd(d / "basic.passwd", USER, password)
+        lines.append(f"auth_param basic program {SQUID_HELPERS}/basic_ncsa_auth {d}/basic.passwd")
+    elif scheme == "digest":
+        # digest_file_auth splits lines at every ':', so a plaintext
+        # "user:password" entry cannot hold one; "user:realm:{HHA1}MD5" can.
+        ha1 = hashlib.md5(f"{USER}:{REALM}:{password}".encode()).hexdigest()
+        (d / "digest.passwd").write_text(f"{USER}:{REALM}:{{HHA1}}{ha1}\n")
+        lines.append(f"auth_param digest program {SQUID_HELPERS}/digest_file_auth {d}/digest.passwd")
+    elif scheme == "ntlm":
+        # Accepts any password: the user ACL below is what refuses someone.
+        lines.append(f"auth_param ntlm program {SQUID_HELPERS}/ntlm_fake_auth")
+    else:
+        raise ValueError(scheme)
+    if scheme != "ntlm":
+        lines.append(f"auth_param {scheme} realm {REALM}")
+    return lines + [f"auth_param {scheme} children 3 startup=1 idle=1"]
+
+
+def launch_squid(site: Site, auth: tuple[tuple[str, str | None], ...] = (), user: str = USER,
+                 https: str | None = None) -> None:
+    """squid on plain HTTP, or with `https` (a pki.py certificate name) on
+    https_port. `auth` is ((scheme, password), ...) in the order squid offers
+    them; only `user` is let through."""
     d, port = site.dir, site.port
     ports = " ".join(map(str, site.target.tunnel_ports))
+    owner = site.run_as("proxy")
+    if https:
+        cert, key = certificate(site.sandbox, https)
+        listen = [f"https_port {addr}:{port} tls-cert={cert} tls-key={key}"
+                  for addr in ("127.0.0.1", "[::1]")]
+    else:
+        listen = [f"http_port 127.0.0.1:{port}", f"http_port [::1]:{port}"]
     lines = [
-        f"http_port 127.0.0.1:{port}",
-        f"http_port [::1]:{port}",
+        *listen,
+        *(line for scheme, password in auth for line in squid_auth(d, scheme, password)),
         "acl clients src 127.0.0.1/32 ::1",
         f"acl tunnel_ports port {ports}",
         # Debian's default only lets CONNECT reach 443; ssh needs the sshd port.
         "http_access deny CONNECT !tunnel_ports",
+        "http_access deny !clients",
+    ]
+    if auth:
+        # Denying on a proxy_auth ACL makes squid answer 407, asking again.
+        lines += [f"acl users proxy_auth {user}", "http_access deny !users"]
+    lines += [
         "http_access allow clients",
         "http_access deny all",
         "cache deny all",
@@ -92,13 +212,13 @@ def launch_squid(site: Site) -> None:
         f"access_log stdio:{d}/access.log",
         f"coredump_dir {d}",
     ]
-    if owner := site.run_as("proxy"):
+    if owner:
         lines += [f"cache_effective_user {owner[0]}", f"cache_effective_group {owner[1]}"]
     (d / "squid.conf").write_text("\n".join(lines) + "\n")
     site.spawn("squid", [tool("squid"), "-N", "-f", str(d / "squid.conf")])
 
 
-def launch_tinyproxy(site: Site) -> None:
+def launch_tinyproxy(site: Site, basic_auth: tuple[str, str] | None = None) -> None:
     d = site.dir
     lines = [
         f"Port {site.port}",
@@ -117,22 +237,47 @@ def launch_tinyproxy(site: Site) -> None:
         f'LogFile "{d}/tinyproxy.log"',
         f'PidFile "{d}/tinyproxy.pid"',
     ]
+    if basic_auth:
+        lines.append(f"BasicAuth {basic_auth[0]} {basic_auth[1]}")
     if owner := site.run_as("nobody"):
         lines += [f"User {owner[0]}", f"Group {owner[1]}"]
     (d / "tinyproxy.conf").write_text("\n".join(lines) + "\n")
     site.spawn("tinyproxy", [tool("tinyproxy"), "-d", "-c", str(d / "tinyproxy.conf")])
 
 
-def launch_apache(site: Site) -> None:
+def launch_apache(site: Site, auth: tuple[str, str, str] | None = None) -> None:
+    """apache2's mod_proxy_connect; `auth` is (scheme, user, password) with
+    scheme "basic" or "digest"."""
     d, port = site.dir, site.port
     modules = ["mpm_event", "authz_core", "authz_host", "proxy", "proxy_connect"]
+    access = ["  Require ip 127.0.0.1 ::1"]
+    if auth:
+        scheme, user, password = auth
+        modules += ["authn_core", "authn_file", f"auth_{scheme}", "authz_user"]
+        if scheme == "basic":
+            htpasswd(d / "passwd", user, password)
+        else:  # htdigest's format; htdigest itself only reads a terminal
+            ha1 = hashlib.md5(f"{user}:{REALM}:{password}".encode()).hexdigest()
+            (d / "passwd").write_text(f"{user}:{REALM}:{ha1}\n")
+        # In a <Proxy> section mod_auth_basic and mod_auth_digest ask with 407
+        # and Proxy-Authenticate, and read Proxy-Authorization.
+        access = [
+            f"  AuthType {scheme.capitalize()}",
+            f'  AuthName "{REALM}"',
+            f"  Auth{scheme.capitalize()}Provider file",
+            f'  AuthUserFile "{d}/passwd"',
+            "  <RequireAll>",
+            "    Require ip 127.0.0.1 ::1",
+            "    Require valid-user",
+            "  </RequireAll>",
+        ]
     lines = [
         f'ServerRoot "{d}"',
         f'DefaultRuntimeDir "{d}"',
         f'PidFile "{d}/httpd.pid"',
         f'ErrorLog "{d}/error.log"',
         "LogLevel info",
-        'LogFormat "%a %r %>s %I %O" interop',
+        'LogFormat "%a %u %r %>s %I %O" interop',
         f'CustomLog "{d}/access.log" interop',
         "ServerName localhost",
         f"Listen 127.0.0.1:{port}",
@@ -142,7 +287,7 @@ def launch_apache(site: Site) -> None:
         # mod_proxy_connect's default is 443 and 563 only.
         f"AllowCONNECT {' '.join(map(str, site.target.tunnel_ports))}",
         '<Proxy "*">',
-        "  Require ip 127.0.0.1 ::1",
+        *access,
         "</Proxy>",
     ]
     if owner := site.run_as("www-data"):
@@ -176,9 +321,83 @@ def launch_privoxy(site: Site) -> None:
     site.spawn("privoxy", [tool("privoxy"), "--no-daemon", str(d / "privoxy.conf")])
 
 
+def launch_stunnel(site: Site, backend: Callable[[Site], None] = launch_squid,
+                   cert: str = "localhost") -> None:
+    """stunnel terminating TLS on site.port (both loopbacks) with a pki.py
+    certificate, relaying to `backend` launched on a port of its own."""
+    back = replace(site, port=site.sandbox.free_port(), families=frozenset({"inet"}))
+    backend(back)
+    d = site.dir
+    cert_file, key_file = certificate(site.sandbox, cert)
+    lines = [
+        "foreground = yes",  # and log to stderr, which the harness keeps
+        "syslog = no",
+        f"pid = {d}/stunnel.pid",
+        "debug = notice",
+    ]
+    for family, accept in (("inet", f"127.0.0.1:{site.port}"), ("inet6", f"::1:{site.port}")):
+        if family in site.families:
+            lines += [f"[front-{family}]", f"accept = {accept}",
+                      f"connect = 127.0.0.1:{back.port}",
+                      f"cert = {cert_file}", f"key = {key_file}"]
+    (d / "stunnel.conf").write_text("\n".join(lines) + "\n")
+    site.spawn("stunnel", [tool("stunnel"), str(d / "stunnel.conf")])
+
+
+SQUID_USER_LOG = ("access.log", f" {USER} ")
+APACHE_USER_LOG = ("access.log", f" {USER} CONNECT ")
+SQUID_TLS = ("squid", "stunnel4", "openssl")
+
 PROXIES = [
     Proxy("squid", ("squid",), launch_squid, refused_status=503),
     Proxy("tinyproxy", ("tinyproxy",), launch_tinyproxy, refused_status=500),
     Proxy("apache", ("apache2",), launch_apache, refused_status=503),
     Proxy("privoxy", ("privoxy",), launch_privoxy, refused_status=503),
+    # Authentication: each row takes its credentials from another source.
+    Proxy("squid-basic", ("squid", "apache2-utils"),
+          partial(launch_squid, auth=(("basic", PASSWORD),)), refused_status=503,
+          credentials=Credentials(USER, PASSWORD, "file"), auth_log=SQUID_USER_LOG),
+    Proxy("squid-digest", ("squid",),
+          partial(launch_squid, auth=(("digest", PASSWORD),)), refused_status=503,
+          credentials=Credentials(USER, PASSWORD, "env"), auth_log=SQUID_USER_LOG),
+    Proxy("squid-ntlm", ("squid",),
+          partial(launch_squid, auth=(("ntlm", None),), user=NTLM_USER), refused_status=503,
+          credentials=Credentials(NTLM_USER, PASSWORD, "-U", wrong=("CORP\\mallory", PASSWORD)),
+          auth_log=("access.log", " CORP\\\\alice ")),  # squid escapes the backslash
+    # Basic is offered first and knows another password: only Digest, the
+    # stronger scheme, can get through.
+    Proxy("squid-digest+basic", ("squid", "apache2-utils"),
+          partial(launch_squid, auth=(("basic", "only-basic-knows-this"), ("digest", PASSWORD))),
+          refused_status=503, credentials=Credentials(USER, PASSWORD, "netrc"),
+          auth_log=SQUID_USER_LOG),
+    # tinyproxy answers wrong credentials with 401 (and closes after its 407).
+    Proxy("tinyproxy-basic", ("tinyproxy",),
+          partial(launch_tinyproxy, basic_auth=(USER, TINYPROXY_PASSWORD)), refused_status=500,
+          credentials=Credentials(USER, TINYPROXY_PASSWORD, "askpass"), auth_refused_status=401),
+    Proxy("apache-basic", ("apache2", "apache2-utils"),
+          partial(launch_apache, auth=("basic", USER, PASSWORD)), refused_status=503,
+          credentials=Credentials(USER, PASSWORD, "url"), auth_log=APACHE_USER_LOG),
+    # --proxy-auth digest: only Digest is accepted.
+    Proxy("apache-digest", ("apache2",),
+          partial(launch_apache, auth=("digest", USER, PASSWORD)), refused_status=503,
+          credentials=Credentials(USER, PASSWORD, "-U", scheme="digest"), auth_log=APACHE_USER_LOG),
+    # TLS to the proxy.
+    Proxy("squid-https", ("squid", "openssl"), partial(launch_squid, https="localhost"),
+          refused_status=503, tls=VERIFIED, skip=NOT_THROUGH_TLS),
+    Proxy("stunnel-squid", SQUID_TLS, launch_stunnel, refused_status=503, tls=VERIFIED,
+          skip=NOT_THROUGH_TLS),
+    # --proxy-auth basic: credentials with the first CONNECT, no 407 first.
+    Proxy("stunnel-squid-basic", (*SQUID_TLS, "apache2-utils"),
+          partial(launch_stunnel, backend=partial(launch_squid, auth=(("basic", PASSWORD),))),
+          refused_status=503, tls=VERIFIED, skip=NOT_THROUGH_TLS,
+          credentials=Credentials(USER, PASSWORD, "-U", scheme="basic"), auth_log=SQUID_USER_LOG),
+    # Its certificate (from the test CA) names other.example only.
+    Proxy("stunnel-othername", SQUID_TLS, partial(launch_stunnel, cert="other"),
+          refused_status=503, skip=NOT_THROUGH_TLS,
+          tls=Tls(base=CA_TRUST, trust=("--proxy-servername", "other.example"),
+                  rejected="not valid for")),
+    Proxy("stunnel-selfsigned", SQUID_TLS, partial(launch_stunnel, cert="selfsigned"),
+          refused_status=503, skip=NOT_THROUGH_TLS,
+          tls=Tls(trust=("--proxy-insecure",), rejected="unknown authority",
+                  warning="--proxy-insecure")),
 ]

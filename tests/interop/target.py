@@ -22,6 +22,7 @@ COMMIT_TIME = "1700000000 +0000"
 class Target:
     port: int
     closed_port: int  # proxies allow CONNECT to it, but nothing listens there
+    echo_port: int  # for a TLS echo service the tls-echo check starts there
     user: str
     ssh_config: Path
     repo: Path  # bare repository
@@ -35,7 +36,7 @@ class Target:
     @property
     def tunnel_ports(self) -> list[int]:
         """Ports every proxy must let CONNECT reach."""
-        return [self.port, self.closed_port]
+        return [self.port, self.closed_port, self.echo_port]
 
 
 def sha256_file(path: Path) -> str:
@@ -175,8 +176,8 @@ def build_target(sandbox: Sandbox, bulk_mib: int) -> Target:
     repo, head, manifest = make_repository(sandbox, env)
     blob, blob_sha256 = make_blob(sandbox, bulk_mib)
     port, ssh_config = start_sshd(sandbox, user)
-    target = Target(port, sandbox.free_port(), user, ssh_config, repo, head, manifest,
-                    blob, blob_sha256, bulk_mib << 20, env)
+    target = Target(port, sandbox.free_port(), sandbox.free_port(), user, ssh_config, repo, head,
+                    manifest, blob, blob_sha256, bulk_mib << 20, env)
     check_direct_login(target)
     return target
 
