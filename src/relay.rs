@@ -25,6 +25,10 @@ use crate::sys::stdio::{NonBlocking, RawIo};
 /// Buffer per direction. Large enough that a 64 KiB pipe or a socket's queue moves in one
 /// read; small enough that memory stays flat.
 pub const BUF_SIZE: usize = 128 * 1024;
+/// Longest sleep while bytes wait for a destination marked blocked. Its edge should wake us
+/// sooner; this only bounds the damage if the kernel never sends it (socket memory refused
+/// under cgroup pressure leaves a socket "writable" with nothing in flight to ACK).
+const WATCHDOG: Duration = Duration::from_millis(250);
 /// Bytes one `pump` call may move before yielding, so neither direction starves the other.
 const TURN: u64 = 4 * BUF_SIZE as u64;
 
@@ -224,6 +228,8 @@ pub struct Splicer {
     spliced: u64,
     /// The source failed while our pipe still held bytes: reported once they are written.
     failed: Option<io::Error>,
+    /// The last pump stopped on an EAGAIN neither side explains: poll again soon.
+    unexplained: bool,
 }
 
 /// Our own pipe between two non-pipe ends, and how full it is.
@@ -261,6 +267,7 @@ impl Splicer {
             moved: 0,
             spliced: 0,
             failed: None,
+            unexplained: false,
         })
     }
 
@@ -315,6 +322,7 @@ impl Splicer {
     ) -> Result<bool, Result<PumpError, Unspliceable>> {
         let before = self.moved;
         let mut progress = false;
+        self.unexplained = false;
         while self.head_done < self.head.len() && ready.dst {
             match splice::write(dst_fd, &self.head[self.head_done..]) {
                 Ok(n) => {
@@ -372,7 +380,11 @@ impl Splicer {
                                 retries += 1;
                                 true
                             } else {
-                                ready.dst = false;
+                                // Room on one side, bytes on the other, and still EAGAIN (seen
+                                // under load). Neither side will send an edge, so clearing a
+                                // flag would sleep forever: keep both and ask to be polled
+                                // again shortly.
+                                self.unexplained = true;
                                 false
                             }
                         }
@@ -516,6 +528,21 @@ impl Path {
         match self {
             Path::Copy(p) => p.moved(),
             Path::Splice(s) => s.moved(),
+        }
+    }
+
+    /// The last pump could not tell which side blocked: poll again soon, not forever.
+    fn retry_soon(&self) -> bool {
+        matches!(self, Path::Splice(s) if s.unexplained)
+    }
+
+    /// Bytes are held here, waiting for the destination.
+    fn holds_bytes(&self) -> bool {
+        match self {
+            Path::Copy(p) => !p.is_empty(),
+            Path::Splice(s) => {
+                s.head_done < s.head.len() || s.mid.as_ref().is_some_and(|m| m.filled > 0)
+            }
         }
     }
 
@@ -758,6 +785,16 @@ pub fn relay<T: Tunnel>(
         if moved {
             last_moved = now;
         }
+        // How long to wait when nothing moved: for an event, but never longer than the idle
+        // limit, nor than a millisecond when a splice could not tell which side blocked, nor
+        // than the watchdog while bytes wait for a blocked destination.
+        let up_waits = up_failed.is_none() && up.holds_bytes() && !up_ready.dst;
+        let down_waits = down.holds_bytes() && !down_ready.dst;
+        let retry = if up.retry_soon() || down.retry_soon() {
+            Some(Duration::from_millis(1))
+        } else {
+            (up_waits || down_waits).then_some(WATCHDOG)
+        };
         let timeout = if moved {
             // Still busy: only collect readiness that a blocked side may be waiting for.
             let blocked = !(up_ready.src && up_ready.dst && down_ready.src && down_ready.dst);
@@ -766,7 +803,7 @@ pub fn relay<T: Tunnel>(
             }
             Some(Duration::ZERO)
         } else {
-            match opts.idle_timeout {
+            let idle_left = match opts.idle_timeout {
                 Some(limit) => {
                     let left = (last_moved + limit).saturating_duration_since(now);
                     if left.is_zero() {
@@ -775,12 +812,21 @@ pub fn relay<T: Tunnel>(
                     Some(left)
                 }
                 None => None,
+            };
+            match (idle_left, retry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             }
         };
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(RelayError::Poll(e)),
+        }
+        if events.is_empty() {
+            // Timed out: retry what was waiting rather than trust a wake-up that never came.
+            up_ready.dst |= up_waits;
+            down_ready.dst |= down_waits;
         }
         for event in events.iter() {
             let hangup = event.is_error() || event.is_read_closed() || event.is_write_closed();
@@ -1061,7 +1107,7 @@ mod tests {
                     .pump(src, dst, &mut ready)
                     .map_err(|e| format!("{e:?}"))
                     .unwrap();
-                if progress || s.finished() {
+                if progress || s.finished() || s.unexplained {
                     continue;
                 }
                 poll.poll(&mut events, Some(Duration::from_secs(10)))
