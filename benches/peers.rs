@@ -12,8 +12,9 @@
 //!   --size SIZE     bytes per transfer; K, M, G suffixes are KiB, MiB, GiB   [default 2G]
 //!   --reps N        transfers per tool and direction                          [default 5]
 //!   --spawns N      spawns per tool for the handshake latency                 [default 200]
-//!   --tools LIST    comma-separated subset of baseline, baseline-splice, gimlet, gimlet-copy, corkscrew,
-//!                   proxytunnel, connect-proxy, nc.openbsd, socat, ncat       [default all]
+//!   --tools LIST    comma-separated subset of baseline, baseline-splice, gimlet, gimlet-tls,
+//!                   gimlet-copy, corkscrew, proxytunnel, connect-proxy, nc.openbsd, socat,
+//!                   ncat                                                      [default all]
 //!   --timeout SECS  give up on a run when no byte moved for SECS: the far side closes, and a
 //!                   tool that does not exit then is killed and reported       [default 10]
 //!   --verify        compare every byte with the expected stream (default: count every byte,
@@ -63,8 +64,9 @@ Options:
   --size SIZE     bytes per transfer; K, M, G suffixes are KiB, MiB, GiB   [default 2G]
   --reps N        transfers per tool and direction                          [default 5]
   --spawns N      spawns per tool for the handshake latency                 [default 200]
-  --tools LIST    comma-separated subset of baseline, baseline-splice, gimlet, gimlet-copy, corkscrew,
-                  proxytunnel, connect-proxy, nc.openbsd, socat, ncat       [default all]
+  --tools LIST    comma-separated subset of baseline, baseline-splice, gimlet, gimlet-tls,
+                  gimlet-copy, corkscrew, proxytunnel, connect-proxy, nc.openbsd, socat,
+                  ncat                                                      [default all]
   --timeout SECS  give up on a run when no byte moved for SECS              [default 10]
   --verify        compare every byte (default: count every byte, compare the first MiB)
   --smoke         quick run for CI: --size 8M --reps 1 --spawns 20 --verify --timeout 5
@@ -795,6 +797,119 @@ const BASELINE_BUF: usize = 128 << 10;
 const BASELINE: &str = "baseline";
 const BASELINE_SPLICE: &str = "baseline-splice";
 const GIMLET_COPY: &str = "gimlet-copy";
+const GIMLET_TLS: &str = "gimlet-tls";
+
+/// A local TLS proxy: stunnel with a throwaway certificate, in front of the endpoint.
+struct TlsFront {
+    child: std::process::Child,
+    dir: PathBuf,
+    /// The CA that signed the front's certificate, for `--proxy-cacert`.
+    ca: PathBuf,
+    port: u16,
+}
+
+impl TlsFront {
+    fn start(endpoint: u16) -> Result<TlsFront, String> {
+        let stunnel = which("stunnel4")
+            .or_else(|| which("stunnel"))
+            .ok_or("`stunnel4` not installed")?;
+        which("openssl").ok_or("`openssl` not installed")?;
+        let dir = std::env::temp_dir().join(format!("peers-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        // A throwaway CA and a leaf for 127.0.0.1 signed by it (webpki refuses a CA
+        // certificate presented as the server's own).
+        let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+        let (cert, key, csr) = (
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            dir.join("req.csr"),
+        );
+        let ext = dir.join("leaf.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .map_err(|e| format!("writing {}: {e}", ext.display()))?;
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut make_ca = Command::new("openssl");
+        make_ca.args(["req", "-x509", "-days", "2", "-subj", "/CN=gimlet bench CA"]);
+        make_ca
+            .args(ec)
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca);
+        let mut make_request = Command::new("openssl");
+        make_request
+            .args(["req", "-subj", "/CN=gimlet bench front"])
+            .args(ec);
+        make_request.arg("-keyout").arg(&key).arg("-out").arg(&csr);
+        let mut sign = Command::new("openssl");
+        sign.args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
+            .arg(&csr);
+        sign.arg("-CA").arg(&ca).arg("-CAkey").arg(&ca_key);
+        sign.arg("-extfile").arg(&ext).arg("-out").arg(&cert);
+        for mut step in [make_ca, make_request, sign] {
+            let made = step
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| format!("running openssl: {e}"))?;
+            if !made.success() {
+                return Err(format!("{step:?} failed: {made}"));
+            }
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("picking a port: {e}"))?
+            .port();
+        let config = dir.join("stunnel.conf");
+        let text = format!(
+            "foreground = yes\npid =\noutput = {log}\ncert = {cert}\nkey = {key}\n\
+             [front]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{endpoint}\n",
+            log = dir.join("stunnel.log").display(),
+            cert = cert.display(),
+            key = key.display(),
+        );
+        std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
+        let child = Command::new(stunnel)
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting stunnel: {e}"))?;
+        let front = TlsFront {
+            child,
+            dir,
+            ca,
+            port,
+        };
+        // Ready when it accepts; the deadline only catches a stunnel that never starts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("stunnel did not start listening within 10 s".into());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(front)
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// The tools, in report order: name, binary, how the issue spells their command line.
 const PEERS: &[(&str, &str)] = &[
@@ -2281,6 +2396,29 @@ fn main() {
             kind: Kind::Tool(command_line("gimlet", &bin, port)),
         });
     }
+    // gimlet through a local TLS proxy (stunnel in front of the same endpoint), for the ratio
+    // of TLS to plain in the same run. The front lives until the end of main.
+    let mut _tls_front = None;
+    if wanted(GIMLET_TLS) {
+        match TlsFront::start(port) {
+            Ok(front) => {
+                let bin = gimlet.to_string_lossy().into_owned();
+                relays.push(Relay {
+                    name: GIMLET_TLS.into(),
+                    kind: Kind::Tool(vec![
+                        bin,
+                        "--proxy-cacert".into(),
+                        front.ca.to_string_lossy().into_owned(),
+                        format!("https://127.0.0.1:{}", front.port),
+                        DEST_HOST.into(),
+                        DEST_PORT.to_string(),
+                    ]),
+                });
+                _tls_front = Some(front);
+            }
+            Err(e) => skipped.push((GIMLET_TLS.to_string(), e)),
+        }
+    }
     // gimlet on its copying path, to show what splice(2) buys per direction. `env` execs in
     // place, so the measured process is gimlet itself (its handshake includes env's exec).
     if wanted(GIMLET_COPY) {
@@ -2305,7 +2443,7 @@ fn main() {
         }
     }
     if let Some(t) = &opts.tools {
-        let known: Vec<&str> = [BASELINE, BASELINE_SPLICE, "gimlet", GIMLET_COPY]
+        let known: Vec<&str> = [BASELINE, BASELINE_SPLICE, "gimlet", GIMLET_TLS, GIMLET_COPY]
             .into_iter()
             .chain(PEERS.iter().map(|p| p.0))
             .collect();

@@ -14,5 +14,6 @@ mod request;
 mod stdio;
 mod support;
 mod support_tls;
+mod terminal;
 mod tls;
 mod tunnel;
