@@ -326,7 +326,10 @@ fn escape_controls(line: &str) -> String {
     line.chars()
         .flat_map(|c| {
             let escaped = c.is_control().then(|| c.escape_default());
-            escaped.into_iter().flatten().chain((!c.is_control()).then_some(c))
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
         })
         .collect()
 }
