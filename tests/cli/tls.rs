@@ -45,6 +45,16 @@ fn gimlet_tls_std(options: &[&str], proxy: &str) -> Command {
     cmd
 }
 
+/// gimlet trusting the test CA, through `proxy`, with piped stdin and stdout.
+fn spawn_trusting(pki: &Pki, proxy: &TlsProxy) -> Running {
+    let ca = path(&pki.ca.file());
+    spawn(
+        gimlet_tls_std(&["--proxy-cacert", &ca], &proxy.url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    )
+}
+
 /// Runs gimlet to completion and returns its output.
 fn run(cmd: &mut assert_cmd::Command) -> Output {
     cmd.output().expect("cannot run gimlet")
@@ -251,12 +261,7 @@ fn sixty_four_mebibytes_each_way_at_once_arrive_intact_through_tls() {
         });
         s.shutdown();
     });
-    let ca = path(&pki.ca.file());
-    let mut running = spawn(
-        gimlet_tls_std(&["--proxy-cacert", &ca], &proxy.url())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut running = spawn_trusting(&pki, &proxy);
     let mut stdin = running.stdin.take().unwrap();
     let feeder = thread::spawn(move || {
         write_stream(&mut stdin, UP_SEED, BIG).expect("writing gimlet's stdin failed");
@@ -378,12 +383,7 @@ fn proxy_close_notify_ends_gimlet_while_stdin_is_still_open() {
         let (upstream, _) = s.reader.read_to_close();
         assert_eq!(upstream, b"");
     });
-    let ca = path(&pki.ca.file());
-    let mut running = spawn(
-        gimlet_tls_std(&["--proxy-cacert", &ca], &proxy.url())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut running = spawn_trusting(&pki, &proxy);
     let mut stdout = running.stdout.take().unwrap();
     // Keep running.stdin: gimlet must exit on close_notify alone.
     let finished = running.wait_keeping_stdin(HANG);
@@ -407,12 +407,7 @@ fn proxy_closing_after_stdin_data_still_delivers_everything_through_tls() {
         s.shutdown();
         s.reader.read_to_close();
     });
-    let ca = path(&pki.ca.file());
-    let mut running = spawn(
-        gimlet_tls_std(&["--proxy-cacert", &ca], &proxy.url())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut running = spawn_trusting(&pki, &proxy);
     running.stdin.as_mut().unwrap().write_all(b"hello").unwrap();
     let mut stdout = running.stdout.take().unwrap();
     let reader = thread::spawn(move || {
@@ -437,12 +432,7 @@ fn proxy_fin_without_close_notify_still_ends_gimlet_cleanly() {
         s.writer.close_transport_only();
         s.reader.read_to_close();
     });
-    let ca = path(&pki.ca.file());
-    let mut running = spawn(
-        gimlet_tls_std(&["--proxy-cacert", &ca], &proxy.url())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut running = spawn_trusting(&pki, &proxy);
     let mut stdout = running.stdout.take().unwrap();
     let finished = running.wait_keeping_stdin(HANG);
     finished.assert_code(0);
@@ -1561,12 +1551,7 @@ fn corrupt_tls_record_mid_tunnel_fails_with_status_7_and_one_line() {
         s.writer.send_raw(&bogus_record());
         s.reader.read_to_close();
     });
-    let ca = path(&pki.ca.file());
-    let mut running = spawn(
-        gimlet_tls_std(&["--proxy-cacert", &ca], &proxy.url())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut running = spawn_trusting(&pki, &proxy);
     let rx = stdout_chunks(running.stdout.take().unwrap());
     assert_eq!(await_output(&rx, "good bytes"), "good bytes");
     running.stdin.as_mut().unwrap().write_all(b"next").unwrap();
@@ -1590,12 +1575,7 @@ fn authenticated_bytes_just_before_a_corrupt_record_still_reach_stdout() {
         s.send_records_then_raw(&[b"good bytes"], &bogus_record());
         s.reader.read_to_close();
     });
-    let ca = path(&pki.ca.file());
-    let mut running = spawn(
-        gimlet_tls_std(&["--proxy-cacert", &ca], &proxy.url())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut running = spawn_trusting(&pki, &proxy);
     let rx = stdout_chunks(running.stdout.take().unwrap());
     running.stdin.as_mut().unwrap().write_all(b"go").unwrap();
     let finished = running.wait_keeping_stdin(HANG);
@@ -1643,12 +1623,7 @@ fn reply_data_and_close_notify_in_one_write_end_gimlet_after_the_data() {
         s.send_records_then_close_notify(&[OK.as_bytes(), b"last words"]);
         s.reader.read_to_close();
     });
-    let ca = path(&pki.ca.file());
-    let mut running = spawn(
-        gimlet_tls_std(&["--proxy-cacert", &ca], &proxy.url())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut running = spawn_trusting(&pki, &proxy);
     let mut stdout = running.stdout.take().unwrap();
     // stdin stays open: the close_notify that came with the reply ends it.
     let finished = running.wait_keeping_stdin(HANG);
