@@ -89,6 +89,29 @@ fn await_prompt(screen: &mpsc::Receiver<String>, shown: &mut String, prompt: &st
     }
 }
 
+/// Waits until the terminal no longer echoes: rpassword shows its prompt first and turns echo
+/// off just after, so typing the moment the prompt appears could still be echoed.
+fn await_echo_off(pty: &Pty) {
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        // SAFETY: tcgetattr fills the zeroed termios; on Linux the master reports the
+        // terminal's settings.
+        let echo = unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            assert_eq!(libc::tcgetattr(pty.master.as_raw_fd(), &mut t), 0);
+            t.c_lflag & libc::ECHO != 0
+        };
+        if !echo {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "echo never turned off for the password"
+        );
+        thread::yield_now();
+    }
+}
+
 fn basic_proxy() -> FakeProxy {
     FakeProxy::start(|s| {
         if !text(s.request()).contains("Proxy-Authorization:") {
@@ -155,6 +178,7 @@ fn credentials_are_asked_on_the_terminal_after_a_407_and_sent_on_the_same_connec
         &mut shown,
         &format!("password for alice at proxy {}", proxy.addr()),
     );
+    await_echo_off(&pty);
     pty.master.write_all(b"s3 cr:et\n").unwrap();
     finish_tunnel(child, &mut shown, &screen);
     proxy.finish().assert_requests(2);
@@ -173,6 +197,7 @@ fn user_option_without_password_asks_the_terminal_before_connecting() {
         0,
         "the password is asked before connecting"
     );
+    await_echo_off(&pty);
     pty.master.write_all(b"s3 cr:et\n").unwrap();
     finish_tunnel(child, &mut shown, &screen);
 }
