@@ -1337,4 +1337,57 @@ mod tests {
         let rest: Vec<u8> = conn.replies.into_iter().flatten().collect();
         assert_eq!(rest, b"SSH-2.0-x\r\n");
     }
+
+    #[test]
+    fn hostile_replies_never_panic_and_respect_the_cap() {
+        // Mutations of real replies and plain noise, each fed in random pieces: the reader
+        // must answer (a reply, "need more", or an error) without panicking, never buffer
+        // past the cap, and reach the same outcome as when fed whole.
+        let seeds: [&[u8]; 4] = [
+            b"HTTP/1.1 200 Connection established\r\nVia: 1.1 squid\r\n\r\nSSH-2.0-x",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 407 x\r\nProxy-Authenticate: Basic realm=\"r\"\r\nContent-Length: 3\r\n\r\nabc",
+            b"HTTP/1.1 403 Forbidden\n\n",
+            b"\r\nHTTP/1.1  204  \r\nX-Folded: a\r\n b\r\n\r\n",
+        ];
+        let mut rng = crate::auth::robustness::Rng::new(3);
+        for round in 0..20_000 {
+            let input = match round % 5 {
+                4 => (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+                i => rng.mutate(seeds[i]),
+            };
+            let whole = {
+                let mut r = ReplyReader::new(Vec::new());
+                r.feed(&input)
+                    .map(|o| o.map(|(reply, rest)| (reply.code, rest)))
+            };
+            let mut r = ReplyReader::new(Vec::new());
+            let mut rest = &input[..];
+            let mut pieced = Ok(None);
+            while !rest.is_empty() {
+                let (piece, tail) = rest.split_at(1 + rng.below(rest.len()));
+                rest = tail;
+                pieced = r.feed(piece).map(|o| {
+                    o.map(|(reply, mut left)| {
+                        left.extend_from_slice(tail);
+                        (reply.code, left)
+                    })
+                });
+                if !matches!(pieced, Ok(None)) {
+                    break;
+                }
+                assert!(r.buffered() <= MAX_HEAD, "buffered past the cap");
+            }
+            // An early NotHttp may quote less of the line; the variant and outcome must agree.
+            let shape = |x: &Result<Option<(u16, Vec<u8>)>, ReplyError>| match x {
+                Ok(v) => format!("{v:?}"),
+                Err(e) => format!("{e:?}").split('(').next().unwrap_or("").to_owned(),
+            };
+            assert_eq!(
+                shape(&whole),
+                shape(&pieced),
+                "input {:?}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+    }
 }

@@ -481,3 +481,87 @@ mod tests {
         assert!(parse_scheme_choice("kerberos").is_err());
     }
 }
+
+/// Hostile input, deterministically: mutations of real headers and messages, and plain noise,
+/// through every parser that reads what a proxy sends. None may panic.
+#[cfg(test)]
+pub(crate) mod robustness {
+    use super::*;
+
+    /// xorshift64*: enough randomness for mutation, the same every run.
+    pub(crate) struct Rng(u64);
+
+    impl Rng {
+        pub(crate) fn new(seed: u64) -> Rng {
+            Rng(seed.max(1))
+        }
+
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+
+        /// `seed` with a few bytes flipped, inserted, deleted or replaced by noise.
+        pub(crate) fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
+            let mut out = seed.to_vec();
+            for _ in 0..1 + self.below(4) {
+                let at = self.below(out.len() + 1);
+                match self.below(4) {
+                    0 if at < out.len() => out[at] ^= 1 << self.below(8),
+                    1 => out.insert(at, self.next() as u8),
+                    2 if at < out.len() => {
+                        out.remove(at);
+                    }
+                    _ => {
+                        let noise: Vec<u8> =
+                            (0..self.below(16)).map(|_| self.next() as u8).collect();
+                        out.splice(at..at, noise);
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn challenge_headers_and_digest_params_survive_mutation() {
+        let seeds: [&[u8]; 4] = [
+            b"Digest realm=\"a, b\", nonce=\"n\\\"q\", qop=\"auth,auth-int\", algorithm=SHA-256-sess, opaque=\"o\"",
+            b"Basic realm=\"corp\", NTLM, Negotiate",
+            b"NTLM TlRMTVNTUAACAAAADAAMADgAAAAzgoriASNFZ4mrze8=",
+            b"Digest realm=r, nonce=n, stale=TRUE, userhash=true, charset=UTF-8",
+        ];
+        let mut rng = Rng::new(7);
+        for round in 0..20_000 {
+            let input = match round % 5 {
+                4 => (0..rng.below(200)).map(|_| rng.next() as u8).collect(),
+                i => rng.mutate(seeds[i]),
+            };
+            for challenge in parse_challenges([input.as_slice()]) {
+                let _ = digest::Params::from_challenge(&challenge);
+            }
+            let _ = choose(&parse_challenges([input.as_slice()]), None);
+        }
+    }
+
+    #[test]
+    fn ntlm_challenges_survive_mutation() {
+        let seed = base64::engine::general_purpose::STANDARD
+            .decode("TlRMTVNTUAACAAAADAAMADgAAAAzgoriASNFZ4mrze8AAAAAAAAAACQAJABEAAAABgBwFwAAAA9TAGUAcgB2AGUAcgACAAwARABvAG0AYQBpAG4AAQAMAFMAZQByAHYAZQByAAAAAAA=")
+            .unwrap();
+        let creds = Credentials::parse_pair("D\\u:p").unwrap();
+        let mut rng = Rng::new(11);
+        for _ in 0..20_000 {
+            let message = rng.mutate(&seed);
+            if let Ok(challenge) = ntlm::Challenge::parse(&message) {
+                let _ = ntlm::authenticate_message(&challenge, &creds, [0; 8], 0);
+            }
+        }
+    }
+}
