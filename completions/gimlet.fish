@@ -1,5 +1,5 @@
 complete -c gimlet -s p -l proxy -d 'Proxy to go through: host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port] (userinfo percent-decoded; port 80 or 443 when a URL omits it). https:// speaks TLS to the proxy' -r
-complete -c gimlet -s U -l proxy-user -d 'Proxy credentials; DOMAIN\\\\USER for NTLM. Without :PASSWORD, the password is asked for. Prefer --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc: other users can read command lines' -r
+complete -c gimlet -s U -l proxy-user -d 'Proxy credentials; DOMAIN\\USER for NTLM. Without :PASSWORD, the password is asked for. Prefer --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc: other users can read command lines' -r
 complete -c gimlet -l proxy-auth-file -d 'Read credentials from FILE, corkscrew\'s format: user:password on the first line (the password may contain \':\'). The file must not be accessible by group or others' -r -F
 complete -c gimlet -l proxy-auth -d 'Authentication scheme: any picks the strongest the proxy offers (Digest, then NTLM, then Basic) after its first 407; basic also sends credentials with the first request' -r -f -a "any\t''
 basic\t''

@@ -46,7 +46,7 @@ pub struct Cli {
     #[arg(short = 'p', long = "proxy", value_name = "URL")]
     pub proxy: Vec<String>,
 
-    /// Proxy credentials; DOMAIN\\USER for NTLM. Without :PASSWORD, the password is asked for.
+    /// Proxy credentials; DOMAIN\USER for NTLM. Without :PASSWORD, the password is asked for.
     /// Prefer --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc: other users can read command lines.
     #[arg(short = 'U', long = "proxy-user", value_name = "USER[:PASSWORD]")]
     pub proxy_user: Option<String>,

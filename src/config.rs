@@ -145,11 +145,11 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         }
         (1, 2) => (None, None),
         (0, _) => bail!(
-            "expected PROXY HOST PORT or PROXYHOST PROXYPORT HOST PORT [AUTHFILE], got {} argument(s) (see gimlet --help)",
+            "parsing arguments: expected PROXY HOST PORT or PROXYHOST PROXYPORT HOST PORT [AUTHFILE], got {} argument(s) (see gimlet --help)",
             args.len()
         ),
-        (1, n) => bail!("with --proxy, expected HOST PORT, got {n} argument(s)"),
-        (_, _) => bail!("proxy chains are not supported yet: give one --proxy"),
+        (1, n) => bail!("parsing arguments: with --proxy, expected HOST PORT, got {n} argument(s)"),
+        (_, _) => bail!("parsing arguments: proxy chains are not supported yet: give one --proxy"),
     };
     let proxy_arg = match proxy_arg {
         Some(p) => p,
@@ -165,7 +165,9 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
     };
 
     let auth_file = match (cli.proxy_auth_file, auth_file_arg) {
-        (Some(_), Some(_)) => bail!("both --proxy-auth-file and an AUTHFILE argument given"),
+        (Some(_), Some(_)) => {
+            bail!("parsing arguments: both --proxy-auth-file and an AUTHFILE argument given")
+        }
         (Some(f), None) => Some(f),
         (None, f) => f.map(Into::into),
     };
