@@ -234,13 +234,8 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
     let keepalive = parse_secs(&cli.keepalive, true).context("parsing --keepalive")?;
     let keepalive = (!keepalive.is_zero()).then_some(keepalive);
 
-    let proxy_pins = cli
-        .proxy_pinnedpubkey
-        .as_deref()
-        .map(tls::parse_pins)
-        .transpose()
-        .context("parsing --proxy-pinnedpubkey")?
-        .unwrap_or_default();
+    let proxy_pins = tls::parse_pins(cli.proxy_pinnedpubkey.as_deref())
+        .context("parsing --proxy-pinnedpubkey")?;
     let proxy_tls = tls::Options {
         cacert: cli.proxy_cacert,
         insecure: cli.proxy_insecure,
@@ -258,13 +253,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         Some(tls::Options {
             cacert: cli.cacert,
             insecure: cli.insecure,
-            pins: cli
-                .pinnedpubkey
-                .as_deref()
-                .map(tls::parse_pins)
-                .transpose()
-                .context("parsing --pinnedpubkey")?
-                .unwrap_or_default(),
+            pins: tls::parse_pins(cli.pinnedpubkey.as_deref()).context("parsing --pinnedpubkey")?,
             servername: cli.servername,
             cert: None,
             key: None,

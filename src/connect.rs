@@ -16,7 +16,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
 
 use crate::config::{Endpoint, Family, Host};
 use crate::diag::info;
-use crate::error::{Error, Kind, ResultExt};
+use crate::error::{Error, Kind};
 use crate::handshake::Conn;
 use crate::tls;
 
@@ -40,19 +40,7 @@ impl Dialer {
         let Some((config, name)) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
-        let mut conn = ClientConnection::new(config.clone(), name.clone())
-            .kind_ctx(Kind::Tls, || format!("starting TLS with proxy {endpoint}"))?;
-        if let Err(e) = tls::handshake(&mut conn, &mut tcp) {
-            let kind = match e.kind() {
-                io::ErrorKind::TimedOut => Kind::Unreachable,
-                _ => Kind::Tls,
-            };
-            let why = tls::explain(&e, &name.to_str());
-            return Err(Error::msg(
-                kind,
-                format_args!("TLS handshake with proxy {endpoint}: {why}"),
-            ));
-        }
+        let conn = tls::start(config.clone(), name, &mut tcp, &format!("proxy {endpoint}"))?;
         info!(
             "TLS with proxy {endpoint}: {:?}, {:?}",
             conn.protocol_version()

@@ -150,31 +150,19 @@ pub fn run(config: &Config) -> Result<(), Error> {
     // proxy's reply are the start of the destination's TLS stream.
     let inner = match target_tls {
         Some((tls_config, name)) => {
-            let target = &config.target;
-            let mut conn = rustls::ClientConnection::new(tls_config, name.clone())
-                .kind_ctx(Kind::Tls, || format!("starting TLS with {target}"))?;
             let mut prefixed = Prefixed {
                 prefix: std::io::Cursor::new(leftover.as_slice()),
                 stream: &mut stream,
             };
-            tls::handshake(&mut conn, &mut prefixed).map_err(|e| {
-                let kind = match e.kind() {
-                    std::io::ErrorKind::TimedOut => Kind::Unreachable,
-                    _ => Kind::Tls,
-                };
-                let why = tls::explain(&e, &name.to_str());
-                Error::msg(
-                    kind,
-                    format_args!("TLS handshake with {target} through proxy {proxy_name}: {why}"),
-                )
-            })?;
+            let peer = format!("{} through proxy {proxy_name}", config.target);
+            let mut conn = tls::start(tls_config, &name, &mut prefixed, &peer)?;
             let mut rest = prefixed.prefix;
             while (rest.position() as usize) < leftover.len() {
                 conn.read_tls(&mut rest).kind_ctx(Kind::Tls, relaying)?;
             }
             conn.process_new_packets()
                 .map_err(|e| Error::new(Kind::Tls, e).context(relaying()))?;
-            info!("TLS with {target} through the tunnel");
+            info!("TLS with {} through the tunnel", config.target);
             Some(conn)
         }
         None => None,

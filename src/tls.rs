@@ -24,6 +24,7 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::error::{Error, Kind, ResultExt};
 use crate::relay::Tunnel;
 
 /// How to verify and identify one TLS leg (to the proxy, or to the destination).
@@ -42,9 +43,10 @@ pub struct Options {
     pub key: Option<PathBuf>,
 }
 
-/// Parses `sha256//BASE64[;sha256//BASE64…]`.
-pub fn parse_pins(s: &str) -> anyhow::Result<Vec<[u8; 32]>> {
-    s.split(';')
+/// Parses `sha256//BASE64[;sha256//BASE64…]`; no option given means no pins.
+pub fn parse_pins(s: Option<&str>) -> anyhow::Result<Vec<[u8; 32]>> {
+    s.into_iter()
+        .flat_map(|s| s.split(';'))
         .map(|pin| {
             let b64 = pin
                 .trim()
@@ -90,9 +92,7 @@ pub fn client_config(opts: &Options, what: &str) -> anyhow::Result<Arc<ClientCon
         (None, None) => builder.with_no_client_auth(),
         (None, Some(_)) => bail!("a client key needs its certificate too"),
         (Some(cert), key) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| anyhow!("reading client certificate {}: {e}", cert.display()))?;
+            let chain = read_certs(cert, "client certificate")?;
             if chain.is_empty() {
                 bail!("no certificate in {}", cert.display());
             }
@@ -108,14 +108,19 @@ pub fn client_config(opts: &Options, what: &str) -> anyhow::Result<Arc<ClientCon
     Ok(Arc::new(config))
 }
 
+/// Every certificate in a PEM file; `what` names the file in messages.
+fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow!("reading {what} {}: {e}", path.display()))
+}
+
 /// The system's roots, or the given PEM bundle instead.
 fn root_store(cacert: Option<&Path>) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     match cacert {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| anyhow!("reading CA bundle {}: {e}", path.display()))?;
+            let certs = read_certs(path, "CA bundle")?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 bail!("no usable certificate in CA bundle {}", path.display());
@@ -251,6 +256,31 @@ pub fn explain(e: &io::Error, name: &str) -> String {
 /// Whether an I/O error is a TLS failure (an alert, a bad record), not a network one.
 pub fn is_tls_error(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
+/// Starts a client session with `name` and shakes hands over `stream`. `peer` names the other
+/// end in messages ("proxy HOST:PORT"). A handshake that runs out of time is the peer being
+/// unreachable (3); every other failure is TLS (8) and says why.
+pub fn start<S: Read + Write>(
+    config: Arc<ClientConfig>,
+    name: &ServerName<'static>,
+    stream: &mut S,
+    peer: &str,
+) -> Result<ClientConnection, Error> {
+    let mut conn = ClientConnection::new(config, name.clone())
+        .kind_ctx(Kind::Tls, || format!("starting TLS with {peer}"))?;
+    if let Err(e) = handshake(&mut conn, stream) {
+        let kind = match e.kind() {
+            io::ErrorKind::TimedOut => Kind::Unreachable,
+            _ => Kind::Tls,
+        };
+        let why = explain(&e, &name.to_str());
+        return Err(Error::msg(
+            kind,
+            format_args!("TLS handshake with {peer}: {why}"),
+        ));
+    }
+    Ok(conn)
 }
 
 /// Runs a client handshake to completion over a blocking stream.
