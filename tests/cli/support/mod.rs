@@ -886,3 +886,28 @@ fn prng_stream_does_not_depend_on_chunking() {
     }
     assert_eq!(whole, pieces);
 }
+
+/// A file of secrets that group or others can access (any of these modes) is refused before
+/// anything is sent: exit 2, a `chmod 600` hint, and the secret it holds never shown.
+pub fn assert_open_secret_file_refused(option: &str, contents: &str, secret: &str) {
+    for mode in [0o644, 0o640, 0o604, 0o610, 0o620] {
+        let file = scratch_file("secret-open", contents.as_bytes(), mode);
+        let proxy = FakeProxy::accept_and_close();
+        let assert = gimlet()
+            .arg(option)
+            .arg(&file)
+            .args([&proxy.addr(), "example.test", "22"])
+            .assert();
+        let stderr = assert_failure(assert.get_output(), 2, None);
+        assert!(
+            stderr.contains("chmod 600"),
+            "{option} mode {mode:o}: no `chmod 600` hint in {stderr:?}"
+        );
+        assert!(!stderr.contains(secret), "password leaked: {stderr:?}");
+        assert_eq!(
+            proxy.connections(),
+            0,
+            "{option} mode {mode:o}: contacted the proxy"
+        );
+    }
+}
