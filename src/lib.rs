@@ -20,7 +20,7 @@ pub mod tls;
 
 use std::os::fd::AsFd;
 
-use config::Config;
+use config::{Config, Endpoint, Proxy};
 use connect::Dialer;
 use credentials::Spec;
 use diag::info;
@@ -40,34 +40,7 @@ pub fn report(e: &Error) {
 pub fn run(config: &Config) -> Result<(), Error> {
     let proxy = config.proxy();
     let proxy_name = proxy.endpoint.to_string();
-    let credentials = match &config.credentials {
-        Spec::None => None,
-        Spec::Known(c) => Some(c.clone()),
-        Spec::User(user) => Some(
-            credentials::ask(&proxy_name, Some(user), &config.askers)
-                .kind_ctx(Kind::Auth, || format!("asking for the password of proxy user \"{user}\""))?
-                .ok_or_else(|| {
-                    Error::msg(
-                        Kind::Auth,
-                        format_args!(
-                            "asking for the password of proxy user \"{user}\": no terminal and no askpass program (give the password with --proxy-auth-file, {}, --netrc or {})",
-                            config::AUTH_ENV,
-                            config::ASKPASS_ENV
-                        ),
-                    )
-                })?,
-        ),
-    };
-
-    let proxy_tls = match proxy.tls {
-        true => Some(tls_leg(
-            &proxy.endpoint.host.to_string(),
-            &config.proxy_tls,
-            &format!("proxy {proxy_name}"),
-            "--proxy-insecure: the proxy's certificate is not verified",
-        )?),
-        false => None,
-    };
+    let upstream = Upstream::new(config, Some(proxy), &config.credentials, true)?;
     let target_tls = match &config.target_tls {
         Some(opts) => Some(tls_leg(
             &config.target.host.to_string(),
@@ -83,46 +56,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
             "checking standard output for --fdpass: it is not a Unix socket (ssh gives one with ProxyUseFdpass yes)",
         ));
     }
-    let dialer = Dialer {
-        family: config.family,
-        timeout: config.connect_timeout,
-        keepalive: config.keepalive,
-        tls: proxy_tls,
-        exact: config.fdpass,
-    };
-    let stream = dialer.connect(&proxy.endpoint)?;
-    info!(
-        "connected to proxy {proxy_name}; asking for CONNECT {}",
-        config.target
-    );
-    let established = handshake::negotiate(
-        stream,
-        Negotiation {
-            request: Request {
-                target: &config.target,
-                user_agent: config.user_agent.as_deref(),
-                headers: &config.headers,
-            },
-            proxy: &proxy_name,
-            credentials,
-            scheme: config.auth_scheme,
-            reconnect: &mut || dialer.connect(&proxy.endpoint),
-            ask: &mut || {
-                credentials::ask(&proxy_name, None, &config.askers).kind_ctx(Kind::Auth, || {
-                    format!("asking for credentials for proxy {proxy_name}")
-                })
-            },
-        },
-    )?;
-    info!(
-        "tunnel to {} open: {:?}{}",
-        config.target,
-        established.reply.status_line,
-        match established.leftover.len() {
-            0 => String::new(),
-            n => format!(" ({n} tunnel bytes came with it)"),
-        }
-    );
+    let established = establish(&upstream, &config.target)?;
 
     if config.fdpass {
         let (tcp, _) = established
@@ -196,6 +130,166 @@ pub fn run(config: &Config) -> Result<(), Error> {
         stats.up, stats.down
     );
     Ok(())
+}
+
+/// How tunnels are reached, prepared once (credentials asked for, TLS configured) and used for
+/// each tunnel: once in pipe mode, per accepted connection in listen mode, from worker threads.
+/// This is the seam between establishing a tunnel and relaying it: [`establish`] may block (up
+/// to `--connect-timeout`), the relays never do. The route model replaces the single proxy here.
+pub struct Upstream {
+    /// `None`: connect to the target directly.
+    proxy: Option<(Proxy, String)>,
+    dialer: Dialer,
+    credentials: Option<credentials::Credentials>,
+    scheme: Option<auth::Scheme>,
+    headers: Vec<(String, String)>,
+    user_agent: Option<String>,
+    /// Who to ask after a 407; `None` in listen mode, where nobody is there to answer.
+    askers: Option<credentials::Askers>,
+}
+
+impl Upstream {
+    /// Prepares the way through `proxy` (or direct) with `credentials`. Asks for a missing
+    /// password now, so that no tunnel waits on a prompt.
+    pub fn new(
+        config: &Config,
+        proxy: Option<&config::Proxy>,
+        credentials: &Spec,
+        interactive: bool,
+    ) -> Result<Upstream, Error> {
+        let Some(proxy) = proxy else {
+            return Ok(Upstream {
+                proxy: None,
+                dialer: dialer(config, None),
+                credentials: None,
+                scheme: None,
+                headers: Vec::new(),
+                user_agent: None,
+                askers: None,
+            });
+        };
+        let proxy_name = proxy.endpoint.to_string();
+        let credentials = match credentials {
+            Spec::None => None,
+            Spec::Known(c) => Some(c.clone()),
+            Spec::User(user) => Some(
+                credentials::ask(&proxy_name, Some(user), &config.askers)
+                    .kind_ctx(Kind::Auth, || format!("asking for the password of proxy user \"{user}\""))?
+                    .ok_or_else(|| {
+                        Error::msg(
+                            Kind::Auth,
+                            format_args!(
+                                "asking for the password of proxy user \"{user}\": no terminal and no askpass program (give the password with --proxy-auth-file, {}, --netrc or {})",
+                                config::AUTH_ENV,
+                                config::ASKPASS_ENV
+                            ),
+                        )
+                    })?,
+            ),
+        };
+        let proxy_tls = match proxy.tls {
+            true => Some(tls_leg(
+                &proxy.endpoint.host.to_string(),
+                &config.proxy_tls,
+                &format!("proxy {proxy_name}"),
+                "--proxy-insecure: the proxy's certificate is not verified",
+            )?),
+            false => None,
+        };
+        Ok(Upstream {
+            proxy: Some((proxy.clone(), proxy_name)),
+            dialer: dialer(config, proxy_tls),
+            credentials,
+            scheme: config.auth_scheme,
+            headers: config.headers.clone(),
+            user_agent: config.user_agent.clone(),
+            askers: interactive.then(|| config.askers.clone()),
+        })
+    }
+
+    /// TCP keepalive for this way's sockets (a forward's own `keepalive=`).
+    pub fn set_keepalive(&mut self, keepalive: Option<std::time::Duration>) {
+        self.dialer.keepalive = keepalive;
+    }
+
+    /// The authentication scheme to use (a forward's own `proxy-auth=`); `None` for any.
+    pub fn set_scheme(&mut self, scheme: Option<auth::Scheme>) {
+        self.scheme = scheme;
+    }
+
+    /// The proxy as `host:port`, or `None` for a direct connection.
+    pub fn proxy_name(&self) -> Option<&str> {
+        self.proxy.as_ref().map(|(_, name)| name.as_str())
+    }
+}
+
+fn dialer(
+    config: &Config,
+    tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+) -> Dialer {
+    Dialer {
+        family: config.family,
+        timeout: config.connect_timeout,
+        keepalive: config.keepalive,
+        tls,
+        exact: config.fdpass,
+    }
+}
+
+/// Opens a tunnel to `target`: connects, and through a proxy negotiates CONNECT (answering
+/// 407s). Blocks for at most the connect timeout per connection. A direct tunnel has an empty
+/// status line.
+pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<connect::Stream>, Error> {
+    let Some((proxy, proxy_name)) = &up.proxy else {
+        let stream = up.dialer.connect(target)?;
+        info!("connected to {target} directly");
+        return Ok(Established {
+            stream,
+            reply: handshake::Reply {
+                version: 1,
+                code: 200,
+                status_line: String::new(),
+                headers: Vec::new(),
+            },
+            leftover: Vec::new(),
+        });
+    };
+    let stream = up.dialer.connect(&proxy.endpoint)?;
+    info!("connected to proxy {proxy_name}; asking for CONNECT {target}");
+    let no_askers = credentials::Askers::default();
+    let askers = up.askers.as_ref().unwrap_or(&no_askers);
+    let established = handshake::negotiate(
+        stream,
+        Negotiation {
+            request: Request {
+                target,
+                user_agent: up.user_agent.as_deref(),
+                headers: &up.headers,
+            },
+            proxy: proxy_name,
+            credentials: up.credentials.clone(),
+            scheme: up.scheme,
+            reconnect: &mut || up.dialer.connect(&proxy.endpoint),
+            ask: &mut || match up.askers {
+                None => Ok(None),
+                Some(_) => credentials::ask(proxy_name, None, askers).kind_ctx(Kind::Auth, || {
+                    format!("asking for credentials for proxy {proxy_name}")
+                }),
+            },
+        },
+    )?;
+    info!(
+        "tunnel to {target} open: {:?}{}",
+        established.reply.status_line,
+        match established.leftover.len() {
+            0 => String::new(),
+            n => format!(" ({n} tunnel bytes came with it)"),
+        }
+    );
+    Ok(established)
 }
 
 /// The configuration and server name of one TLS leg. Failures here come from the user's files
