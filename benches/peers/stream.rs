@@ -1,0 +1,130 @@
+//! The byte stream and the harness's ends of the tool's stdio. The stream is a fixed pseudo-random
+//! pattern, repeated, so any window can be checked against the expected bytes with a memcmp and
+//! written from a pre-filled buffer; the stdin generator writes it and the stdout sink checks it.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// The pattern's period: a little over 1 MiB, so it does not line up with pipe or socket sizes.
+pub(crate) const PERIOD: usize = (1 << 20) + 3;
+/// Largest read or write the harness does; at most `PERIOD` so one window is one slice.
+pub(crate) const IO_CHUNK: usize = 1 << 20;
+
+/// The pattern, twice over, so `PERIOD` bytes starting anywhere in the first copy are contiguous.
+pub(crate) fn pattern() -> &'static [u8] {
+    static PATTERN: OnceLock<Vec<u8>> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut v: Vec<u8> = (0..PERIOD)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        v.extend_from_within(..PERIOD);
+        v
+    })
+}
+
+/// The `len` (at most `PERIOD`) stream bytes starting at stream offset `off`.
+pub(crate) fn expected(off: u64, len: usize) -> &'static [u8] {
+    let start = (off % PERIOD as u64) as usize;
+    &pattern()[start..start + len.min(PERIOD)]
+}
+
+/// Checks received bytes against the stream: all of them, or only the first period (which
+/// catches a leaked reply head, lost early bytes or a shifted stream at no cost).
+pub(crate) struct Checker {
+    pub(crate) full: bool,
+    pub(crate) off: u64,
+    pub(crate) bad_at: Option<u64>,
+}
+
+impl Checker {
+    pub(crate) fn new(full: bool) -> Checker {
+        Checker {
+            full,
+            off: 0,
+            bad_at: None,
+        }
+    }
+
+    pub(crate) fn feed(&mut self, data: &[u8]) {
+        for piece in data.chunks(IO_CHUNK) {
+            if self.bad_at.is_none() && (self.full || self.off < PERIOD as u64) {
+                let want = expected(self.off, piece.len());
+                if piece != want {
+                    let i = piece.iter().zip(want).position(|(a, b)| a != b);
+                    self.bad_at = Some(self.off + i.unwrap_or(0) as u64);
+                }
+            }
+            self.off += piece.len() as u64;
+        }
+    }
+}
+
+/// Writes `n` stream bytes into the tool's stdin, then closes it. Returns the bytes written and
+/// the error that stopped it early, if any.
+pub(crate) fn feed_stdin(mut w: File, n: u64) -> (u64, Option<String>) {
+    let mut off = 0;
+    while off < n {
+        let len = (n - off).min(IO_CHUNK as u64) as usize;
+        match w.write(expected(off, len)) {
+            Ok(0) => return (off, Some("write returned 0".into())),
+            Ok(k) => off += k as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (off, Some(e.to_string())),
+        }
+    }
+    (off, None)
+}
+
+pub(crate) struct Drained {
+    pub(crate) bytes: u64,
+    pub(crate) bad_at: Option<u64>,
+    pub(crate) error: Option<String>,
+}
+
+/// Reads the tool's stdout to EOF, checking the stream. Sends the time the `target`-th byte
+/// arrived on `done` (when `target` > 0); drops `done` at EOF either way.
+pub(crate) fn drain_stdout(
+    mut r: File,
+    target: u64,
+    full: bool,
+    progress: Arc<AtomicU64>,
+    done: Sender<Instant>,
+) -> Drained {
+    let mut buf = vec![0u8; IO_CHUNK];
+    let mut check = Checker::new(full);
+    let mut done = Some(done);
+    let mut bytes = 0u64;
+    let error = loop {
+        match r.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(k) => {
+                let now = Instant::now();
+                bytes += k as u64;
+                if target > 0 && bytes >= target {
+                    if let Some(d) = done.take() {
+                        let _ = d.send(now);
+                    }
+                }
+                check.feed(&buf[..k]);
+                progress.store(bytes, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    Drained {
+        bytes,
+        bad_at: check.bad_at,
+        error,
+    }
+}
