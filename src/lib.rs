@@ -13,6 +13,7 @@ pub mod credentials;
 mod diag;
 pub mod error;
 pub mod handshake;
+pub mod hop;
 pub mod relay;
 #[allow(unsafe_code)]
 mod sys;
