@@ -1,4 +1,4 @@
-complete -c gimlet -s p -l proxy -d 'Proxy to go through: host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port] (userinfo percent-decoded; port 80 or 443 when a URL omits it). https:// speaks TLS to the proxy' -r
+complete -c gimlet -s p -l proxy -d 'Proxy to go through: host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port] (userinfo percent-decoded; port 80 or 443 when a URL omits it). https:// speaks TLS to the proxy. A link-local proxy names its interface: [fe80::1%eth0]:3128 or http://[fe80::1%25eth0]:3128' -r
 complete -c gimlet -s U -l proxy-user -d 'Proxy credentials; DOMAIN\\USER for NTLM. Without :PASSWORD, the password is asked for. Prefer --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc: other users can read command lines' -r
 complete -c gimlet -l proxy-auth-file -d 'Read credentials from FILE, corkscrew\'s format: user:password on the first line (the password may contain \':\'). The file must not be accessible by group or others' -r -F
 complete -c gimlet -l proxy-auth -d 'Authentication scheme: any picks the strongest the proxy offers (Digest, then NTLM, then Basic) after its first 407; basic also sends credentials with the first request' -r -f -a "any\t''
@@ -8,9 +8,9 @@ ntlm\t''"
 complete -c gimlet -l netrc-file -d 'Like --netrc, with this file' -r -F
 complete -c gimlet -s H -l header -d 'Extra header for the CONNECT request, as \'Name: value\' (repeatable). A Host or User-Agent given here replaces gimlet\'s own' -r
 complete -c gimlet -s A -l user-agent -d 'User-Agent header for the CONNECT request; \'\' sends none [default: gimlet/VERSION]' -r
-complete -c gimlet -l connect-timeout -d 'Give up when the proxy is not connected and answering within SECS (TCP connect plus the whole handshake; fractions allowed)' -r
-complete -c gimlet -l idle-timeout -d 'Close the tunnel when no byte has moved in either direction for SECS' -r
-complete -c gimlet -l keepalive -d 'Send TCP keepalive probes to the proxy after SECS of silence, so proxies and NAT boxes do not drop an idle tunnel; 0 disables' -r
+complete -c gimlet -l connect-timeout -d 'Give up when the proxy is not connected and answering within SECS (TCP connect plus the whole handshake; fractions allowed, at most 1000000000)' -r
+complete -c gimlet -l idle-timeout -d 'Close the tunnel when no byte has moved in either direction for SECS (fractions allowed, at most 1000000000)' -r
+complete -c gimlet -l keepalive -d 'Send TCP keepalive probes to the proxy after SECS of silence, so proxies and NAT boxes do not drop an idle tunnel: whole seconds from 1 to 32767 (the kernel\'s range); 0 disables' -r
 complete -c gimlet -l proxy-cacert -d 'Verify an https:// proxy against the CA certificates in FILE (PEM) instead of the system\'s' -r -F
 complete -c gimlet -l proxy-pinnedpubkey -d 'Accept the https:// proxy only if its public key hashes to one of sha256//BASE64[;sha256//BASE64...], as curl\'s --pinnedpubkey' -r
 complete -c gimlet -l proxy-servername -d 'Present (SNI) and verify NAME instead of the https:// proxy\'s host' -r

@@ -42,7 +42,8 @@ pub struct Cli {
 
     /// Proxy to go through: host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port]
     /// (userinfo percent-decoded; port 80 or 443 when a URL omits it). https:// speaks TLS to
-    /// the proxy.
+    /// the proxy. A link-local proxy names its interface: [fe80::1%eth0]:3128 or
+    /// http://[fe80::1%25eth0]:3128.
     #[arg(short = 'p', long = "proxy", value_name = "URL")]
     pub proxy: Vec<String>,
 
@@ -81,16 +82,18 @@ pub struct Cli {
     pub user_agent: Option<String>,
 
     /// Give up when the proxy is not connected and answering within SECS (TCP connect plus
-    /// the whole handshake; fractions allowed).
+    /// the whole handshake; fractions allowed, at most 1000000000).
     #[arg(long, value_name = "SECS", default_value = "30")]
     pub connect_timeout: String,
 
-    /// Close the tunnel when no byte has moved in either direction for SECS.
+    /// Close the tunnel when no byte has moved in either direction for SECS (fractions
+    /// allowed, at most 1000000000).
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<String>,
 
     /// Send TCP keepalive probes to the proxy after SECS of silence, so proxies and NAT boxes
-    /// do not drop an idle tunnel; 0 disables.
+    /// do not drop an idle tunnel: whole seconds from 1 to 32767 (the kernel's range); 0
+    /// disables.
     #[arg(long, value_name = "SECS", default_value = "60")]
     pub keepalive: String,
 

@@ -20,6 +20,16 @@ use crate::tls;
 pub enum Host {
     Name(String),
     Ip(IpAddr),
+    /// An IPv6 address with a zone id (RFC 6874, `fe80::1%eth0`): reached through that
+    /// interface. Only the proxy may have one; a zone means nothing beyond this machine.
+    Scoped(Ipv6Addr, Zone),
+}
+
+/// The zone of a scoped IPv6 address: the interface as the user named it, and its index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Zone {
+    pub name: String,
+    pub index: u32,
 }
 
 impl fmt::Display for Host {
@@ -29,6 +39,7 @@ impl fmt::Display for Host {
             Host::Name(n) => f.write_str(n),
             Host::Ip(IpAddr::V4(a)) => write!(f, "{a}"),
             Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+            Host::Scoped(a, zone) => write!(f, "[{a}%{}]", zone.name),
         }
     }
 }
@@ -186,6 +197,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         let machine = match &proxy.endpoint.host {
             Host::Name(name) => name.clone(),
             Host::Ip(ip) => ip.to_string(),
+            Host::Scoped(ip, zone) => format!("{ip}%{}", zone.name),
         };
         match credentials::read_netrc(&path, &machine) {
             Ok(found) => found.unwrap_or_default(),
@@ -225,14 +237,12 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         ),
     };
 
-    let connect_timeout =
-        parse_secs(&cli.connect_timeout, false).context("parsing --connect-timeout")?;
+    let connect_timeout = parse_secs(&cli.connect_timeout).context("parsing --connect-timeout")?;
     let idle_timeout = cli
         .idle_timeout
-        .map(|s| parse_secs(&s, false).context("parsing --idle-timeout"))
+        .map(|s| parse_secs(&s).context("parsing --idle-timeout"))
         .transpose()?;
-    let keepalive = parse_secs(&cli.keepalive, true).context("parsing --keepalive")?;
-    let keepalive = (!keepalive.is_zero()).then_some(keepalive);
+    let keepalive = parse_keepalive(&cli.keepalive).context("parsing --keepalive")?;
 
     let proxy_pins = tls::parse_pins(cli.proxy_pinnedpubkey.as_deref())
         .context("parsing --proxy-pinnedpubkey")?;
@@ -301,60 +311,77 @@ fn proxy_tls_given(o: &tls::Options) -> bool {
         || o.cert.is_some()
 }
 
-/// corkscrew's PROXYHOST may be a bare IPv6 literal; the joined form needs brackets.
+/// corkscrew's PROXYHOST may be a bare IPv6 literal (with a zone id); the joined form needs
+/// brackets.
 fn bracket_if_v6(host: &str) -> String {
-    if host.parse::<Ipv6Addr>().is_ok() {
+    let addr = host.split_once('%').map_or(host, |(addr, _)| addr);
+    if addr.parse::<Ipv6Addr>().is_ok() {
         format!("[{host}]")
     } else {
         host.to_owned()
     }
 }
 
-/// The proxy argument as messages may show it: a password in the userinfo is replaced.
+/// RFC 3986 §3.1: `scheme "://"` at the start, the scheme being ALPHA *( ALPHA / DIGIT / "+" /
+/// "-" / "." ). Anything else before a "://" (a password holding one) is not a scheme.
+fn split_scheme(s: &str) -> (Option<&str>, &str) {
+    match s.split_once("://") {
+        Some((scheme, rest))
+            if scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            (Some(scheme), rest)
+        }
+        _ => (None, s),
+    }
+}
+
+/// The proxy argument as messages may show it: everything between the scheme and the last
+/// '@' after the first ':' is replaced, whatever it holds. It splits exactly where
+/// [`parse_proxy`] does, so no error message can show a password.
 fn without_password(s: &str) -> String {
-    let start = s.find("://").map_or(0, |i| i + 3);
-    let end = s[start..]
-        .find(['/', '?', '#'])
-        .map_or(s.len(), |i| start + i);
-    match s[start..end].rfind('@') {
-        Some(at) => {
-            let userinfo = &s[start..start + at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let hidden = if userinfo.contains(':') {
-                ":<redacted>"
-            } else {
-                ""
+    let (_, rest) = split_scheme(s);
+    let prefix = &s[..s.len() - rest.len()];
+    match rest.rsplit_once('@') {
+        Some((userinfo, hostport)) => {
+            let (user, hidden) = match userinfo.split_once(':') {
+                Some((user, _)) => (user, ":<redacted>"),
+                None => (userinfo, ""),
             };
-            format!("{}{user}{hidden}{}", &s[..start], &s[start + at..])
+            format!("{prefix}{user}{hidden}@{hostport}")
         }
         None => s.to_owned(),
     }
 }
 
 /// `host:port`, `[v6]:port` or `http://[user[:password]@]host[:port][/]`.
+///
+/// The userinfo runs to the last '@': RFC 3986 wants '/', '?', '#' and '@' in a password
+/// percent-encoded, but people paste passwords as they are, and a proxy URL has no path that
+/// could hold an '@'. Messages from here on never quote the userinfo.
 pub fn parse_proxy(s: &str) -> anyhow::Result<Proxy> {
-    let (scheme, rest) = match s.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
-        None => (None, s),
-    };
+    let (scheme, rest) = split_scheme(s);
+    let scheme = scheme.map(str::to_ascii_lowercase);
     let (tls, default_port) = match scheme.as_deref() {
         None => (false, None),
         Some("http") => (false, Some(80)),
         Some("https") => (true, Some(443)),
         Some(other) => bail!("unsupported proxy scheme {other:?} (expected http:// or https://)"),
     };
-    let (authority, path) = match rest.find(['/', '?', '#']) {
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((u, h)) if scheme.is_some() => (Some(u), h),
+        Some(_) => bail!("credentials need the URL form http://user:password@host:port"),
+        None => (None, rest),
+    };
+    let (hostport, path) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
     if !path.is_empty() && path != "/" {
         bail!("a proxy URL has no path, query or fragment (found {path:?})");
     }
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) if scheme.is_some() => (Some(u), h),
-        Some(_) => bail!("credentials need the URL form http://user:password@host:port"),
-        None => (None, authority),
-    };
     let endpoint = parse_endpoint(hostport, default_port)?;
     let credentials = match userinfo {
         None => Spec::None,
@@ -408,14 +435,67 @@ fn parse_endpoint(s: &str, default_port: Option<u16>) -> anyhow::Result<Endpoint
         (None, None) => bail!("missing port (expected host:port)"),
     };
     Ok(Endpoint {
-        host: parse_host(&host)?,
+        host: parse_proxy_host(&host)?,
         port,
+    })
+}
+
+/// A proxy host: what [`parse_host`] takes, and IPv6 addresses with a zone id, bracketed
+/// (`[fe80::1%eth0]`, or `[fe80::1%25eth0]` as RFC 6874 writes it in URLs) or bare.
+fn parse_proxy_host(s: &str) -> anyhow::Result<Host> {
+    let inner = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+    match inner.unwrap_or(s).split_once('%') {
+        Some((addr, zone)) => {
+            let addr = addr.parse::<Ipv6Addr>().map_err(|_| {
+                anyhow!("{addr:?} is not an IPv6 address, so it cannot have a zone id")
+            })?;
+            // RFC 6874 §2: "%25" introduces the zone in a URL; a bare '%' is accepted as typed.
+            let zone = match zone.strip_prefix("25") {
+                Some(rest) if inner.is_some() => rest,
+                _ => zone,
+            };
+            Ok(Host::Scoped(addr, parse_zone(zone)?))
+        }
+        None => parse_host(s),
+    }
+}
+
+/// A zone id: an interface name (`eth0`) or index (`2`), RFC 4007 §11.2.
+fn parse_zone(zone: &str) -> anyhow::Result<Zone> {
+    if zone.is_empty() {
+        bail!("the zone id after '%' is empty (expected an interface, as in fe80::1%eth0)");
+    }
+    if zone.len() > 15
+        || !zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    {
+        bail!("{zone:?} is not a network interface name");
+    }
+    let index = match zone.parse::<u32>() {
+        Ok(0) => bail!("the zone id 0 names no interface"),
+        Ok(n) => n,
+        Err(_) => crate::sys::iface::index(zone).ok_or_else(|| {
+            anyhow!("there is no network interface named {zone:?} (see `ip link`)")
+        })?,
+    };
+    Ok(Zone {
+        name: zone.to_owned(),
+        index,
     })
 }
 
 /// A host name, an IPv4 literal, or an IPv6 literal with or without brackets (ssh's `%h`
 /// gives it bare). Anything that could break the request line is refused here.
 pub fn parse_host(s: &str) -> anyhow::Result<Host> {
+    let unbracketed = s.trim_start_matches('[').trim_end_matches(']');
+    if let Some((addr, _)) = unbracketed.split_once('%') {
+        if addr.parse::<Ipv6Addr>().is_ok() {
+            bail!(
+                "{s:?} has a zone id, which names an interface on this machine and means nothing to the proxy: give the address without it"
+            );
+        }
+    }
     if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
         return inner
             .parse::<Ipv6Addr>()
@@ -475,13 +555,40 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn parse_secs(s: &str, zero_ok: bool) -> anyhow::Result<Duration> {
+/// Longest timeout accepted: about 31 years, so "never" can be spelled, yet far from where
+/// `Instant` arithmetic overflows (about 292 billion years of nanoseconds).
+const MAX_SECS: f64 = 1e9;
+
+/// A timeout: a positive number of seconds, fractions allowed, at most [`MAX_SECS`].
+fn parse_secs(s: &str) -> anyhow::Result<Duration> {
+    let range = "expected more than 0 and at most 1000000000 seconds, about 31 years";
     let secs: f64 = s
         .parse()
-        .map_err(|_| anyhow!("{s:?} is not a number of seconds"))?;
+        .map_err(|_| anyhow!("{s:?} is not a number of seconds ({range})"))?;
+    // NaN fails both comparisons.
+    if !(secs > 0.0 && secs <= MAX_SECS) {
+        bail!("{s:?} is out of range ({range})");
+    }
     match Duration::try_from_secs_f64(secs) {
-        Ok(d) if zero_ok || !d.is_zero() => Ok(d),
-        _ => bail!("{s:?} is out of range"),
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => bail!("{s:?} is shorter than a nanosecond ({range})"),
+    }
+}
+
+/// Largest TCP_KEEPIDLE / TCP_KEEPINTVL Linux takes (MAX_TCP_KEEPIDLE in `net/tcp.h`).
+const MAX_KEEPALIVE: u16 = 32767;
+
+/// `--keepalive`: whole seconds, as TCP_KEEPIDLE takes them (no fractions: 0.5 would become
+/// 0, which the kernel refuses); 0 turns keepalive off.
+fn parse_keepalive(s: &str) -> anyhow::Result<Option<Duration>> {
+    match s.parse::<u16>() {
+        Ok(0) if s.bytes().all(|b| b.is_ascii_digit()) => Ok(None),
+        Ok(n) if n <= MAX_KEEPALIVE && s.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Some(Duration::from_secs(n.into())))
+        }
+        _ => bail!(
+            "{s:?} is not a whole number of seconds from 1 to {MAX_KEEPALIVE} (0 turns keepalive off)"
+        ),
     }
 }
 
@@ -626,6 +733,128 @@ mod tests {
         assert_eq!(without_password("h:1"), "h:1");
     }
 
+    /// Every way a proxy URL can be wrong, with every kind of password in it: no message
+    /// shows any part of the password. Each password is `Zq9`, a special character, `Xk7`.
+    #[test]
+    fn no_parse_error_shows_any_part_of_any_password() {
+        let passwords = [
+            "Zq9Xk7",
+            "Zq9/Xk7",
+            "Zq9?Xk7",
+            "Zq9#Xk7",
+            "Zq9@Xk7",
+            "Zq9:Xk7",
+            "Zq9://Xk7",
+            "Zq9 Xk7",
+            "Zq9\"Xk7",
+            "Zq9[Xk7]",
+            "Zq9]Xk7",
+            "Zq9%41Xk7",
+            "Zq9\\Xk7",
+            "Zq9\u{e4}Xk7",
+            "Zq9@h:1/Xk7",
+            "Zq9'Xk7",
+            "Zq9$Xk7",
+            "Zq9%Xk7",
+            "Zq9%2Xk7",
+            "Zq9/@/Xk7",
+            "Zq9\u{202e}Xk7",
+        ];
+        let templates = [
+            "http://al:{}@h:port",
+            "http://al:{}@h:0",
+            "http://al:{}@h:",
+            "socks5://al:{}@h:1",
+            "http://al:{}@h:1/x",
+            "http://al:{}@h:1?q",
+            "http://al:{}@h:1#f",
+            "http://al:{}@[::1:1",
+            "http://al:{}@[zz]:1",
+            "http://al:{}@[::1]x",
+            "http://al:{}@::1:1",
+            "http://al:{}@h h:1",
+            "http://al:{}@:1",
+            "http://al:{}@",
+            "al:{}@h:1",
+            "http:/al:{}@h:1",
+            "http//al:{}@h:1",
+            "http://al%zz:{}@h:1",
+            "http://:{}@h:1",
+            "http://a\u{7}l:{}@h:1",
+            "http://a%3Al:{}@h:1",
+            "http://al:{}\u{1}@h:1",
+            "http://al:{}%zz@h:1",
+            "http://al:{}%ff@h:1",
+            "http://al:{}@[fe80::1%25gimlet-nosuch]:1",
+            "http://al:{}@[fe80::1%25]:1",
+            "http://al:{}@h.invalid\u{e4}:1",
+        ];
+        for password in passwords {
+            for template in templates {
+                let arg = template.replace("{}", password);
+                let err = match config(&[&arg, "h", "1"]) {
+                    Ok(_) => panic!("{arg:?} accepted"),
+                    Err(e) => format!("{e:#}"),
+                };
+                assert!(
+                    !err.contains("Zq9") && !err.contains("Xk7"),
+                    "{arg:?} leaks: {err}"
+                );
+                let debug = format!("{:?}", without_password(&arg));
+                assert!(!debug.contains("Zq9") && !debug.contains("Xk7"), "{debug}");
+            }
+        }
+    }
+
+    #[test]
+    fn passwords_may_hold_what_a_url_would_percent_encode() {
+        for password in ["Zq9/w", "Zq9?w", "Zq9#w", "Zq9@w", "Zq9/@w", "a://b"] {
+            let c = config(&[&format!("http://al:{password}@proxy:8080/"), "h", "1"]).unwrap();
+            assert_eq!(known(&c.credentials), ("al", password));
+            assert_eq!(c.proxy().endpoint.to_string(), "proxy:8080");
+        }
+    }
+
+    #[test]
+    fn zone_ids_are_for_the_proxy_only() {
+        let c = config(&["[::1%lo]:3128", "h", "1"]).unwrap();
+        let lo = crate::sys::iface::index("lo").unwrap();
+        let zone = Zone {
+            name: "lo".into(),
+            index: lo,
+        };
+        assert_eq!(
+            c.proxy().endpoint.host,
+            Host::Scoped(Ipv6Addr::LOCALHOST, zone.clone())
+        );
+        assert_eq!(c.proxy().endpoint.to_string(), "[::1%lo]:3128");
+        for url in ["http://[::1%25lo]:3128", "http://[::1%lo]:3128/"] {
+            let c = config(&[url, "h", "1"]).unwrap();
+            assert_eq!(
+                c.proxy().endpoint.host,
+                Host::Scoped(Ipv6Addr::LOCALHOST, zone.clone())
+            );
+        }
+        let c = config(&["fe80::1%7", "3128", "h", "1"]).unwrap();
+        assert_eq!(c.proxy().endpoint.to_string(), "[fe80::1%7]:3128");
+        for bad in [
+            "[fe80::1%]:1",
+            "[fe80::1%0]:1",
+            "[fe80::1%a/b]:1",
+            "[fe80::1%gimlet-nosuch]:1",
+            "[fe80::1%averyveryverylongname]:1",
+            "[h%lo]:1",
+            "h%lo:1",
+            "http://[fe80::1%25]:1",
+        ] {
+            assert!(config(&[bad, "h", "1"]).is_err(), "{bad:?} accepted");
+        }
+        for target in ["fe80::1%eth0", "[fe80::1%25eth0]", "[::1%lo]", "fe80::1%1"] {
+            let err = format!("{:#}", config(&["p:1", target, "1"]).unwrap_err());
+            assert!(err.contains("zone id"), "{err}");
+        }
+    }
+
     #[test]
     fn proxy_addresses() {
         for bad in [
@@ -705,11 +934,57 @@ mod tests {
         .unwrap();
         assert_eq!(c.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.keepalive, None);
-        for bad in ["0", "-1", "nan", "inf", "1e30", "x"] {
+        for bad in [
+            "0",
+            "-1",
+            "-0",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "infinity",
+            "1e30",
+            "1e19",
+            "9.3e18",
+            "1000000000.5",
+            "1e-400",
+            "1e-10",
+            "",
+            " 1",
+            "x",
+            "1s",
+            "0x10",
+        ] {
+            assert!(parse_secs(bad).is_err(), "{bad:?} accepted");
             assert!(
-                config(&["--connect-timeout", bad, "p:1", "h", "1"]).is_err(),
+                config(&[&format!("--connect-timeout={bad}"), "p:1", "h", "1"]).is_err(),
                 "{bad}"
             );
+            assert!(
+                config(&[&format!("--idle-timeout={bad}"), "p:1", "h", "1"]).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_secs("1e9").unwrap(),
+            Duration::from_secs(1_000_000_000)
+        );
+        assert_eq!(parse_secs("1e-9").unwrap(), Duration::from_nanos(1));
+    }
+
+    #[test]
+    fn keepalive_is_whole_seconds_the_kernel_takes() {
+        assert_eq!(parse_keepalive("0").unwrap(), None);
+        assert_eq!(parse_keepalive("1").unwrap(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            parse_keepalive("32767").unwrap(),
+            Some(Duration::from_secs(32767))
+        );
+        for bad in [
+            "32768", "65535", "65536", "0.5", "1.0", "-1", "+5", "", "1e3", "00x",
+        ] {
+            let err = parse_keepalive(bad).unwrap_err().to_string();
+            assert!(err.contains("1 to 32767"), "{bad:?}: {err}");
         }
     }
 }

@@ -6,7 +6,7 @@
 //! drop idle tunnels). Knows nothing about HTTP.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, SocketAddrV6, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,7 @@ impl Dialer {
         }
         let (addr, e) = last.expect("resolve returns at least one address");
         let at = match (&endpoint.host, addrs.len()) {
-            (Host::Ip(_), 1) => String::new(),
+            (Host::Ip(_) | Host::Scoped(..), 1) => String::new(),
             _ => format!(" (at {addr})"),
         };
         Err(Error::new(Kind::Unreachable, e).context(format!("{}{at}", context())))
@@ -87,6 +87,13 @@ impl Dialer {
     fn resolve(&self, endpoint: &Endpoint, deadline: Instant) -> Result<Vec<SocketAddr>, Error> {
         let addrs = match &endpoint.host {
             Host::Ip(ip) => vec![SocketAddr::new(*ip, endpoint.port)],
+            // The zone's interface goes in sin6_scope_id (RFC 4007 §11).
+            Host::Scoped(ip, zone) => vec![SocketAddr::V6(SocketAddrV6::new(
+                *ip,
+                endpoint.port,
+                0,
+                zone.index,
+            ))],
             Host::Name(name) => resolve_name(name, endpoint.port, deadline, self.timeout)?,
         };
         let addrs: Vec<_> = addrs

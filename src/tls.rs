@@ -139,6 +139,11 @@ fn root_store(cacert: Option<&Path>) -> anyhow::Result<RootCertStore> {
 pub fn server_name(host: &str, opts: &Options) -> anyhow::Result<ServerName<'static>> {
     let name = opts.servername.as_deref().unwrap_or(host);
     let name = name.trim_start_matches('[').trim_end_matches(']');
+    // A zone id (fe80::1%eth0) picks the interface; the certificate names the address.
+    let name = match name.split_once('%') {
+        Some((addr, _)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => addr,
+        _ => name,
+    };
     ServerName::try_from(name.to_owned())
         .map_err(|_| anyhow!("{name:?} is not a valid TLS server name"))
 }

@@ -7,6 +7,7 @@ mod digest;
 mod errors;
 mod fdpass;
 mod generated;
+mod input;
 mod netrc;
 mod ntlm;
 mod reply;
