@@ -158,6 +158,12 @@ impl Socks {
                     "socks4 sends addresses, not names: resolve {name} first, or use socks4a://"
                 ));
             }
+            (Host::Scoped(..), _) => {
+                return usage(format!(
+                    "{} has a zone id, which names an interface on this machine and means nothing to the SOCKS server",
+                    target.host
+                ));
+            }
             (Host::Name(name), _) if name.len() > 255 => {
                 return usage(format!(
                     "the host name {name:?} is longer than the 255 bytes SOCKS can carry"
@@ -431,7 +437,7 @@ impl Socks {
                 out.extend_from_slice(&Ipv4Addr::new(0, 0, 0, 1).octets());
                 Some(n)
             }
-            Host::Ip(IpAddr::V6(_)) => unreachable!("refused by Socks::new"),
+            Host::Ip(IpAddr::V6(_)) | Host::Scoped(..) => unreachable!("refused by Socks::new"),
         };
         if let Some(c) = &self.credentials {
             out.extend_from_slice(c.user.as_bytes());
@@ -457,6 +463,7 @@ impl Socks {
                 out.push(ATYP_V6);
                 out.extend_from_slice(&a.octets());
             }
+            Host::Scoped(..) => unreachable!("refused by Socks::new"),
             Host::Name(n) => {
                 out.push(ATYP_NAME);
                 out.push(n.len() as u8);
