@@ -23,7 +23,7 @@ _gimlet() {
 
     case "${cmd}" in
         gimlet)
-            opts="-p -U -H -A -4 -6 -v -q -h -V --proxy --proxy-user --proxy-auth-file --proxy-auth --netrc --netrc-file --header --user-agent --connect-timeout --idle-timeout --keepalive --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --tls --cacert --insecure --servername --pinnedpubkey --fdpass --verbose --quiet --help --version"
+            opts="-p -U -H -A -4 -6 -v -q -h -V --proxy --proxy-user --proxy-auth-file --proxy-auth --netrc --netrc-file --header --user-agent --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --tls --cacert --insecure --servername --pinnedpubkey --connect-timeout --idle-timeout --keepalive --fdpass --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -73,18 +73,6 @@ _gimlet() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --connect-timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --idle-timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --keepalive)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --proxy-cacert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -114,6 +102,18 @@ _gimlet() {
                     return 0
                     ;;
                 --pinnedpubkey)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --idle-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keepalive)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,24 +1,81 @@
-//! The command line, as clap derive. Doc comments here become `--help` and the man page;
-//! `config.rs` turns the raw strings into a validated `Config`.
+//! The command line, as clap derive. Doc comments here become `--help` and the man page: the
+//! first line of each is the `-h` summary, the rest is added by `--help`. `config.rs` turns the
+//! raw strings into a validated `Config`.
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, CommandFactory, Parser};
 
 const USAGE: &str = "gimlet [OPTIONS] PROXY HOST PORT
        gimlet [OPTIONS] PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
        gimlet [OPTIONS] --proxy URL HOST PORT";
 
-const AFTER_HELP: &str = "\
-PROXY is host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port].
-The five-argument form is corkscrew's: swap the binary in an existing ProxyCommand.
+/// The positional forms, for help and for argument errors.
+pub const FORMS: &str =
+    "PROXY HOST PORT, PROXYHOST PROXYPORT HOST PORT [AUTHFILE], or --proxy URL HOST PORT";
 
-Examples:
-  ssh -o ProxyCommand='gimlet proxy.corp:3128 %h %p' git.example.com
-  git -c core.sshCommand=\"ssh -o ProxyCommand='gimlet proxy.corp:3128 %h %p'\" clone git@github.com:o/r
+/// Where clap's `Arguments:` would go (the positional forms are described here, not by clap).
+const TEMPLATE: &str = "\
+{about-with-newline}
+{usage-heading} {usage}
 
-Exit status: 0 closed cleanly, 2 usage, 3 proxy unreachable, 4 CONNECT refused,
+{before-help}{all-args}{after-help}";
+
+const ARGUMENTS: &str = "\
+Arguments:
+  PROXY      host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port]
+  HOST PORT  the destination, as ssh's %h %p give it
+  PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
+             corkscrew's form: swap the binary in an existing ProxyCommand";
+
+const LONG_ARGUMENTS: &str = "\
+Arguments:
+  PROXY      host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port]
+             (userinfo percent-decoded; no port in a URL: 80, or 443 for https://)
+  HOST PORT  the destination (ssh's %h %p); an IPv6 HOST needs no brackets
+  PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
+             corkscrew's form: swap the binary in an existing ProxyCommand";
+
+const AFTER_HELP: &str = "Examples and exit statuses: gimlet --help";
+
+const AFTER_LONG_HELP: &str = "\
+Exit status: 0 closed cleanly, 2 usage, 3 proxy unreachable, 4 CONNECT refused, \
 5 authentication failed, 6 malformed reply, 7 tunnel failed after it was up, 8 TLS failed.";
+
+/// Examples as (what, command). `--help` prints them unwrapped, after clap's own text, so no
+/// terminal width can break a command in the middle; the man page shows them too.
+pub const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "As an ssh ProxyCommand (in ~/.ssh/config: ProxyCommand gimlet proxy.corp:3128 %h %p):",
+        "ssh -o ProxyCommand='gimlet proxy.corp:3128 %h %p' git.example.com",
+    ),
+    (
+        "For git over ssh:",
+        "git -c core.sshCommand=\"ssh -o ProxyCommand='gimlet proxy.corp:3128 %h %p'\" clone git@github.com:owner/repo",
+    ),
+    (
+        "In place of corkscrew, credentials from a file readable only by you:",
+        "ProxyCommand gimlet proxy.corp 3128 %h %p ~/.ssh/proxyauth",
+    ),
+    (
+        "Handing the socket to ssh, with no relay process left (ssh_config):",
+        "ProxyCommand gimlet --fdpass proxy.corp:3128 %h %p\nProxyUseFdpass yes",
+    ),
+    (
+        "Through a TLS-only proxy whose CA is not in the system store:",
+        "gimlet --proxy-cacert corp-ca.pem https://proxy.corp:8443 git.example.com 22",
+    ),
+    (
+        "With credentials from the environment, showing the steps:",
+        "GIMLET_PROXY_AUTH='alice:s3cret' gimlet -v -p http://proxy.corp:8080 example.com 443",
+    ),
+];
+
+const PROXY: &str = "Proxy and credentials";
+const PROXY_TLS: &str = "TLS to the proxy";
+const TARGET_TLS: &str = "TLS to the destination";
+const CONNECTION: &str = "Connection";
+const OUTPUT: &str = "Output";
 
 /// Bore a stdio tunnel through an HTTP proxy with CONNECT.
 ///
@@ -32,145 +89,206 @@ Exit status: 0 closed cleanly, 2 usage, 3 proxy unreachable, 4 CONNECT refused,
     name = "gimlet",
     version,
     override_usage = USAGE,
+    help_template = TEMPLATE,
+    before_help = ARGUMENTS,
+    before_long_help = LONG_ARGUMENTS,
     after_help = AFTER_HELP,
+    after_long_help = AFTER_LONG_HELP,
     max_term_width = 100
 )]
 pub struct Cli {
-    /// PROXY HOST PORT, or PROXYHOST PROXYPORT HOST PORT [AUTHFILE], or HOST PORT with --proxy.
-    #[arg(value_name = "ARGS", num_args = 0..=5, allow_hyphen_values = false)]
+    /// The positional forms (see the usage); `config.rs` tells them apart, so that a wrong
+    /// count gets an error naming the forms. Hidden: "Arguments" in `--help` describes them.
+    #[arg(value_name = "ARGS", num_args = 0.., hide = true)]
     pub args: Vec<String>,
 
-    /// Proxy to go through: host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port]
-    /// (userinfo percent-decoded; port 80 or 443 when a URL omits it). https:// speaks TLS to
-    /// the proxy. A link-local proxy names its interface: [fe80::1%eth0]:3128 or
+    /// Proxy to go through (instead of the PROXY argument)
+    ///
+    /// host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port] (userinfo
+    /// percent-decoded; port 80 or 443 when a URL omits it). https:// speaks TLS to the proxy.
+    /// A link-local proxy names its interface: [fe80::1%eth0]:3128 or
     /// http://[fe80::1%25eth0]:3128.
-    #[arg(short = 'p', long = "proxy", value_name = "URL")]
+    #[arg(short = 'p', long = "proxy", value_name = "URL", help_heading = PROXY)]
     pub proxy: Vec<String>,
 
-    /// Proxy credentials; DOMAIN\USER for NTLM. Without :PASSWORD, the password is asked for.
-    /// Prefer --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc: other users can read command lines.
-    #[arg(short = 'U', long = "proxy-user", value_name = "USER[:PASSWORD]")]
+    /// Proxy credentials; without :PASSWORD it is asked for
+    ///
+    /// DOMAIN\USER for NTLM. Prefer --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc: other
+    /// users can read command lines.
+    #[arg(short = 'U', long = "proxy-user", value_name = "USER[:PASSWORD]", help_heading = PROXY)]
     pub proxy_user: Option<String>,
 
-    /// Read credentials from FILE, corkscrew's format: user:password on the first line (the
-    /// password may contain ':'). The file must not be accessible by group or others.
-    #[arg(long = "proxy-auth-file", value_name = "FILE")]
+    /// Read credentials from FILE (user:password on its first line)
+    ///
+    /// corkscrew's format: user:password on the first line (the password may contain ':').
+    /// The file must not be accessible by group or others.
+    #[arg(long = "proxy-auth-file", value_name = "FILE", help_heading = PROXY)]
     pub proxy_auth_file: Option<PathBuf>,
 
-    /// Authentication scheme: any picks the strongest the proxy offers (Digest, then NTLM, then
-    /// Basic) after its first 407; basic also sends credentials with the first request.
+    /// Authentication scheme: any, basic, digest or ntlm
+    ///
+    /// any picks the strongest the proxy offers (Digest, then NTLM, then Basic) after its
+    /// first 407; basic also sends credentials with the first request.
     #[arg(long = "proxy-auth", value_name = "SCHEME", default_value = "any",
-          value_parser = ["any", "basic", "digest", "ntlm"], ignore_case = true)]
+          value_parser = ["any", "basic", "digest", "ntlm"], ignore_case = true,
+          help_heading = PROXY)]
     pub proxy_auth: String,
 
-    /// Take credentials from ~/.netrc (the entry for the proxy host, else default) when none
-    /// of -U, --proxy-auth-file or GIMLET_PROXY_AUTH is given.
-    #[arg(long)]
+    /// Take credentials from ~/.netrc
+    ///
+    /// The entry for the proxy host, else default, when none of -U, --proxy-auth-file or
+    /// GIMLET_PROXY_AUTH is given.
+    #[arg(long, help_heading = PROXY)]
     pub netrc: bool,
 
-    /// Like --netrc, with this file.
-    #[arg(long, value_name = "FILE", conflicts_with = "netrc")]
+    /// Like --netrc, with this file
+    #[arg(long, value_name = "FILE", conflicts_with = "netrc", help_heading = PROXY)]
     pub netrc_file: Option<PathBuf>,
 
-    /// Extra header for the CONNECT request, as 'Name: value' (repeatable). A Host or
-    /// User-Agent given here replaces gimlet's own.
-    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    /// Extra header for the CONNECT request, as 'Name: value'
+    ///
+    /// Repeatable. A Host or User-Agent given here replaces gimlet's own.
+    #[arg(short = 'H', long = "header", value_name = "HEADER", help_heading = PROXY)]
     pub headers: Vec<String>,
 
-    /// User-Agent header for the CONNECT request; '' sends none [default: gimlet/VERSION].
-    #[arg(short = 'A', long = "user-agent", value_name = "STRING")]
+    /// User-Agent header for the CONNECT request; '' sends none
+    ///
+    /// [default: gimlet/VERSION]
+    #[arg(short = 'A', long = "user-agent", value_name = "STRING", help_heading = PROXY)]
     pub user_agent: Option<String>,
 
-    /// Give up when the proxy is not connected and answering within SECS (TCP connect plus
-    /// the whole handshake; fractions allowed, at most 1000000000).
-    #[arg(long, value_name = "SECS", default_value = "30")]
-    pub connect_timeout: String,
-
-    /// Close the tunnel when no byte has moved in either direction for SECS (fractions
-    /// allowed, at most 1000000000).
-    #[arg(long, value_name = "SECS")]
-    pub idle_timeout: Option<String>,
-
-    /// Send TCP keepalive probes to the proxy after SECS of silence, so proxies and NAT boxes
-    /// do not drop an idle tunnel: whole seconds from 1 to 32767 (the kernel's range); 0
-    /// disables.
-    #[arg(long, value_name = "SECS", default_value = "60")]
-    pub keepalive: String,
-
-    /// Verify an https:// proxy against the CA certificates in FILE (PEM) instead of the
-    /// system's.
-    #[arg(long, value_name = "FILE")]
+    /// Verify an https:// proxy against the CA certificates in FILE (PEM)
+    ///
+    /// Instead of the system's.
+    #[arg(long, value_name = "FILE", help_heading = PROXY_TLS)]
     pub proxy_cacert: Option<PathBuf>,
 
-    /// Do not verify an https:// proxy's certificate (a warning is printed).
-    #[arg(long)]
+    /// Do not verify an https:// proxy's certificate (a warning is printed)
+    #[arg(long, help_heading = PROXY_TLS)]
     pub proxy_insecure: bool,
 
-    /// Accept the https:// proxy only if its public key hashes to one of
+    /// Accept the https:// proxy only if its public key hashes to one of these
+    ///
     /// sha256//BASE64[;sha256//BASE64...], as curl's --pinnedpubkey.
-    #[arg(long, value_name = "HASHES")]
+    #[arg(long, value_name = "HASHES", help_heading = PROXY_TLS)]
     pub proxy_pinnedpubkey: Option<String>,
 
-    /// Present (SNI) and verify NAME instead of the https:// proxy's host.
-    #[arg(long, value_name = "NAME")]
+    /// Present (SNI) and verify NAME instead of the https:// proxy's host
+    #[arg(long, value_name = "NAME", help_heading = PROXY_TLS)]
     pub proxy_servername: Option<String>,
 
-    /// Client certificate (PEM) for the https:// proxy; the key may be in the same file.
-    #[arg(long, value_name = "FILE")]
+    /// Client certificate (PEM) for the https:// proxy
+    ///
+    /// The key may be in the same file.
+    #[arg(long, value_name = "FILE", help_heading = PROXY_TLS)]
     pub proxy_cert: Option<PathBuf>,
 
-    /// Private key (PEM) for --proxy-cert.
-    #[arg(long, value_name = "FILE", requires = "proxy_cert")]
+    /// Private key (PEM) for --proxy-cert
+    #[arg(long, value_name = "FILE", requires = "proxy_cert", help_heading = PROXY_TLS)]
     pub proxy_key: Option<PathBuf>,
 
-    /// Speak TLS to HOST through the tunnel, verified like a browser would (inside the
-    /// proxy's own TLS for an https:// proxy).
-    #[arg(long)]
+    /// Speak TLS to HOST through the tunnel
+    ///
+    /// Verified like a browser would (inside the proxy's own TLS for an https:// proxy).
+    #[arg(long, help_heading = TARGET_TLS)]
     pub tls: bool,
 
-    /// With --tls, verify HOST against the CA certificates in FILE (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls")]
+    /// With --tls, verify HOST against the CA certificates in FILE (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls", help_heading = TARGET_TLS)]
     pub cacert: Option<PathBuf>,
 
-    /// With --tls, do not verify HOST's certificate (a warning is printed).
-    #[arg(long, requires = "tls")]
+    /// With --tls, do not verify HOST's certificate (a warning is printed)
+    #[arg(long, requires = "tls", help_heading = TARGET_TLS)]
     pub insecure: bool,
 
-    /// With --tls, present and verify NAME instead of HOST.
-    #[arg(long, value_name = "NAME", requires = "tls")]
+    /// With --tls, present and verify NAME instead of HOST
+    #[arg(long, value_name = "NAME", requires = "tls", help_heading = TARGET_TLS)]
     pub servername: Option<String>,
 
-    /// With --tls, accept HOST only if its public key hashes to one of these.
-    #[arg(long, value_name = "HASHES", requires = "tls")]
+    /// With --tls, accept HOST only if its public key hashes to one of these
+    #[arg(long, value_name = "HASHES", requires = "tls", help_heading = TARGET_TLS)]
     pub pinnedpubkey: Option<String>,
 
-    /// After the handshake, hand the connected socket to ssh over standard output and exit,
-    /// so no relay process stays in the path (ssh's ProxyUseFdpass yes). Plain proxies only.
-    #[arg(long)]
+    /// Give up when the proxy is not connected and answering within SECS
+    ///
+    /// TCP connect plus the whole handshake; fractions allowed, at most 1000000000.
+    #[arg(long, value_name = "SECS", default_value = "30", help_heading = CONNECTION)]
+    pub connect_timeout: String,
+
+    /// Close the tunnel when no byte has moved in either direction for SECS
+    ///
+    /// Fractions allowed, at most 1000000000.
+    #[arg(long, value_name = "SECS", help_heading = CONNECTION)]
+    pub idle_timeout: Option<String>,
+
+    /// Send TCP keepalive probes to the proxy after SECS of silence; 0 disables
+    ///
+    /// So that proxies and NAT boxes do not drop an idle tunnel: whole seconds from 1 to 32767
+    /// (the kernel's range).
+    #[arg(long, value_name = "SECS", default_value = "60", help_heading = CONNECTION)]
+    pub keepalive: String,
+
+    /// Hand the connected socket to ssh and exit (ProxyUseFdpass yes)
+    ///
+    /// After the handshake the socket goes to ssh over standard output, so no relay process
+    /// stays in the path. Plain proxies only.
+    #[arg(long, help_heading = CONNECTION)]
     pub fdpass: bool,
 
-    /// Reach the proxy over IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6")]
+    /// Reach the proxy over IPv4 only
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = CONNECTION)]
     pub ipv4: bool,
 
-    /// Reach the proxy over IPv6 only.
-    #[arg(short = '6')]
+    /// Reach the proxy over IPv6 only
+    #[arg(short = '6', help_heading = CONNECTION)]
     pub ipv6: bool,
 
-    /// Show the steps on standard error; twice to show the request and reply heads too
-    /// (Proxy-Authorization redacted).
-    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+    /// Show the steps on standard error; -vv adds the request and reply heads
+    ///
+    /// Which credentials are used and where they came from, the scheme, each step; twice
+    /// also the heads (Proxy-Authorization redacted).
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet", help_heading = OUTPUT)]
     pub verbose: u8,
 
-    /// Print nothing on standard error, not even errors; the exit status still tells.
-    #[arg(short, long)]
+    /// Print nothing on standard error, not even errors
+    ///
+    /// The exit status still tells.
+    #[arg(short, long, help_heading = OUTPUT)]
     pub quiet: bool,
+}
+
+/// The help text: clap's (`-h` the summaries, `--help` everything), then with `--help` the
+/// examples, unwrapped (clap would break a long command at the terminal's width).
+pub fn help(long: bool) -> String {
+    let mut cmd = Cli::command();
+    let mut text = match long {
+        true => cmd.render_long_help().to_string(),
+        false => cmd.render_help().to_string(),
+    };
+    if long {
+        text.push_str("\nExamples:\n");
+        for (what, command) in EXAMPLES {
+            text.push_str(&format!("  # {what}\n"));
+            for line in command.lines() {
+                text.push_str(&format!("  {line}\n"));
+            }
+        }
+    }
+    text
+}
+
+/// Whether the arguments ask for the long help: `--help` (clap gives the same error kind for
+/// `-h`, which asks for the summaries).
+pub fn asks_long_help<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> bool {
+    args.into_iter()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--help")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn clap_definition_is_consistent() {

@@ -141,39 +141,18 @@ impl Config {
 }
 
 fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Config> {
-    let mut args = cli.args.into_iter();
-    let (proxy_arg, auth_file_arg) = match (cli.proxy.len(), args.len()) {
-        (0, 3) => (Some(args.next().unwrap_or_default()), None),
-        (0, 4 | 5) => {
-            let (host, port) = (args.next().unwrap_or_default(), args.next());
-            let port = port.unwrap_or_default();
-            let auth_file = if args.len() == 3 {
-                args.next_back()
-            } else {
-                None
-            };
-            (Some(format!("{}:{port}", bracket_if_v6(&host))), auth_file)
-        }
-        (1, 2) => (None, None),
-        (0, _) => bail!(
-            "parsing arguments: expected PROXY HOST PORT or PROXYHOST PROXYPORT HOST PORT [AUTHFILE], got {} argument(s) (see gimlet --help)",
-            args.len()
-        ),
-        (1, n) => bail!("parsing arguments: with --proxy, expected HOST PORT, got {n} argument(s)"),
-        (_, _) => bail!("parsing arguments: proxy chains are not supported yet: give one --proxy"),
-    };
-    let proxy_arg = match proxy_arg {
-        Some(p) => p,
-        None => cli.proxy.into_iter().next().unwrap_or_default(),
-    };
+    let Positional {
+        proxy: proxy_arg,
+        auth_file: auth_file_arg,
+        host: target_host,
+        port: target_port,
+    } = positional(cli.proxy, cli.args)?;
+    if let Some(hint) = proxy_hint(&proxy_arg) {
+        bail!("parsing proxy{hint}");
+    }
     let proxy = parse_proxy(&proxy_arg)
         .with_context(|| format!("parsing proxy {:?}", without_password(&proxy_arg)))?;
-    let target_host = args.next().unwrap_or_default();
-    let target_port = args.next().unwrap_or_default();
-    let target = Endpoint {
-        host: parse_host(&target_host).with_context(|| "parsing target host")?,
-        port: parse_port(&target_port).with_context(|| "parsing target port")?,
-    };
+    let target = parse_target(&target_host, &target_port)?;
 
     let auth_file = match (cli.proxy_auth_file, auth_file_arg) {
         (Some(_), Some(_)) => {
@@ -300,6 +279,244 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         },
         verbosity: cli.verbose,
         quiet: cli.quiet,
+    })
+}
+
+/// What the positional arguments say, once their form is known.
+#[derive(Debug, PartialEq, Eq)]
+struct Positional {
+    proxy: String,
+    /// corkscrew's AUTHFILE.
+    auth_file: Option<String>,
+    host: String,
+    port: String,
+}
+
+/// Tells the argument forms apart by the count of positional arguments and `--proxy` options:
+/// the one place that knows the forms, so a new one (HOST PORT with the proxy from the
+/// environment) is one more arm here, and one more entry in `cli::FORMS`.
+fn positional(proxies: Vec<String>, args: Vec<String>) -> anyhow::Result<Positional> {
+    let forms = crate::cli::FORMS;
+    match (proxies.len(), <[String; 3]>::try_from(args)) {
+        (0, Ok([proxy, host, port])) => Ok(Positional {
+            proxy,
+            auth_file: None,
+            host,
+            port,
+        }),
+        (_, Ok(_)) | (_, Err(_)) if proxies.len() > 1 => {
+            bail!("parsing arguments: proxy chains are not supported yet: give one --proxy")
+        }
+        (_, Ok(args)) => bail!(
+            "parsing arguments: with --proxy, expected HOST PORT, got 3 arguments{} (see gimlet --help)",
+            shown_args(&args)
+        ),
+        (_, Err(args)) => positional_other(proxies, args, forms),
+    }
+}
+
+/// The forms with other than three positional arguments, and the mistakes behind a wrong count.
+fn positional_other(
+    proxies: Vec<String>,
+    args: Vec<String>,
+    forms: &str,
+) -> anyhow::Result<Positional> {
+    let mut proxies = proxies.into_iter();
+    match (proxies.next(), <[String; 2]>::try_from(args)) {
+        (Some(proxy), Ok([host, port])) => Ok(Positional {
+            proxy,
+            auth_file: None,
+            host,
+            port,
+        }),
+        (None, Ok([first, second])) => {
+            bail!("parsing arguments: {}", two_arguments(&first, &second))
+        }
+        (Some(_), Err(args)) => match args.as_slice() {
+            [joined] if split_host_port(joined).is_some() => {
+                let (host, port) = split_host_port(joined).unwrap_or_default();
+                bail!(
+                    "parsing arguments: with --proxy, give the destination as two arguments, HOST PORT: did you mean {} {}?",
+                    shell_word(host),
+                    shell_word(port)
+                )
+            }
+            _ => bail!(
+                "parsing arguments: with --proxy, expected HOST PORT, got {}{} (see gimlet --help)",
+                arguments(args.len()),
+                shown_args(&args)
+            ),
+        },
+        (None, Err(args)) => {
+            let mut args = args.into_iter();
+            match (
+                args.next(),
+                args.next(),
+                args.next(),
+                args.next(),
+                args.next(),
+                args.next(),
+            ) {
+                (Some(proxy_host), Some(proxy_port), Some(host), Some(port), auth_file, None) => {
+                    if auth_file.is_none()
+                        && has_port(&proxy_host)
+                        && parse_port(&proxy_port).is_err()
+                    {
+                        // PROXY HOST PORT AUTHFILE: read as corkscrew's four, "HOST" would be
+                        // the proxy's port.
+                        bail!(
+                            "parsing arguments: {:?} has a port already, so these are not corkscrew's PROXYHOST PROXYPORT HOST PORT; for PROXY HOST PORT with a credential file, did you mean --proxy-auth-file {} {} {} {}?",
+                            without_password(&proxy_host),
+                            shell_word(&port),
+                            shell_word(&without_password(&proxy_host)),
+                            shell_word(&proxy_port),
+                            shell_word(&host)
+                        );
+                    }
+                    Ok(Positional {
+                        proxy: format!("{}:{proxy_port}", bracket_if_v6(&proxy_host)),
+                        auth_file,
+                        host,
+                        port,
+                    })
+                }
+                (first, second, third, fourth, fifth, sixth) => {
+                    let given: Vec<String> = [first, second, third, fourth, fifth, sixth]
+                        .into_iter()
+                        .flatten()
+                        .chain(args)
+                        .collect();
+                    bail!(
+                        "parsing arguments: expected {forms}; got {}{} (see gimlet --help)",
+                        arguments(given.len()),
+                        shown_args(&given)
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Two positional arguments and no `--proxy`: a proxy that is missing (an unset variable),
+/// or `PROXY HOST:PORT`.
+fn two_arguments(first: &str, second: &str) -> String {
+    let forms = crate::cli::FORMS;
+    match split_host_port(second) {
+        Some((host, port)) if has_port(first) => format!(
+            "the destination is HOST PORT, two arguments: did you mean {} {} {}?",
+            shell_word(&without_password(first)),
+            shell_word(host),
+            shell_word(port)
+        ),
+        _ if parse_port(second).is_ok() => format!(
+            "got HOST PORT ({} {}) but no proxy (an unset variable?): give it first, as PROXY HOST PORT, or with --proxy URL",
+            shell_word(first),
+            shell_word(second)
+        ),
+        _ => format!(
+            "expected {forms}; got 2 arguments{} (see gimlet --help)",
+            shown_args(&[first.to_owned(), second.to_owned()])
+        ),
+    }
+}
+
+fn arguments(n: usize) -> String {
+    match n {
+        0 => "no arguments".to_owned(),
+        1 => "1 argument".to_owned(),
+        n => format!("{n} arguments"),
+    }
+}
+
+/// ` ("a" "b")` for a message: the arguments as given, passwords hidden.
+fn shown_args(args: &[String]) -> String {
+    if args.is_empty() {
+        return String::new();
+    }
+    let words: Vec<String> = args
+        .iter()
+        .map(|a| shell_word(&without_password(a)))
+        .collect();
+    format!(" ({})", words.join(" "))
+}
+
+/// `arg` as a shell would need it typed: bare when safe, else in single quotes.
+fn shell_word(arg: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "%+,-./:=@_[]~<>".contains(c);
+    if !arg.is_empty() && arg.chars().all(safe) {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+/// Whether a proxy argument already carries a port or a scheme: `host:port`, `[v6]:port`, a URL.
+fn has_port(arg: &str) -> bool {
+    arg.contains("://") || (arg.parse::<Ipv6Addr>().is_err() && split_host_port(arg).is_some())
+}
+
+/// `host:port` or `[v6]:port` split in two, when the port is a number; `None` for a bare IPv6
+/// address (ssh's `%h` gives those) and anything else.
+fn split_host_port(arg: &str) -> Option<(&str, &str)> {
+    let (host, port) = arg.rsplit_once(':')?;
+    let plain = !host.contains(':') || (host.starts_with('[') && host.ends_with(']'));
+    (plain && !host.is_empty() && parse_port(port).is_ok()).then_some((host, port))
+}
+
+/// A mistake in the proxy argument worth naming before the parser gives its generic reason,
+/// as the rest of "parsing proxy…".
+fn proxy_hint(arg: &str) -> Option<String> {
+    if arg.trim().is_empty() {
+        return Some(format!(
+            " {arg:?}: the proxy is empty (an unset variable?): give host:port or http[s]://host[:port]"
+        ));
+    }
+    if arg.contains("://") {
+        return None;
+    }
+    let lower = arg.to_ascii_lowercase();
+    for scheme in ["https", "http"] {
+        if let Some(rest) = lower.strip_prefix(scheme).and_then(|r| r.strip_prefix(':')) {
+            if parse_port(rest).is_ok() {
+                return None; // a proxy host named "http", on a port
+            }
+            let rest = rest.trim_start_matches('/');
+            let fixed = format!(
+                "{}://{}",
+                &arg[..scheme.len()],
+                &arg[arg.len() - rest.len()..]
+            );
+            // Not the argument itself: without "://" a password in it would not be found.
+            return Some(format!(
+                ": a URL needs two slashes after the scheme: did you mean {:?}?",
+                without_password(&fixed)
+            ));
+        }
+    }
+    None
+}
+
+/// The destination, with a "did you mean" for `host:port` as HOST and for HOST and PORT swapped.
+fn parse_target(host: &str, port: &str) -> anyhow::Result<Endpoint> {
+    if let Some((h, p)) = split_host_port(host) {
+        if parse_port(port).is_ok() || port.is_empty() {
+            bail!(
+                "parsing target host: {host:?} includes a port; HOST and PORT are two arguments: did you mean {} {}?",
+                shell_word(h),
+                shell_word(p)
+            );
+        }
+    }
+    if parse_port(port).is_err() && parse_port(host).is_ok() && parse_host(port).is_ok() {
+        bail!(
+            "parsing target port: invalid port {port:?}; HOST comes before PORT: did you mean {} {}?",
+            shell_word(port),
+            shell_word(host)
+        );
+    }
+    Ok(Endpoint {
+        host: parse_host(host).context("parsing target host")?,
+        port: parse_port(port).context("parsing target port")?,
     })
 }
 
@@ -668,6 +885,50 @@ mod tests {
         assert_eq!(c.proxy().endpoint.to_string(), "[::1]:80");
         assert!(config(&["-p", "p:1", "p:1", "h", "22"]).is_err());
         assert!(config(&["h", "22"]).is_err());
+    }
+
+    #[test]
+    fn argument_forms_by_count() {
+        let p = |opts: &[&str], args: &[&str]| {
+            positional(
+                opts.iter().map(|s| s.to_string()).collect(),
+                args.iter().map(|s| s.to_string()).collect(),
+            )
+        };
+        let want = |proxy: &str, auth: Option<&str>| Positional {
+            proxy: proxy.into(),
+            auth_file: auth.map(Into::into),
+            host: "h".into(),
+            port: "22".into(),
+        };
+        assert_eq!(p(&[], &["p:1", "h", "22"]).unwrap(), want("p:1", None));
+        assert_eq!(p(&[], &["p", "1", "h", "22"]).unwrap(), want("p:1", None));
+        assert_eq!(
+            p(&[], &["::1", "1", "h", "22", "f"]).unwrap(),
+            want("[::1]:1", Some("f"))
+        );
+        assert_eq!(p(&["p:1"], &["h", "22"]).unwrap(), want("p:1", None));
+        for (opts, args) in [
+            (&[][..], &[][..]),
+            (&[], &["h", "22"]),
+            (&[], &["p:1", "h", "22", "f"]),
+            (&["p:1"], &["p:1", "h", "22"]),
+            (&["p:1", "q:1"], &["h", "22"]),
+        ] {
+            assert!(p(opts, args).is_err(), "{opts:?} {args:?}");
+        }
+    }
+
+    #[test]
+    fn host_port_splitting_leaves_bare_ipv6_alone() {
+        assert_eq!(split_host_port("h:22"), Some(("h", "22")));
+        assert_eq!(split_host_port("[::1]:22"), Some(("[::1]", "22")));
+        for no in ["::1", "h", "h:", ":22", "h:x", "2001:db8::22"] {
+            assert_eq!(split_host_port(no), None, "{no}");
+        }
+        assert!(proxy_hint("http:3128").is_none());
+        assert!(proxy_hint("http://p:1").is_none());
+        assert!(proxy_hint("HTTP:/p").unwrap().contains("\"HTTP://p\""));
     }
 
     #[test]

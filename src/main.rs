@@ -5,15 +5,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use gimlet::cli::Cli;
+use gimlet::cli::{Cli, help};
 use gimlet::config::Config;
 use gimlet::error::{Error, Kind};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
-            // Asked for: help and version go to stdout, as everywhere.
+        Err(e) if e.kind() == ErrorKind::DisplayHelp => {
+            // Asked for: help goes to stdout, as everywhere, with the examples unwrapped.
+            let long = gimlet::cli::asks_long_help(std::env::args_os());
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), help(long).as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayVersion => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }

@@ -18,3 +18,4 @@ mod support_tls;
 mod terminal;
 mod tls;
 mod tunnel;
+mod usage;
