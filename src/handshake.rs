@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 
 use zeroize::Zeroizing;
 
-use crate::auth::{self, Authenticator, Challenge, Scheme};
+use crate::auth::{self, Authenticator, Challenge, NoScheme, Scheme};
 use crate::config::Endpoint;
 use crate::credentials::{Credentials, Secret};
 use crate::diag::debug;
@@ -507,17 +507,22 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
                 })?
                 .ok_or_else(|| rejected(a))?,
             None => {
-                let (scheme, challenge) = auth::choose(&challenges, forced).map_err(|offered| {
+                let (scheme, challenge) = auth::choose(&challenges, forced).map_err(|none| {
                     let wanted = match forced {
                         Some(s) => format!("{s} (forced by --proxy-auth)"),
                         None => "Digest, NTLM or Basic".to_owned(),
                     };
+                    let why = match none {
+                        NoScheme::Offered(offered) => format!(
+                            "proxy {proxy} requires authentication with {offered}, and gimlet speaks {wanted}"
+                        ),
+                        NoScheme::Digest(why) => format!(
+                            "proxy {proxy} offers Digest only in a form gimlet cannot answer: {why}"
+                        ),
+                    };
                     Error::msg(
                         Kind::Auth,
-                        format_args!(
-                            "proxy {proxy} requires authentication with {offered}, and gimlet speaks {wanted}: {:?}",
-                            reply.status_line
-                        ),
+                        format_args!("{why}: {:?}", reply.status_line),
                     )
                 })?;
                 let creds = match credentials.take() {

@@ -241,8 +241,30 @@ pub fn explain(e: &io::Error, name: &str) -> String {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 format!("the certificate is not valid yet ({tls})")
             }
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                format!("the certificate is not valid for the name {name:?} ({tls})")
+            CertificateError::NotValidForName => {
+                format!("the certificate is not valid for the name {name:?}")
+            }
+            // The names are the certificate's, so the peer's choice: each one escaped, and not
+            // through rustls's Display, which prints them raw.
+            CertificateError::NotValidForNameContext { presented, .. } => {
+                let names: Vec<String> = presented
+                    .iter()
+                    .take(8)
+                    .map(|n| crate::diag::untrusted(n, 100))
+                    .collect();
+                let more = match presented.len() {
+                    n if n > 8 => format!(" and {} more", n - 8),
+                    _ => String::new(),
+                };
+                match names.is_empty() {
+                    true => format!(
+                        "the certificate is not valid for the name {name:?} (it names none in its subjectAltName)"
+                    ),
+                    false => format!(
+                        "the certificate is not valid for the name {name:?} (it is for {}{more})",
+                        names.join(", ")
+                    ),
+                }
             }
             CertificateError::UnknownIssuer => {
                 "the certificate is signed by an unknown authority (give its CA with --cacert / --proxy-cacert)".to_owned()

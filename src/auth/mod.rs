@@ -168,12 +168,21 @@ fn skip_element(s: &str) -> &str {
     ""
 }
 
-/// Picks the strongest offered scheme gimlet speaks, or the forced one. The error lists what
-/// was offered, for the message.
+/// Why no offered challenge can be answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoScheme {
+    /// No offered scheme is one gimlet speaks (or the forced one): the schemes offered.
+    Offered(String),
+    /// Digest was offered, but only in a form gimlet cannot answer: why (the algorithm or qop,
+    /// escaped).
+    Digest(String),
+}
+
+/// Picks the strongest offered scheme gimlet speaks, or the forced one.
 pub fn choose(
     challenges: &[Challenge],
     forced: Option<Scheme>,
-) -> Result<(Scheme, &Challenge), String> {
+) -> Result<(Scheme, &Challenge), NoScheme> {
     let usable = |c: &&Challenge| match Scheme::from_name(&c.scheme) {
         Some(Scheme::Digest) => digest::Params::from_challenge(c).is_ok(),
         Some(_) => true,
@@ -193,14 +202,23 @@ pub fn choose(
         };
         std::cmp::Reverse((*s, strength))
     });
-    candidates.into_iter().next().ok_or_else(|| {
-        let offered: Vec<&str> = challenges.iter().map(|c| c.scheme.as_str()).collect();
-        if offered.is_empty() {
-            "no scheme".to_owned()
-        } else {
-            offered.join(", ")
-        }
-    })
+    if let Some(found) = candidates.into_iter().next() {
+        return Ok(found);
+    }
+    // Say what made Digest unusable rather than claim it was not offered.
+    let unusable_digest = challenges
+        .iter()
+        .filter(|c| c.is(Scheme::Digest) && forced.is_none_or(|f| f == Scheme::Digest))
+        .find_map(|c| digest::Params::from_challenge(c).err());
+    if let Some(why) = unusable_digest {
+        return Err(NoScheme::Digest(format!("{why:#}")));
+    }
+    let offered: Vec<&str> = challenges.iter().map(|c| c.scheme.as_str()).collect();
+    Err(NoScheme::Offered(if offered.is_empty() {
+        "no scheme".to_owned()
+    } else {
+        offered.join(", ")
+    }))
 }
 
 /// The request facts a scheme signs.
@@ -461,17 +479,38 @@ mod tests {
             Scheme::Basic
         );
         assert_eq!(choose(&offered[..2], None).unwrap().0, Scheme::Ntlm);
-        assert_eq!(choose(&offered[4..], None).unwrap_err(), "Negotiate");
+        assert_eq!(
+            choose(&offered[4..], None).unwrap_err(),
+            NoScheme::Offered("Negotiate".into())
+        );
         assert_eq!(
             choose(&offered[..1], Some(Scheme::Digest)).unwrap_err(),
-            "Basic"
+            NoScheme::Offered("Basic".into())
         );
         // A Digest algorithm gimlet does not speak is passed over, not attempted.
         let odd = parse(&[
-            "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-512-256",
+            "Digest realm=\"r\", nonce=\"n\", algorithm=SHA3-256",
             "Basic",
         ]);
         assert_eq!(choose(&odd, None).unwrap().0, Scheme::Basic);
+        // Alone, it is named.
+        match choose(&odd[..1], None).unwrap_err() {
+            NoScheme::Digest(why) => assert!(why.contains("algorithm=SHA3-256"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            choose(&odd[..1], Some(Scheme::Basic)).unwrap_err(),
+            NoScheme::Offered("Digest".into())
+        );
+        let strongest = parse(&[
+            "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-256",
+            "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-512-256-sess",
+            "Digest realm=\"r\", nonce=\"n\", algorithm=MD5",
+        ]);
+        assert_eq!(
+            choose(&strongest, None).unwrap().1.param("algorithm"),
+            Some("SHA-512-256-sess")
+        );
     }
 
     #[test]

@@ -185,7 +185,7 @@ fn sha_256_is_preferred_over_md5_among_digest_challenges() {
 #[test]
 fn unsupported_digest_algorithm_is_passed_over_for_basic() {
     let mut odd = DigestChallenge::new("MD5");
-    odd.algorithm = Some("SHA-512-256".to_owned());
+    odd.algorithm = Some("SHA3-256".to_owned());
     let proxy = FakeProxy::conversation(move |head| {
         Ok(match proxy_authorization(head) {
             None => (
@@ -374,4 +374,105 @@ fn ipv6_target_is_signed_with_brackets() {
         gimlet().args(["-U", "alice:s3cret", &proxy.addr(), "2001:db8::1", "22"]),
         &proxy,
     );
+}
+
+#[test]
+fn digest_sha_512_256_round_trip_is_verified_by_the_proxy() {
+    for algorithm in ["SHA-512-256", "SHA-512-256-sess"] {
+        let record = digest_round_trip(
+            "alice",
+            "s3cret",
+            vec![Offer::Digest(DigestChallenge::new(algorithm))],
+        );
+        assert_one_digest_retry(&record);
+        assert_eq!(
+            param(&digest_params(&record, 1), "algorithm").unwrap(),
+            algorithm
+        );
+    }
+}
+
+#[test]
+fn sha_512_256_is_preferred_over_sha_256_and_md5() {
+    let record = digest_round_trip(
+        "alice",
+        "s3cret",
+        vec![
+            Offer::Digest(DigestChallenge::new("MD5")),
+            Offer::Digest(DigestChallenge::new("SHA-512-256")),
+            Offer::Digest(DigestChallenge::new("SHA-256")),
+        ],
+    );
+    assert_eq!(
+        param(&digest_params(&record, 1), "algorithm").unwrap(),
+        "SHA-512-256"
+    );
+}
+
+#[test]
+fn digest_offered_only_with_an_unknown_algorithm_names_that_algorithm() {
+    let mut odd = DigestChallenge::new("MD5");
+    odd.algorithm = Some("SHA3-256".to_owned());
+    let proxy =
+        FakeProxy::conversation(move |_| Ok((challenge_407(&[&odd.header()]), Then::Close)));
+    let (stderr, record) = expect_failure(
+        gimlet().args(["-U", "alice:s3cret", &proxy.addr(), "example.test", "22"]),
+        &proxy,
+        5,
+    );
+    record.assert_requests(1);
+    assert!(stderr.contains("algorithm=SHA3-256"), "{stderr:?}");
+    assert!(!stderr.contains("gimlet speaks Digest"), "{stderr:?}");
+}
+
+/// What a hostile proxy puts in a Digest parameter: an obs-fold line break that starts a
+/// forged line, C1 controls (NEL, CSI) and a right-to-left override.
+const HOSTILE: &str = "X\r\n gimlet: forged\u{85}\u{9b}31m\u{202e}dlrow\u{2028}";
+
+/// One error line, with no control, bidi or separator character in it.
+#[track_caller]
+fn assert_escaped(stderr: &str) {
+    let line = stderr.strip_suffix('\n').unwrap_or(stderr);
+    assert!(!line.contains('\n'), "more than one line: {stderr:?}");
+    assert!(
+        !line.chars().any(|c| c.is_control()
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')),
+        "unescaped text from the proxy: {stderr:?}"
+    );
+}
+
+#[test]
+fn hostile_digest_algorithm_in_the_first_challenge_is_escaped() {
+    let proxy = FakeProxy::conversation(|_| {
+        let challenge = format!("Digest realm=\"r\", nonce=\"n\", algorithm=\"{HOSTILE}\"");
+        Ok((challenge_407(&[&challenge]), Then::Close))
+    });
+    let (stderr, _) = expect_failure(
+        gimlet().args(["-U", "alice:s3cret", &proxy.addr(), "example.test", "22"]),
+        &proxy,
+        5,
+    );
+    assert_escaped(&stderr);
+}
+
+#[test]
+fn hostile_digest_algorithm_in_a_stale_challenge_is_escaped() {
+    let first = DigestChallenge::new("MD5");
+    let proxy = FakeProxy::conversation(move |head| {
+        Ok(match proxy_authorization(head) {
+            None => (challenge_407(&[&first.header()]), Then::KeepOpen),
+            Some(_) => {
+                let challenge = format!(
+                    "Digest realm=\"r\", nonce=\"n2\", stale=true, algorithm=\"{HOSTILE}\""
+                );
+                (challenge_407(&[&challenge]), Then::Close)
+            }
+        })
+    });
+    let (stderr, _) = expect_failure(
+        gimlet().args(["-U", "alice:s3cret", &proxy.addr(), "example.test", "22"]),
+        &proxy,
+        5,
+    );
+    assert_escaped(&stderr);
 }

@@ -1707,3 +1707,20 @@ fn junk_instead_of_the_destination_handshake_fails_with_status_8_and_stays_off_s
     assert!(!stderr.contains("SSH-2.0"), "{stderr:?}");
     proxy.finish();
 }
+
+#[test]
+fn certificate_names_with_escape_and_newline_are_escaped_in_the_error() {
+    let pki = Pki::new();
+    let hostile = pki
+        .ca
+        .issue(&["evil\u{1b}[2J.example", "x\ngimlet: forged.example"]);
+    let proxy = TlsProxy::start(hostile.server_config(), no_session);
+    let ca = path(&pki.ca.file());
+    let output = run(&mut gimlet_tls(
+        &["-4", "--proxy-cacert", &ca],
+        &proxy.url_as("localhost"),
+    ));
+    let stderr = assert_proxy_tls_failure(&output, &localhost(&proxy), "is not valid for the name");
+    assert!(stderr.contains("forged.example"), "{stderr:?}");
+    assert_handshake_abandoned(&proxy.finish());
+}

@@ -462,6 +462,8 @@ impl DigestChallenge {
             .to_ascii_uppercase();
         if algorithm.starts_with("SHA-256") {
             hex(&Sha256::digest(data.as_bytes()))
+        } else if algorithm.starts_with("SHA-512-256") {
+            hex(&sha2::Sha512_256::digest(data.as_bytes()))
         } else {
             hex(&Md5::digest(data.as_bytes()))
         }
