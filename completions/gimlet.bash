@@ -23,7 +23,7 @@ _gimlet() {
 
     case "${cmd}" in
         gimlet)
-            opts="-p -U -H -A -4 -6 -v -q -h -V --proxy --proxy-user --proxy-auth-file --proxy-auth --netrc --netrc-file --header --user-agent --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --tls --cacert --insecure --servername --pinnedpubkey --connect-timeout --idle-timeout --keepalive --fdpass --verbose --quiet --help --version"
+            opts="-p -U -H -A -4 -6 -v -q -h -V --proxy --proxy-user --proxy-auth-file --proxy-auth --netrc --netrc-file --header --user-agent --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --tls --cacert --insecure --servername --pinnedpubkey --connect-timeout --idle-timeout --keepalive --fdpass --verbose --quiet --generate --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -115,6 +115,10 @@ _gimlet() {
                     ;;
                 --keepalive)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --generate)
+                    COMPREPLY=($(compgen -W "man complete-bash complete-zsh complete-fish" -- "${cur}"))
                     return 0
                     ;;
                 *)

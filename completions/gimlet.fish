@@ -19,6 +19,10 @@ complete -c gimlet -l pinnedpubkey -d 'With --tls, accept HOST only if its publi
 complete -c gimlet -l connect-timeout -d 'Give up when the proxy is not connected and answering within SECS' -r
 complete -c gimlet -l idle-timeout -d 'Close the tunnel when no byte has moved in either direction for SECS' -r
 complete -c gimlet -l keepalive -d 'Send TCP keepalive probes to the proxy after SECS of silence; 0 disables' -r
+complete -c gimlet -l generate -d 'Print the man page or a shell completion script, and exit' -r -f -a "man\t''
+complete-bash\t''
+complete-zsh\t''
+complete-fish\t''"
 complete -c gimlet -l netrc -d 'Take credentials from ~/.netrc'
 complete -c gimlet -l proxy-insecure -d 'Do not verify an https:// proxy\'s certificate (a warning is printed)'
 complete -c gimlet -l tls -d 'Speak TLS to HOST through the tunnel'

@@ -8,7 +8,8 @@ use clap::{ArgAction, CommandFactory, Parser};
 
 const USAGE: &str = "gimlet [OPTIONS] PROXY HOST PORT
        gimlet [OPTIONS] PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
-       gimlet [OPTIONS] --proxy URL HOST PORT";
+       gimlet [OPTIONS] --proxy URL HOST PORT
+       gimlet --generate man|complete-bash|complete-zsh|complete-fish";
 
 /// The positional forms, for help and for argument errors.
 pub const FORMS: &str =
@@ -21,7 +22,7 @@ const TEMPLATE: &str = "\
 
 {before-help}{all-args}{after-help}";
 
-const ARGUMENTS: &str = "\
+const SHORT_ARGUMENTS: &str = "\
 Arguments:
   PROXY      host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port]
   HOST PORT  the destination, as ssh's %h %p give it
@@ -35,6 +36,26 @@ Arguments:
   HOST PORT  the destination (ssh's %h %p); an IPv6 HOST needs no brackets
   PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
              corkscrew's form: swap the binary in an existing ProxyCommand";
+
+/// The positional arguments, for the man page.
+pub const ARGUMENTS: &[(&str, &str)] = &[
+    (
+        "PROXY",
+        "host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port] (userinfo \
+         percent-decoded; a URL without a port means 80, or 443 for https://, which speaks TLS \
+         to the proxy).",
+    ),
+    (
+        "HOST PORT",
+        "The destination the proxy connects to, as ssh's %h %p give it; an IPv6 HOST with or \
+         without brackets. Names must be ASCII (IDNs in their xn-- form).",
+    ),
+    (
+        "PROXYHOST PROXYPORT HOST PORT [AUTHFILE]",
+        "corkscrew's form, so that an existing ProxyCommand keeps working when only the \
+         binary's name changes. AUTHFILE holds user:password on its first line.",
+    ),
+];
 
 const AFTER_HELP: &str = "Examples and exit statuses: gimlet --help";
 
@@ -90,7 +111,7 @@ const OUTPUT: &str = "Output";
     version,
     override_usage = USAGE,
     help_template = TEMPLATE,
-    before_help = ARGUMENTS,
+    before_help = SHORT_ARGUMENTS,
     before_long_help = LONG_ARGUMENTS,
     after_help = AFTER_HELP,
     after_long_help = AFTER_LONG_HELP,
@@ -255,6 +276,13 @@ pub struct Cli {
     /// The exit status still tells.
     #[arg(short, long, help_heading = OUTPUT)]
     pub quiet: bool,
+
+    /// Print the man page or a shell completion script, and exit
+    ///
+    /// man, complete-bash, complete-zsh or complete-fish; the README says where each goes.
+    #[arg(long, value_name = "KIND",
+          value_parser = ["man", "complete-bash", "complete-zsh", "complete-fish"])]
+    pub generate: Option<String>,
 }
 
 /// The help text: clap's (`-h` the summaries, `--help` everything), then with `--help` the

@@ -12,6 +12,7 @@ pub mod connect;
 pub mod credentials;
 mod diag;
 pub mod error;
+pub mod generate;
 pub mod handshake;
 pub mod hop;
 pub mod relay;

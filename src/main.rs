@@ -36,6 +36,18 @@ fn main() -> ExitCode {
             return ExitCode::from(Kind::Usage.code());
         }
     };
+    if let Some(kind) = &cli.generate {
+        let mut out = std::io::stdout().lock();
+        return match gimlet::generate::generate(kind, &mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            // The reader went away (`| head`): as with the tunnel, not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                gimlet::report(&Error::new(Kind::Tunnel, e).context(format!("writing {kind}")));
+                ExitCode::from(Kind::Tunnel.code())
+            }
+        };
+    }
     gimlet::init_diagnostics(cli.verbose, cli.quiet);
     let result = Config::from_cli(cli, |name| std::env::var_os(name))
         .and_then(|config| gimlet::run(&config));
