@@ -7,11 +7,13 @@
 //! Nothing here touches fd 0 or 1: they belong to the tunnel.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
@@ -118,48 +120,80 @@ impl Spec {
     }
 }
 
-/// Opens a file of secrets, refusing one that group or others can access, the way ssh refuses
-/// such a private key.
-fn open_private(path: &Path, what: &str) -> anyhow::Result<File> {
-    let shown = path.display();
-    let file = File::open(path).with_context(|| format!("opening {what} {shown}"))?;
-    let mode = file
-        .metadata()
-        .with_context(|| format!("reading {what} {shown}"))?
-        .permissions()
-        .mode();
+/// Largest credential file read: a `user:password` line is short, and the cap keeps a wrong
+/// path (a log, a device) from eating memory.
+const MAX_AUTH_FILE: u64 = 64 * 1024;
+/// Largest netrc file read.
+const MAX_NETRC: u64 = 1024 * 1024;
+
+/// The one place that decides which permissions a file of secrets may have: none for group or
+/// others, the way ssh refuses such a private key.
+fn check_private_mode(shown: &std::path::Display<'_>, what: &str, mode: u32) -> anyhow::Result<()> {
     if mode & 0o077 != 0 {
         bail!(
             "{what} {shown} is accessible by group or others (mode {:04o}): run chmod 600 {shown}",
             mode & 0o7777
         );
     }
-    Ok(file)
+    Ok(())
+}
+
+/// Opens a file of secrets and reads it whole, up to `max` bytes. Only a regular file will do:
+/// it is opened non-blocking and checked before any read, so a FIFO or a device cannot stall
+/// the run; its mode must pass [`check_private_mode`].
+fn read_private(path: &Path, what: &str, max: u64) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let shown = path.display();
+    // O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("opening {what} {shown}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {what} {shown}"))?;
+    if !meta.is_file() {
+        bail!("reading {what} {shown}: it is not a regular file (a FIFO, a device or a directory)");
+    }
+    check_private_mode(&shown, what, meta.permissions().mode())?;
+    let too_large = || {
+        let limit = match max {
+            m if m % (1024 * 1024) == 0 => format!("{} MiB", m / (1024 * 1024)),
+            m => format!("{} KiB", m / 1024),
+        };
+        anyhow!("reading {what} {shown}: it is larger than {limit} (is it the right file?)")
+    };
+    if meta.len() > max {
+        return Err(too_large());
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {what} {shown}"))?;
+    if bytes.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// Reads corkscrew's credential file: `user:password` on the first line.
 pub fn read_auth_file(path: &Path) -> anyhow::Result<Credentials> {
-    let file = open_private(path, "credential file")?;
     let shown = path.display();
-    let mut line = Zeroizing::new(String::new());
-    // A credential line is short; the cap keeps a wrong path (a log, a device) from eating memory.
-    BufReader::new(file.take(64 * 1024))
-        .read_line(&mut line)
-        .with_context(|| format!("reading credential file {shown}"))?;
-    let pair = line.trim_end_matches(['\n', '\r']);
+    let bytes = read_private(path, "credential file", MAX_AUTH_FILE)?;
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let pair = std::str::from_utf8(line)
+        .map_err(|_| anyhow!("reading credential file {shown}: the first line is not UTF-8"))?;
     Credentials::parse_pair(pair).with_context(|| format!("reading credential file {shown}"))
 }
 
 /// Looks `machine` up in a netrc file (the `default` entry applies when none matches). A login
 /// without a password asks for it later. `Ok(None)` when nothing matches.
 pub fn read_netrc(path: &Path, machine: &str) -> anyhow::Result<Option<Spec>> {
-    let mut file = open_private(path, "netrc file")?;
-    let mut text = Zeroizing::new(String::new());
-    file.by_ref()
-        .take(1024 * 1024)
-        .read_to_string(&mut text)
-        .with_context(|| format!("reading netrc file {}", path.display()))?;
-    let entry = netrc_lookup(&text, machine);
+    let bytes = read_private(path, "netrc file", MAX_NETRC)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| anyhow!("reading netrc file {}: it is not UTF-8", path.display()))?;
+    let entry = netrc_lookup(text, machine);
     entry
         .map(|(login, password)| match password {
             Some(password) => Credentials::new(login, password.to_string()).map(Spec::Known),
@@ -313,27 +347,127 @@ pub fn ask(
     }
 }
 
+/// Longest answer line taken from an askpass program.
+const MAX_ASKPASS_LINE: usize = 4096;
+/// How long an askpass program may take to answer and exit: a person may be typing into a
+/// dialog, but a program that never answers must not hold the run forever.
+pub const ASKPASS_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Runs an askpass program the ssh way: the prompt as its argument, the answer on its stdout.
 /// Its stdin is closed so it can never read the tunnel's.
 fn run_askpass(program: &Path, prompt: &str) -> anyhow::Result<Zeroizing<String>> {
+    run_askpass_within(program, prompt, ASKPASS_TIMEOUT)
+}
+
+/// [`run_askpass`] with a time limit. Only the first line is read, and at most
+/// [`MAX_ASKPASS_LINE`] bytes of it: then the pipe is closed (a program still writing gets
+/// SIGPIPE). A program that is too slow, or that writes too much, is killed; every program is
+/// reaped before this returns.
+fn run_askpass_within(
+    program: &Path,
+    prompt: &str,
+    timeout: Duration,
+) -> anyhow::Result<Zeroizing<String>> {
     let shown = program.display();
-    let output = Command::new(program)
+    let deadline = Instant::now().checked_add(timeout);
+    let mut child = Command::new(program)
         .arg(prompt)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .with_context(|| format!("running askpass program {shown}"))?;
-    let stdout = Zeroizing::new(output.stdout);
-    if !output.status.success() {
-        bail!(
-            "askpass program {shown} failed ({}); nothing entered?",
-            output.status
-        );
+    let Some(stdout) = child.stdout.take() else {
+        stop(&mut child);
+        bail!("running askpass program {shown}: no pipe to its output");
+    };
+    // A thread reads, so that a program that never writes cannot outlast the deadline.
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::Builder::new()
+        .name("askpass".into())
+        .spawn(move || {
+            let _ = tx.send(read_first_line(stdout, MAX_ASKPASS_LINE));
+        });
+    if let Err(e) = reader {
+        stop(&mut child);
+        return Err(e).with_context(|| format!("running askpass program {shown}"));
     }
-    let text = std::str::from_utf8(&stdout)
+    let too_slow = || {
+        anyhow!(
+            "askpass program {shown} did not answer within {} (it was stopped)",
+            crate::connect::secs(timeout)
+        )
+    };
+    let line = match rx.recv_timeout(timeout) {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) => {
+            stop(&mut child);
+            bail!(
+                "askpass program {shown} printed more than {MAX_ASKPASS_LINE} bytes without a line end (it was stopped)"
+            );
+        }
+        Ok(Err(e)) => {
+            stop(&mut child);
+            return Err(e).with_context(|| format!("reading from askpass program {shown}"));
+        }
+        Err(_) => {
+            stop(&mut child);
+            return Err(too_slow());
+        }
+    };
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for askpass program {shown}"))?
+        {
+            break status;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            stop(&mut child);
+            return Err(too_slow());
+        }
+        // The answer is in; the program is only exiting. Wait in short naps.
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // SIGPIPE: it kept writing after the line we took (`yes`); the line stands.
+    if !status.success() && status.signal() != Some(libc::SIGPIPE) {
+        bail!("askpass program {shown} failed ({status}); nothing entered?");
+    }
+    let text = std::str::from_utf8(&line)
         .map_err(|_| anyhow!("askpass program {shown} printed invalid UTF-8"))?;
-    Ok(Zeroizing::new(text.lines().next().unwrap_or("").to_owned()))
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// Kills and reaps an askpass program that is being given up on.
+fn stop(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The first line of `r` without its line end, reading at most `max` bytes of it; `None` when
+/// no line end comes within them. Dropping `r` closes the pipe.
+fn read_first_line(mut r: impl Read, max: usize) -> std::io::Result<Option<Zeroizing<Vec<u8>>>> {
+    let mut line = Zeroizing::new(Vec::with_capacity(256));
+    let mut chunk = Zeroizing::new([0u8; 512]);
+    loop {
+        let n = match r.read(&mut chunk[..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let got = &chunk[..n];
+        let end = got.iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&got[..end.unwrap_or(n)]);
+        if line.len() > max {
+            return Ok(None);
+        }
+        if end.is_some() || n == 0 {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(Some(line));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -456,5 +590,36 @@ mod tests {
         std::fs::write(&program, "#!/bin/sh\nexit 1\n").unwrap();
         assert!(ask("p:3128", Some("u"), &askers).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn askpass_programs_that_hang_are_stopped() {
+        let dir = std::env::temp_dir().join(format!("gimlet-askpass-slow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("askpass");
+        let limit = Duration::from_millis(300);
+        // Never answers; then answers but never exits.
+        for body in ["exec sleep 30", "echo pw; exec sleep 30"] {
+            std::fs::write(&program, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o700)).unwrap();
+            let err = format!(
+                "{:#}",
+                run_askpass_within(&program, "p", limit).unwrap_err()
+            );
+            assert!(err.contains("did not answer within 0.3s"), "{body}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_bounded_first_line_is_read() {
+        let read = |input: &[u8]| read_first_line(input, 8).unwrap().map(|l| l.to_vec());
+        assert_eq!(read(b"pw\nmore\n"), Some(b"pw".to_vec()));
+        assert_eq!(read(b"pw\r\n"), Some(b"pw".to_vec()));
+        assert_eq!(read(b"no end"), Some(b"no end".to_vec()));
+        assert_eq!(read(b""), Some(Vec::new()));
+        assert_eq!(read(b"12345678\n"), Some(b"12345678".to_vec()));
+        assert_eq!(read(b"123456789\n"), None);
+        assert_eq!(read(&[b'y'; 100_000]), None);
     }
 }

@@ -137,3 +137,108 @@ fn proxy_with_a_zone_id_is_reached_through_that_interface() {
     record.assert_requests(4);
     assert!(record.request(0).starts_with("CONNECT h:22 "));
 }
+
+/// A named pipe nobody writes to, in the scratch directory.
+fn fifo(name: &str) -> std::path::PathBuf {
+    let path = scratch_path(name);
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    path
+}
+
+#[test]
+fn fifo_or_directory_as_a_secret_file_is_refused_at_once() {
+    for option in ["--proxy-auth-file", "--netrc-file"] {
+        for path in [fifo("secret-fifo"), scratch_dir("secret-dir")] {
+            let proxy = FakeProxy::accept_and_close();
+            let assert = gimlet()
+                .arg(option)
+                .arg(&path)
+                .args([&proxy.addr(), "h", "22"])
+                .assert();
+            let stderr = assert_failure(assert.get_output(), 2, None);
+            assert!(
+                stderr.contains("not a regular file"),
+                "{option}: {stderr:?}"
+            );
+            assert_eq!(proxy.connections(), 0);
+        }
+    }
+}
+
+#[test]
+fn oversized_secret_files_are_refused_with_the_limit() {
+    let mut big = b"user:".to_vec();
+    big.resize(65 * 1024, b'p');
+    let file = scratch_file("big-auth", &big, 0o600);
+    let assert = gimlet()
+        .arg("--proxy-auth-file")
+        .arg(&file)
+        .args(["127.0.0.1:9", "h", "22"])
+        .assert();
+    let stderr = assert_failure(assert.get_output(), 2, None);
+    assert!(stderr.contains("64 KiB"), "{stderr:?}");
+    assert!(!stderr.contains("ppp"), "{stderr:?}");
+
+    let mut big = b"machine h login u password ".to_vec();
+    big.resize(1024 * 1024 + 1, b'p');
+    let file = scratch_file("big-netrc", &big, 0o600);
+    let assert = gimlet()
+        .arg("--netrc-file")
+        .arg(&file)
+        .args(["127.0.0.1:9", "h", "22"])
+        .assert();
+    let stderr = assert_failure(assert.get_output(), 2, None);
+    assert!(stderr.contains("1 MiB"), "{stderr:?}");
+}
+
+/// An askpass program from a shell script body, mode 0700.
+fn askpass_script(body: &str) -> std::path::PathBuf {
+    scratch_file(
+        "askpass.sh",
+        format!("#!/bin/sh\n{body}\n").as_bytes(),
+        0o700,
+    )
+}
+
+#[test]
+fn askpass_printing_forever_gives_its_first_line_and_is_stopped() {
+    // `yes PROMPT` prints the prompt line without end: gimlet takes the first one as the
+    // password, and stops reading.
+    let proxy = FakeProxy::basic_challenge();
+    let record = expect_tunnel(
+        gimlet().env("GIMLET_ASKPASS", "/usr/bin/yes").args([
+            "-U",
+            "bob",
+            &proxy.addr(),
+            "h",
+            "22",
+        ]),
+        &proxy,
+    );
+    assert_eq!(
+        proxy_authorization(&record.request(1)).as_deref(),
+        Some(
+            basic(&format!(
+                "bob:gimlet: password for bob at proxy {}: ",
+                proxy.addr()
+            ))
+            .as_str()
+        )
+    );
+}
+
+#[test]
+fn askpass_printing_an_endless_line_is_an_auth_failure() {
+    let program = askpass_script("exec tr '\\0' x < /dev/zero");
+    let proxy = FakeProxy::basic_challenge();
+    let assert = gimlet()
+        .env("GIMLET_ASKPASS", &program)
+        .args(["-U", "bob", &proxy.addr(), "h", "22"])
+        .assert();
+    let stderr = assert_failure(assert.get_output(), 5, None);
+    assert!(stderr.contains("4096 bytes"), "{stderr:?}");
+    assert!(!stderr.contains("xxx"), "{stderr:?}");
+}
