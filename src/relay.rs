@@ -214,13 +214,16 @@ impl Pipe {
 
 /// Most bytes one splice call is asked to move.
 const SPLICE_CHUNK: usize = 1 << 20;
+/// Most bytes read(2) takes past an urgent mark before splicing resumes.
+const MARK_READ: usize = 16 * 1024;
 
 /// One direction of the tunnel moved by `splice(2)`: bytes go from kernel buffer to kernel
 /// buffer and never through user space. Directly when one end is a pipe; through a pipe of
 /// our own when neither is (a socketpair as stdio). Same contract as [`Pipe`]: readiness flags
 /// cleared only on `WouldBlock`, a turn's worth per call, EOF and errors attributed to a side.
 pub struct Splicer {
-    /// Bytes to write with plain `write` before splicing starts (those that came with the 200).
+    /// Bytes to write with plain `write` before splicing goes on: those that came with the
+    /// 200, later those read past an urgent mark.
     head: Vec<u8>,
     head_done: usize,
     mid: Option<Mid>,
@@ -327,6 +330,30 @@ impl Splicer {
         let before = self.moved;
         let mut progress = false;
         self.unexplained = false;
+        loop {
+            progress |= self.write_head(dst_fd, ready)?;
+            if self.head_done < self.head.len() {
+                return Ok(progress);
+            }
+            progress |= match self.mid.is_some() {
+                false => self.splice_direct(src_fd, dst_fd, ready, before)?,
+                true => self.splice_through_mid(src_fd, dst_fd, ready, before)?,
+            };
+            // Splicing stops with a fresh head when it read past an urgent mark: write that
+            // head, then splice on.
+            if self.head_done == self.head.len() || self.moved - before >= TURN {
+                return Ok(progress);
+            }
+        }
+    }
+
+    /// Writes the head with plain `write` until it is gone or the destination blocks.
+    fn write_head(
+        &mut self,
+        dst_fd: RawFd,
+        ready: &mut Ready,
+    ) -> Result<bool, Result<PumpError, Unspliceable>> {
+        let mut progress = false;
         while self.head_done < self.head.len() && ready.dst {
             match splice::write(dst_fd, &self.head[self.head_done..]) {
                 Ok(n) => {
@@ -344,132 +371,197 @@ impl Splicer {
                 }
             }
         }
-        if self.head_done < self.head.len() {
-            return Ok(progress);
+        Ok(progress)
+    }
+
+    /// The source stopped at an urgent mark (TCP urgent data, `MSG_OOB`), where splice(2)
+    /// stops for good. read(2) moves past it as the copy path does: with SO_OOBINLINE off the
+    /// urgent byte is not part of the stream and is skipped; the bytes after it become the
+    /// head, written before splicing goes on. Called only when nothing read earlier is still
+    /// buffered, so the order holds. The caller stops splicing after it: the head goes first.
+    fn read_past_mark(
+        &mut self,
+        src_fd: RawFd,
+        ready: &mut Ready,
+    ) -> Result<(), Result<PumpError, Unspliceable>> {
+        let mut buf = vec![0; MARK_READ];
+        loop {
+            return match splice::read(src_fd, &mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    Ok(())
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    self.head = buf;
+                    self.head_done = 0;
+                    Ok(())
+                }
+                // Past the urgent byte with nothing after it yet, or the byte itself has not
+                // come (its pointer can arrive first): either way the next byte's arrival
+                // sends an edge.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready.src = false;
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => Err(Ok(PumpError {
+                    side: Side::Src,
+                    error,
+                })),
+            };
         }
+    }
+
+    /// Splices straight from source to destination (one of them is a pipe).
+    fn splice_direct(
+        &mut self,
+        src_fd: RawFd,
+        dst_fd: RawFd,
+        ready: &mut Ready,
+        before: u64,
+    ) -> Result<bool, Result<PumpError, Unspliceable>> {
+        let mut progress = false;
         let mut retries = 0;
-        while self.moved - before < TURN {
-            let again = match self.mid.as_mut() {
-                None => {
-                    if self.eof || !ready.src || !ready.dst {
+        while self.moved - before < TURN && !self.eof && ready.src && ready.dst {
+            match splice::splice(src_fd, dst_fd, SPLICE_CHUNK) {
+                // A FIN behind an urgent mark also reads as 0 here.
+                Ok(0) if splice::at_mark(src_fd) => {
+                    self.read_past_mark(src_fd, ready)?;
+                    break;
+                }
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.moved += n as u64;
+                    self.spliced += n as u64;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // EAGAIN does not say which side blocked. A full destination is the first
+                    // suspect: its edge comes when it drains, and then the next splice tells.
+                    // Only with room at the destination does an empty source mean "wait for
+                    // the source": a socket holding just its FIN reads as empty yet answers
+                    // EAGAIN, not EOF, while the pipe is full; a socket at an urgent mark
+                    // reads as empty and answers EAGAIN for ever. An edge arriving after these
+                    // checks is still queued by epoll, so clearing a flag here cannot miss it.
+                    if !splice::writable_now(dst_fd) {
+                        ready.dst = false;
+                    } else if splice::pending(src_fd).unwrap_or(0) == 0 {
+                        if !splice::at_mark(src_fd) {
+                            ready.src = false;
+                        } else {
+                            self.read_past_mark(src_fd, ready)?;
+                            break;
+                        }
+                    } else if retries < 2 {
+                        retries += 1;
+                    } else {
+                        // Room on one side, bytes on the other, and still EAGAIN (seen under
+                        // load). Neither side will send an edge, so clearing a flag would sleep
+                        // forever: keep both and ask to be polled again shortly.
+                        self.unexplained = true;
                         break;
                     }
-                    match splice::splice(src_fd, dst_fd, SPLICE_CHUNK) {
-                        Ok(0) => {
-                            self.eof = true;
-                            false
-                        }
-                        Ok(n) => {
-                            self.moved += n as u64;
-                            self.spliced += n as u64;
-                            progress = true;
-                            true
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            // EAGAIN does not say which side blocked. A full destination is
-                            // the first suspect: its edge comes when it drains, and then the
-                            // next splice tells. Only with room at the destination does an
-                            // empty source mean "wait for the source": a socket holding just
-                            // its FIN reads as empty yet answers EAGAIN, not EOF, while the
-                            // pipe is full. An edge arriving after these checks is still
-                            // queued by epoll, so clearing a flag here cannot miss it.
-                            if !splice::writable_now(dst_fd) {
-                                ready.dst = false;
-                                false
-                            } else if splice::pending(src_fd).unwrap_or(0) == 0 {
-                                ready.src = false;
-                                false
-                            } else if retries < 2 {
-                                retries += 1;
-                                true
-                            } else {
-                                // Room on one side, bytes on the other, and still EAGAIN (seen
-                                // under load). Neither side will send an edge, so clearing a
-                                // flag would sleep forever: keep both and ask to be polled
-                                // again shortly.
-                                self.unexplained = true;
-                                false
-                            }
-                        }
-                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.spliced == 0 => {
-                            return Err(Err(Unspliceable));
-                        }
-                        Err(error) => {
-                            let side = self.side_of(&error);
-                            return Err(Ok(PumpError { side, error }));
-                        }
-                    }
                 }
-                Some(mid) => {
-                    let mut again = false;
-                    if !self.eof && ready.src && mid.filled < mid.capacity {
-                        match splice::splice(
-                            src_fd,
-                            mid.write.as_raw_fd(),
-                            mid.capacity - mid.filled,
-                        ) {
-                            Ok(0) => self.eof = true,
-                            Ok(n) => {
-                                mid.filled += n;
-                                self.spliced += n as u64;
-                                again = true;
-                            }
-                            // Our pipe fills by slots, not bytes: small segments can fill it
-                            // long before `capacity`. Blame the source only when the pipe has room.
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                if splice::writable_now(mid.write.as_raw_fd()) {
-                                    ready.src = false;
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => again = true,
-                            Err(e)
-                                if e.raw_os_error() == Some(libc::EINVAL) && self.spliced == 0 =>
-                            {
-                                return Err(Err(Unspliceable));
-                            }
-                            // As with the copying pipe: what is already in our pipe goes first.
-                            Err(error) => {
-                                self.failed = Some(error);
-                                self.eof = true;
-                            }
-                        }
-                    }
-                    if mid.filled > 0 && ready.dst {
-                        match splice::splice(mid.read.as_raw_fd(), dst_fd, mid.filled) {
-                            Ok(0) => {
-                                return Err(Ok(PumpError {
-                                    side: Side::Dst,
-                                    error: io::ErrorKind::WriteZero.into(),
-                                }));
-                            }
-                            Ok(n) => {
-                                mid.filled -= n;
-                                self.moved += n as u64;
-                                progress = true;
-                                again = true;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.dst = false,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => again = true,
-                            Err(error) => {
-                                return Err(Ok(PumpError {
-                                    side: Side::Dst,
-                                    error,
-                                }));
-                            }
-                        }
-                    }
-                    if mid.filled == 0 {
-                        if let Some(error) = self.failed.take() {
-                            return Err(Ok(PumpError {
-                                side: Side::Src,
-                                error,
-                            }));
-                        }
-                    }
-                    again
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.spliced == 0 => {
+                    return Err(Err(Unspliceable));
                 }
+                Err(error) => {
+                    let side = self.side_of(&error);
+                    return Err(Ok(PumpError { side, error }));
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Splices from source into our pipe and from our pipe to the destination (neither end
+    /// is a pipe).
+    fn splice_through_mid(
+        &mut self,
+        src_fd: RawFd,
+        dst_fd: RawFd,
+        ready: &mut Ready,
+        before: u64,
+    ) -> Result<bool, Result<PumpError, Unspliceable>> {
+        let mut progress = false;
+        while self.moved - before < TURN {
+            let Some(mid) = self.mid.as_mut() else {
+                break;
             };
+            let mut again = false;
+            let mut at_mark = false;
+            if !self.eof && ready.src && mid.filled < mid.capacity {
+                match splice::splice(src_fd, mid.write.as_raw_fd(), mid.capacity - mid.filled) {
+                    Ok(0) if splice::at_mark(src_fd) => at_mark = true,
+                    Ok(0) => self.eof = true,
+                    Ok(n) => {
+                        mid.filled += n;
+                        self.spliced += n as u64;
+                        again = true;
+                    }
+                    // Our pipe fills by slots, not bytes: small segments can fill it long
+                    // before `capacity`. Blame the source only when the pipe has room (and it
+                    // is not stuck at an urgent mark, which sends no edge).
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if splice::writable_now(mid.write.as_raw_fd()) {
+                            if splice::at_mark(src_fd) {
+                                at_mark = true;
+                            } else {
+                                ready.src = false;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => again = true,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.spliced == 0 => {
+                        return Err(Err(Unspliceable));
+                    }
+                    // As with the copying pipe: what is already in our pipe goes first.
+                    Err(error) => {
+                        self.failed = Some(error);
+                        self.eof = true;
+                    }
+                }
+            }
+            if mid.filled > 0 && ready.dst {
+                match splice::splice(mid.read.as_raw_fd(), dst_fd, mid.filled) {
+                    Ok(0) => {
+                        return Err(Ok(PumpError {
+                            side: Side::Dst,
+                            error: io::ErrorKind::WriteZero.into(),
+                        }));
+                    }
+                    Ok(n) => {
+                        mid.filled -= n;
+                        self.moved += n as u64;
+                        progress = true;
+                        again = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.dst = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => again = true,
+                    Err(error) => {
+                        return Err(Ok(PumpError {
+                            side: Side::Dst,
+                            error,
+                        }));
+                    }
+                }
+            }
+            if mid.filled == 0 {
+                if let Some(error) = self.failed.take() {
+                    return Err(Ok(PumpError {
+                        side: Side::Src,
+                        error,
+                    }));
+                }
+                // The bytes before the mark are all out: now move past it. While our pipe
+                // still holds some, the source flag stays set and draining goes first.
+                if at_mark {
+                    self.read_past_mark(src_fd, ready)?;
+                    break;
+                }
+            }
             if !again {
                 break;
             }
@@ -1329,6 +1421,155 @@ mod tests {
                 (e.side, e.error.kind()),
                 (Side::Dst, io::ErrorKind::BrokenPipe)
             );
+        }
+
+        /// Waits until urgent data is pending on `sock` (EPOLLPRI), so a test knows the mark
+        /// is there before it pumps.
+        fn wait_urgent(sock: &TcpStream) {
+            use mio::unix::SourceFd;
+            let fd = sock.as_raw_fd();
+            let mut poll = Poll::new().unwrap();
+            poll.registry()
+                .register(&mut SourceFd(&fd), Token(0), Interest::PRIORITY)
+                .unwrap();
+            let mut events = Events::with_capacity(4);
+            poll.poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
+            assert!(
+                events.iter().any(|e| e.is_priority()),
+                "the urgent byte never arrived"
+            );
+        }
+
+        /// What read(2) makes of the same bytes: the reference the splice path must match.
+        fn read_reference(before: &[u8], after: &[u8]) -> Vec<u8> {
+            let (mut sock, mut peer) = tcp_pair();
+            peer.write_all(before).unwrap();
+            splice::send_urgent(peer.as_raw_fd(), b'!').unwrap();
+            peer.write_all(after).unwrap();
+            drop(peer);
+            let mut got = Vec::new();
+            sock.read_to_end(&mut got).unwrap();
+            got
+        }
+
+        #[test]
+        fn an_urgent_mark_is_passed_and_the_urgent_byte_dropped_as_read_does() {
+            // Regression: splice(2) stops at the mark for good (EAGAIN, or 0 once the FIN is
+            // in), so everything after the urgent byte was lost or waited for for ever.
+            let before: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let after: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+            let expected = read_reference(&before, &after);
+            assert_eq!(expected.len(), before.len() + after.len());
+
+            let (sock, mut peer) = tcp_pair();
+            let _nb = nonblocking(&sock);
+            let (mut pipe_r, pipe_w) = pipe();
+            let writer = {
+                let (before, after) = (before.clone(), after.clone());
+                std::thread::spawn(move || {
+                    peer.write_all(&before).unwrap();
+                    splice::send_urgent(peer.as_raw_fd(), b'!').unwrap();
+                    peer.write_all(&after).unwrap();
+                })
+            };
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                pipe_r.read_to_end(&mut got).unwrap();
+                got
+            });
+            let mut s = Splicer::new(true, true, &[]).unwrap();
+            run(&mut s, sock.as_raw_fd(), pipe_w.as_raw_fd());
+            writer.join().unwrap();
+            drop(pipe_w);
+            assert!(
+                reader.join().unwrap() == expected,
+                "bytes differ from read(2)'s"
+            );
+        }
+
+        #[test]
+        fn an_urgent_mark_is_passed_through_a_pipe_of_our_own() {
+            let before = b"before the mark".repeat(10_000);
+            let after = b"after the mark".repeat(10_000);
+            let expected = read_reference(&before, &after);
+            let (src, mut src_peer) = tcp_pair();
+            let (dst, mut dst_peer) = tcp_pair();
+            let (_a, _b) = (nonblocking(&src), nonblocking(&dst));
+            let writer = {
+                let (before, after) = (before.clone(), after.clone());
+                std::thread::spawn(move || {
+                    src_peer.write_all(&before).unwrap();
+                    splice::send_urgent(src_peer.as_raw_fd(), b'!').unwrap();
+                    src_peer.write_all(&after).unwrap();
+                })
+            };
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                dst_peer.read_to_end(&mut got).unwrap();
+                got
+            });
+            let mut s = Splicer::new(false, true, &[]).unwrap();
+            run(&mut s, src.as_raw_fd(), dst.as_raw_fd());
+            writer.join().unwrap();
+            dst.shutdown(std::net::Shutdown::Write).unwrap();
+            assert!(
+                reader.join().unwrap() == expected,
+                "bytes differ from read(2)'s"
+            );
+        }
+
+        #[test]
+        fn past_an_urgent_mark_with_nothing_after_it_the_splicer_waits_for_an_edge() {
+            // Nothing may spin at the mark: once past it, an empty source clears its flag (the
+            // next byte sends an edge) instead of asking to be polled again.
+            for direct in [true, false] {
+                let (sock, mut peer) = tcp_pair();
+                let _nb = nonblocking(&sock);
+                let (dst, mut dst_peer) = tcp_pair();
+                let (mut pipe_r, pipe_w) = pipe();
+                let dst_fd = if direct {
+                    pipe_w.as_raw_fd()
+                } else {
+                    dst.as_raw_fd()
+                };
+                let _nb_dst = nonblocking(&dst);
+                peer.write_all(b"before").unwrap();
+                splice::send_urgent(peer.as_raw_fd(), b'!').unwrap();
+                wait_urgent(&sock);
+                let mut s = Splicer::new(direct, true, &[]).unwrap();
+                let mut ready = Ready::both();
+                let mut pumps = 0;
+                while s.pump(sock.as_raw_fd(), dst_fd, &mut ready).unwrap() {
+                    pumps += 1;
+                    assert!(pumps < 100, "pump keeps reporting progress");
+                }
+                assert!(
+                    !ready.src && ready.dst && !s.unexplained && !s.finished(),
+                    "direct {direct}: {ready:?}, unexplained {}",
+                    s.unexplained
+                );
+                let mut got = [0u8; 6];
+                if direct {
+                    pipe_r.read_exact(&mut got).unwrap();
+                } else {
+                    dst_peer.read_exact(&mut got).unwrap();
+                }
+                assert_eq!(&got, b"before");
+                // The next bytes come with an edge and are spliced as usual.
+                peer.write_all(b"after").unwrap();
+                drop(peer);
+                run_from(&mut s, sock.as_raw_fd(), dst_fd, ready);
+                drop(pipe_w);
+                dst.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut rest = Vec::new();
+                if direct {
+                    pipe_r.read_to_end(&mut rest).unwrap();
+                } else {
+                    dst_peer.read_to_end(&mut rest).unwrap();
+                }
+                assert_eq!(rest, b"after", "direct {direct}");
+            }
         }
     }
 }

@@ -66,6 +66,36 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// A plain read on a raw fd the caller keeps open.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the caller owns fd for the call.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Whether the next byte to read from a TCP socket is its urgent mark (SIOCATMARK): TCP urgent
+/// data (`MSG_OOB`) is waiting there. splice(2) stops short of the mark for good (EAGAIN, or 0
+/// once a FIN came) and FIONREAD counts only the bytes before it; read(2) moves past it.
+/// `false` for anything that is not a socket with a mark.
+#[cfg(target_os = "linux")]
+pub fn at_mark(fd: RawFd) -> bool {
+    /// From <linux/sockios.h>; the libc crate does not export it for Linux.
+    const SIOCATMARK: libc::c_ulong = 0x8905;
+    let mut answer: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int; on other fd types the call fails without effects.
+    let rc = unsafe { libc::ioctl(fd, SIOCATMARK as _, &mut answer) };
+    rc == 0 && answer != 0
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn at_mark(_fd: RawFd) -> bool {
+    false
+}
+
 /// Bytes waiting to be read on a pipe or socket (FIONREAD).
 pub fn pending(fd: RawFd) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
@@ -115,4 +145,16 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
         return Err(io::Error::last_os_error());
     }
     Ok((r, w, capacity as usize))
+}
+
+/// Sends one byte of TCP urgent data (`MSG_OOB`), for tests of the urgent mark.
+#[cfg(test)]
+pub fn send_urgent(fd: RawFd, byte: u8) -> io::Result<()> {
+    // SAFETY: one byte from a live local; the kernel checks the fd.
+    let n = unsafe { libc::send(fd, (&byte as *const u8).cast(), 1, libc::MSG_OOB) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -3,6 +3,8 @@
 //! idle timeout and resets.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -362,4 +364,105 @@ fn keepalive_zero_disables_keepalive() {
         Err(why) => eprintln!("skipping: {why}"),
         Ok(timer) => assert_eq!(timer, None, "keepalive still armed with --keepalive 0"),
     }
+}
+
+/// Where gimlet's stdout goes in the urgent-data tests: each picks another data path
+/// (splice into the pipe directly; splice through a pipe of gimlet's own into a socket).
+#[derive(Clone, Copy, Debug)]
+enum Output {
+    Pipe,
+    Socket,
+}
+
+/// The far side sends `before` bytes, one byte with `MSG_OOB` (TCP urgent data), `after`
+/// bytes and a FIN, on the splice path and on the copy path. SO_OOBINLINE is off, so the
+/// urgent byte is not part of the stream: read(2) skips it, and the splice path must
+/// deliver exactly the same bytes (every other byte, in order) and end on its own.
+fn urgent_byte_mid_tunnel(before: usize, after: usize, output: Output) {
+    for no_splice in ["0", "1"] {
+        let proxy = FakeProxy::start(move |s| {
+            s.send(OK);
+            s.send(Prng::bytes(1, before));
+            let urgent = b'!';
+            // SAFETY: one byte from a live buffer on a socket we own.
+            let sent = unsafe {
+                libc::send(
+                    s.stream.as_raw_fd(),
+                    (&urgent as *const u8).cast(),
+                    1,
+                    libc::MSG_OOB,
+                )
+            };
+            assert_eq!(sent, 1, "send MSG_OOB: {}", std::io::Error::last_os_error());
+            s.send(Prng::bytes(2, after));
+            s.shutdown_write();
+            s.wait_for_close();
+        });
+        let mut cmd = gimlet_std();
+        cmd.env("GIMLET_NO_SPLICE", no_splice)
+            .args([&proxy.addr(), "example.test", "22"])
+            .stdin(Stdio::piped());
+        let reader: thread::JoinHandle<Vec<u8>> = match output {
+            Output::Pipe => {
+                cmd.stdout(Stdio::piped());
+                let mut running = spawn(&mut cmd);
+                let mut stdout = running.stdout.take().unwrap();
+                let reader = thread::spawn(move || {
+                    let mut got = Vec::new();
+                    stdout.read_to_end(&mut got).unwrap();
+                    got
+                });
+                // stdin stays open: only the tunnel's end may end gimlet.
+                running.wait_keeping_stdin(HANG).assert_code(0);
+                reader
+            }
+            Output::Socket => {
+                let (mut ours, theirs) = UnixStream::pair().unwrap();
+                cmd.stdout(Stdio::from(OwnedFd::from(theirs)));
+                let running = spawn(&mut cmd);
+                drop(cmd);
+                let reader = thread::spawn(move || {
+                    let mut got = Vec::new();
+                    ours.read_to_end(&mut got).unwrap();
+                    got
+                });
+                running.wait_keeping_stdin(HANG).assert_code(0);
+                reader
+            }
+        };
+        let got = reader.join().unwrap();
+        let mut expected = Prng::bytes(1, before);
+        expected.extend_from_slice(&Prng::bytes(2, after));
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "GIMLET_NO_SPLICE={no_splice}, stdout a {output:?}: wrong byte count"
+        );
+        assert!(
+            got == expected,
+            "GIMLET_NO_SPLICE={no_splice}, stdout a {output:?}: bytes differ"
+        );
+        proxy.finish();
+    }
+}
+
+#[test]
+fn urgent_byte_between_small_writes_is_skipped_and_the_rest_arrives() {
+    urgent_byte_mid_tunnel(100, 100, Output::Pipe);
+}
+
+#[test]
+fn urgent_byte_between_mebibytes_is_skipped_and_the_rest_arrives() {
+    urgent_byte_mid_tunnel(1 << 20, 1 << 20, Output::Pipe);
+}
+
+#[test]
+fn urgent_byte_right_after_the_reply_is_skipped() {
+    urgent_byte_mid_tunnel(0, 1000, Output::Pipe);
+}
+
+#[test]
+fn urgent_byte_is_skipped_when_stdout_is_a_socket() {
+    urgent_byte_mid_tunnel(100, 100, Output::Socket);
+    urgent_byte_mid_tunnel(1 << 20, 1 << 20, Output::Socket);
 }
