@@ -23,7 +23,7 @@ _gimlet() {
 
     case "${cmd}" in
         gimlet)
-            opts="-p -U -H -A -4 -6 -v -q -h -V --proxy --proxy-user --proxy-auth-file --proxy-auth --netrc --netrc-file --header --user-agent --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --tls --cacert --insecure --servername --pinnedpubkey --connect-timeout --idle-timeout --keepalive --fdpass --verbose --quiet --generate --help --version"
+            opts="-p -U -H -A -4 -6 -v -q -h -V --proxy --proxy-user --proxy-auth-file --proxy-auth --proxy-service-name --netrc --netrc-file --header --user-agent --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --tls --cacert --insecure --servername --pinnedpubkey --connect-timeout --idle-timeout --keepalive --fdpass --verbose --quiet --generate --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -50,7 +50,11 @@ _gimlet() {
                     return 0
                     ;;
                 --proxy-auth)
-                    COMPREPLY=($(compgen -W "any basic digest ntlm" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "any basic digest ntlm negotiate" -- "${cur}"))
+                    return 0
+                    ;;
+                --proxy-service-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --netrc-file)

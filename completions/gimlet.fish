@@ -1,10 +1,12 @@
 complete -c gimlet -s p -l proxy -d 'Proxy to go through (instead of the PROXY argument)' -r
 complete -c gimlet -s U -l proxy-user -d 'Proxy credentials; without :PASSWORD it is asked for' -r
 complete -c gimlet -l proxy-auth-file -d 'Read credentials from FILE (user:password on its first line)' -r -F
-complete -c gimlet -l proxy-auth -d 'Authentication scheme: any, basic, digest or ntlm' -r -f -a "any\t''
+complete -c gimlet -l proxy-auth -d 'Authentication scheme: any, basic, digest, ntlm or negotiate' -r -f -a "any\t''
 basic\t''
 digest\t''
-ntlm\t''"
+ntlm\t''
+negotiate\t''"
+complete -c gimlet -l proxy-service-name -d 'Kerberos service for Negotiate instead of HTTP@PROXYHOST' -r
 complete -c gimlet -l netrc-file -d 'Like --netrc, with this file' -r -F
 complete -c gimlet -s H -l header -d 'Extra header for the CONNECT request, as \'Name: value\'' -r
 complete -c gimlet -s A -l user-agent -d 'User-Agent header for the CONNECT request; \'\' sends none' -r

@@ -146,14 +146,22 @@ pub struct Cli {
     #[arg(long = "proxy-auth-file", value_name = "FILE", help_heading = PROXY)]
     pub proxy_auth_file: Option<PathBuf>,
 
-    /// Authentication scheme: any, basic, digest or ntlm
+    /// Authentication scheme: any, basic, digest, ntlm or negotiate
     ///
-    /// any picks the strongest the proxy offers (Digest, then NTLM, then Basic) after its
-    /// first 407; basic also sends credentials with the first request.
+    /// any picks the strongest the proxy offers after its first 407: Negotiate (Kerberos,
+    /// when kinit left a ticket), then Digest, NTLM, Basic. basic also sends credentials with
+    /// the first request; negotiate uses only the Kerberos ticket.
     #[arg(long = "proxy-auth", value_name = "SCHEME", default_value = "any",
-          value_parser = ["any", "basic", "digest", "ntlm"], ignore_case = true,
+          value_parser = ["any", "basic", "digest", "ntlm", "negotiate"], ignore_case = true,
           help_heading = PROXY)]
     pub proxy_auth: String,
+
+    /// Kerberos service for Negotiate instead of HTTP@PROXYHOST
+    ///
+    /// For a proxy reached by an alias: NAME (as NAME@PROXYHOST), SERVICE@HOST, or a
+    /// principal SERVICE/HOST[@REALM].
+    #[arg(long, value_name = "NAME", help_heading = PROXY)]
+    pub proxy_service_name: Option<String>,
 
     /// Take credentials from ~/.netrc
     ///

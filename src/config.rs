@@ -84,6 +84,8 @@ pub struct Config {
     pub credentials: Spec,
     /// The scheme `--proxy-auth` forces; `None` for any.
     pub auth_scheme: Option<Scheme>,
+    /// `--proxy-service-name`: the Kerberos service for Negotiate, when not HTTP@<proxy host>.
+    pub proxy_service_name: Option<String>,
     /// Programs that can be asked for credentials.
     pub askers: Askers,
     /// Extra request headers in order, `Host` and `User-Agent` overrides included.
@@ -200,6 +202,11 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         ssh_askpass: program("SSH_ASKPASS"),
     };
     let auth_scheme = auth::parse_scheme_choice(&cli.proxy_auth).context("parsing --proxy-auth")?;
+    if let Some(name) = &cli.proxy_service_name {
+        if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            bail!("parsing --proxy-service-name: {name:?} is not a Kerberos service name");
+        }
+    }
 
     let headers = cli
         .headers
@@ -266,6 +273,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         target,
         credentials,
         auth_scheme,
+        proxy_service_name: cli.proxy_service_name,
         askers,
         headers,
         user_agent,

@@ -90,9 +90,19 @@ fn man_page() -> io::Result<Vec<u8>> {
         )]);
         r.control("PP", []).text([roman(
             "By default the first request carries no credentials; after the proxy's 407 gimlet \
-             answers with the strongest scheme offered: Digest (SHA-256, then MD5), NTLMv2, \
-             then Basic. --proxy-auth basic sends Basic with the first request. Rejected \
-             credentials end the run with status 5; gimlet never loops.",
+             answers with the strongest scheme offered: Negotiate (when there is a Kerberos \
+             ticket), Digest (SHA-256, then MD5), NTLMv2, then Basic. --proxy-auth basic sends \
+             Basic with the first request. Rejected credentials end the run with status 5; \
+             gimlet never loops.",
+        )]);
+        r.control("PP", []).text([roman(
+            "Negotiate uses the Kerberos ticket from the credential cache (kinit, KRB5CCNAME) \
+             for the service HTTP@PROXYHOST, or the one --proxy-service-name names; MIT \
+             Kerberos (libgssapi_krb5.so.2) is loaded only when a proxy asks for Negotiate. \
+             With no ticket, an expired one, a service principal the KDC does not know or a \
+             clock too far off, gimlet exits with status 5 and one line saying what to do, \
+             e.g. \"no Kerberos ticket for CORP.EXAMPLE: run kinit\"; with --proxy-auth any it \
+             first tries the next scheme offered when it has a password for it.",
         )]);
     })?;
     section(&mut page, "TLS", |r| {

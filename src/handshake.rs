@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 
 use zeroize::Zeroizing;
 
-use crate::auth::{self, Authenticator, Challenge, NoScheme, Scheme};
+use crate::auth::{self, Authenticator, Challenge, NoScheme, Scheme, negotiate};
 use crate::config::Endpoint;
 use crate::credentials::{Credentials, Secret};
 use crate::diag::debug;
@@ -415,6 +415,8 @@ pub struct Negotiation<'a, S> {
     pub reconnect: &'a mut dyn FnMut() -> Result<S, Error>,
     /// Gets credentials after a 407 (the terminal prompt); `None` when there is no way to ask.
     pub ask: &'a mut dyn FnMut() -> Result<Option<Credentials>, Error>,
+    /// Kerberos for `Negotiate`; `None` leaves that scheme out.
+    pub negotiate: Option<negotiate::Setup>,
 }
 
 /// Most authentication rounds in one handshake: NTLM needs two, a stale Digest nonce one more.
@@ -430,6 +432,7 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
         scheme: forced,
         reconnect,
         ask,
+        mut negotiate,
     } = n;
     let target = request.target.to_string();
     let signed = auth::Target {
@@ -472,6 +475,11 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
             other => other.map_err(Failure::into_error)?,
         };
         if reply.is_success() {
+            if let Some(a) = &mut auth {
+                a.finish(&reply.headers).kind_ctx(Kind::Auth, || {
+                    format!("authenticating to proxy {proxy} with {}", a.scheme())
+                })?;
+            }
             return Ok(Established {
                 stream,
                 reply,
@@ -499,22 +507,51 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
                 ),
             )
         };
-        let value = match &mut auth {
-            Some(a) => a
+        let mut kerberos_failure = None;
+        let started = match auth {
+            Some(_) => None,
+            None => kerberos(
+                &challenges,
+                forced,
+                negotiate.as_mut(),
+                &mut kerberos_failure,
+            )
+            .kind_ctx(Kind::Auth, || {
+                format!(
+                    "authenticating to proxy {proxy} with Negotiate ({:?})",
+                    reply.status_line
+                )
+            })?,
+        };
+        let value = match (&mut auth, started) {
+            (Some(a), _) => a
                 .next(&challenges, &signed)
                 .kind_ctx(Kind::Auth, || {
                     format!("authenticating to proxy {proxy} with {}", a.scheme())
                 })?
                 .ok_or_else(|| rejected(a))?,
-            None => {
-                let (scheme, challenge) = auth::choose(&challenges, forced).map_err(|none| {
+            (None, Some((a, value))) => {
+                auth = Some(a);
+                value
+            }
+            (None, None) => {
+                // Negotiate was not started: choose among the others.
+                let without_negotiate: Vec<Challenge> = challenges
+                    .iter()
+                    .filter(|c| !c.is(Scheme::Negotiate))
+                    .cloned()
+                    .collect();
+                let choice = auth::choose(&without_negotiate, forced);
+                let (scheme, challenge) = choice.map_err(|none| {
                     let wanted = match forced {
                         Some(s) => format!("{s} (forced by --proxy-auth)"),
-                        None => "Digest, NTLM or Basic".to_owned(),
+                        None => "Negotiate, Digest, NTLM or Basic".to_owned(),
                     };
                     let why = match none {
-                        NoScheme::Offered(offered) => format!(
-                            "proxy {proxy} requires authentication with {offered}, and gimlet speaks {wanted}"
+                        NoScheme::Offered(_) => format!(
+                            "proxy {proxy} requires authentication with {}, and gimlet speaks {wanted}",
+                            // Every challenge, Negotiate too.
+                            challenges.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>().join(", ")
                         ),
                         NoScheme::Digest(why) => format!(
                             "proxy {proxy} offers Digest only in a form gimlet cannot answer: {why}"
@@ -522,7 +559,11 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
                     };
                     Error::msg(
                         Kind::Auth,
-                        format_args!("{why}: {:?}", reply.status_line),
+                        format_args!(
+                            "{why}: {:?}{}",
+                            reply.status_line,
+                            without_kerberos(&kerberos_failure)
+                        ),
                     )
                 })?;
                 let creds = match credentials.take() {
@@ -531,10 +572,11 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
                         Error::msg(
                             Kind::Auth,
                             format_args!(
-                                "proxy {proxy} requires authentication (offers {}): {:?}; no credentials given and no way to ask (use -U, --proxy-auth-file, {}, --netrc or an askpass program)",
+                                "proxy {proxy} requires authentication (offers {}): {:?}; no credentials given and no way to ask (use -U, --proxy-auth-file, {}, --netrc or an askpass program){}",
                                 challenges.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>().join(", "),
                                 reply.status_line,
                                 crate::config::AUTH_ENV,
+                                without_kerberos(&kerberos_failure),
                             ),
                         )
                     })?,
@@ -572,7 +614,8 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
                 return Err(Error::msg(
                     Kind::Auth,
                     format_args!(
-                        "proxy {proxy} closed the connection in the middle of NTLM authentication: {:?}",
+                        "proxy {proxy} closed the connection in the middle of {} authentication: {:?}",
+                        auth.as_ref().map_or(Scheme::Ntlm, Authenticator::scheme),
                         reply.status_line
                     ),
                 ));
@@ -589,6 +632,45 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
         Kind::Auth,
         format_args!("proxy {proxy} kept asking for authentication after {MAX_ROUNDS} rounds"),
     ))
+}
+
+/// Starts Negotiate when the proxy offers it and `--proxy-auth` allows it. With `any` and
+/// other schemes on offer, a missing ticket is no error: `Ok(None)`, the reason kept in
+/// `failure` for the message should the other schemes fail too.
+fn kerberos(
+    challenges: &[Challenge],
+    forced: Option<Scheme>,
+    setup: Option<&mut negotiate::Setup>,
+    failure: &mut Option<anyhow::Error>,
+) -> anyhow::Result<Option<(Authenticator, Secret)>> {
+    let offered = challenges.iter().any(|c| c.is(Scheme::Negotiate));
+    let allowed = forced.is_none_or(|f| f == Scheme::Negotiate);
+    let (true, true, Some(setup)) = (offered, allowed, setup) else {
+        return Ok(None);
+    };
+    match Authenticator::negotiate(setup) {
+        Ok(started) => {
+            debug!(
+                "answering with Negotiate authentication as {}",
+                started.0.user()
+            );
+            Ok(Some(started))
+        }
+        Err(e) if forced.is_none() && challenges.iter().any(|c| !c.is(Scheme::Negotiate)) => {
+            debug!("not answering with Negotiate: {e:#}");
+            *failure = Some(e);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Why Negotiate was passed over, for a message about the other schemes.
+fn without_kerberos(failure: &Option<anyhow::Error>) -> String {
+    failure
+        .as_ref()
+        .map(|e| format!("; and not Negotiate: {e:#}"))
+        .unwrap_or_default()
 }
 
 /// A handshake failure, with "the proxy hung up before answering" kept apart so that a reused
@@ -1010,6 +1092,16 @@ mod tests {
         asked: Option<&str>,
         scheme: Option<Scheme>,
     ) -> (Result<Established<FakeConn>, Error>, Vec<Sent>, usize) {
+        negotiate_kerberos(conns, creds, asked, scheme, None)
+    }
+
+    fn negotiate_kerberos(
+        conns: Vec<Vec<&[u8]>>,
+        creds: Option<&str>,
+        asked: Option<&str>,
+        scheme: Option<Scheme>,
+        kerberos: Option<negotiate::fake::FakeProvider>,
+    ) -> (Result<Established<FakeConn>, Error>, Vec<Sent>, usize) {
         let sents: Vec<Sent> = conns.iter().map(|_| Default::default()).collect();
         let mut fakes = conns
             .into_iter()
@@ -1043,6 +1135,10 @@ mod tests {
                     asks += 1;
                     Ok(asked.map(|c| Credentials::parse_pair(c).unwrap()))
                 },
+                negotiate: kerberos.map(|provider| negotiate::Setup {
+                    service: ("HTTP@proxy".into(), negotiate::NameKind::HostBased),
+                    provider: Box::new(provider),
+                }),
             },
         );
         (result, sents, asks)
@@ -1272,6 +1368,227 @@ mod tests {
             b"HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM AAAA\r\nContent-Length: 0\r\n\r\n";
         let (r, _, _) = negotiate_with(vec![vec![first, garbage]], Some("alice:p"), None);
         assert_eq!(r.err().unwrap().kind(), Kind::Auth);
+    }
+
+    const NEGOTIATE_407: &[u8] = b"HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate\r\n\
+        Proxy-Authenticate: Basic realm=\"r\"\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn negotiate_runs_its_legs_on_one_connection_and_verifies_the_final_token() {
+        use negotiate::fake::*;
+        let provider = FakeProvider::new(
+            ticket(),
+            vec![
+                (None, step(b"first", false)),
+                (Some(b"more".to_vec()), step(b"second", false)),
+                (Some(b"final".to_vec()), step(b"", true)),
+            ],
+        );
+        let seen = provider.seen.clone();
+        let continuation: &[u8] = b"HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate bW9yZQ==\r\n\
+            Content-Length: 0\r\n\r\n";
+        let done: &[u8] =
+            b"HTTP/1.1 200 OK\r\nProxy-Authentication-Info: Negotiate ZmluYWw=\r\n\r\nSSH";
+        let (r, sents, asks) = negotiate_kerberos(
+            vec![vec![NEGOTIATE_407, continuation, done]],
+            None,
+            None,
+            None,
+            Some(provider),
+        );
+        assert_eq!(r.unwrap().leftover, b"SSH");
+        let sent = requests(&sents[0]);
+        assert_eq!(sent.len(), 3);
+        assert!(
+            sent[1].contains("Proxy-Authorization: Negotiate Zmlyc3Q=\r\n"),
+            "{}",
+            sent[1]
+        );
+        assert!(
+            sent[2].contains("Proxy-Authorization: Negotiate c2Vjb25k\r\n"),
+            "{}",
+            sent[2]
+        );
+        assert_eq!(seen.lock().unwrap().len(), 3, "the final token was stepped");
+        assert_eq!(asks, 0);
+
+        // A continuation on a connection the proxy then closes cannot be answered elsewhere.
+        let provider = FakeProvider::new(
+            ticket(),
+            vec![
+                (None, step(b"first", false)),
+                (Some(b"more".to_vec()), step(b"2", false)),
+            ],
+        );
+        let closing: &[u8] =
+            b"HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate bW9yZQ==\r\nConnection: close\r\n\r\n";
+        let (r, _, _) = negotiate_kerberos(
+            vec![vec![NEGOTIATE_407, closing], vec![]],
+            None,
+            None,
+            None,
+            Some(provider),
+        );
+        let text = r.err().unwrap().to_string();
+        assert!(
+            text.contains("in the middle of Negotiate authentication"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_final_negotiate_token_that_does_not_verify_fails() {
+        use negotiate::fake::*;
+        let provider = FakeProvider::new(
+            ticket(),
+            vec![
+                (None, step(b"first", false)),
+                (
+                    Some(b"final".to_vec()),
+                    Err(error(Problem::BadToken, "Invalid token was supplied")),
+                ),
+            ],
+        );
+        let done: &[u8] =
+            b"HTTP/1.1 200 OK\r\nProxy-Authentication-Info: Negotiate ZmluYWw=\r\n\r\n";
+        let (r, _, _) = negotiate_kerberos(
+            vec![vec![NEGOTIATE_407, done]],
+            None,
+            None,
+            None,
+            Some(provider),
+        );
+        let e = r.err().unwrap();
+        assert_eq!(e.kind(), Kind::Auth);
+        let text = e.to_string();
+        assert!(
+            text.contains("final Negotiate token does not verify: Invalid token"),
+            "{text}"
+        );
+
+        // Without a final token there is nothing to verify: the tunnel is up.
+        let provider = FakeProvider::new(ticket(), vec![(None, step(b"first", false))]);
+        let (r, _, _) = negotiate_kerberos(
+            vec![vec![NEGOTIATE_407, b"HTTP/1.1 200 OK\r\n\r\n"]],
+            None,
+            None,
+            None,
+            Some(provider),
+        );
+        r.unwrap();
+    }
+
+    #[test]
+    fn malformed_or_refused_negotiate_tokens_are_auth_failures() {
+        use negotiate::fake::*;
+        let bad: &[u8] =
+            b"HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate YWJ\r\nContent-Length: 0\r\n\r\n";
+        let provider = FakeProvider::new(ticket(), vec![(None, step(b"first", false))]);
+        let (r, _, _) = negotiate_kerberos(
+            vec![vec![NEGOTIATE_407, bad]],
+            None,
+            None,
+            None,
+            Some(provider),
+        );
+        let e = r.err().unwrap();
+        assert_eq!(e.kind(), Kind::Auth);
+        assert!(
+            e.to_string()
+                .contains("decoding the proxy's Negotiate token"),
+            "{e}"
+        );
+
+        // A bare Negotiate after our token: the ticket was refused.
+        let provider = FakeProvider::new(ticket(), vec![(None, step(b"first", false))]);
+        let (r, _, _) = negotiate_kerberos(
+            vec![vec![NEGOTIATE_407, NEGOTIATE_407]],
+            Some("alice:pw"),
+            None,
+            None,
+            Some(provider),
+        );
+        let text = r.err().unwrap().to_string();
+        assert!(
+            text.contains("rejected the Negotiate credentials for user \"alice@LAB.TEST\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn any_prefers_negotiate_with_a_ticket_and_falls_back_without_one() {
+        use negotiate::fake::*;
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+        let provider = FakeProvider::new(ticket(), vec![(None, step(b"first", false))]);
+        let (r, sents, _) = negotiate_kerberos(
+            vec![vec![NEGOTIATE_407, ok]],
+            Some("alice:pw"),
+            None,
+            None,
+            Some(provider),
+        );
+        r.unwrap();
+        assert!(requests(&sents[0])[1].contains("Proxy-Authorization: Negotiate "));
+
+        // No ticket, a password: Basic.
+        let no_ticket = || {
+            FakeProvider::new(
+                Err(error(
+                    Problem::NoTicket,
+                    "No Kerberos credentials available",
+                )),
+                vec![],
+            )
+        };
+        let (r, sents, _) = negotiate_kerberos(
+            vec![vec![NEGOTIATE_407, ok]],
+            Some("alice:pw"),
+            None,
+            None,
+            Some(no_ticket()),
+        );
+        r.unwrap();
+        assert!(requests(&sents[0])[1].contains("Proxy-Authorization: Basic "));
+
+        // Neither: the message says to run kinit.
+        let (r, _, _) = negotiate_kerberos(
+            vec![vec![NEGOTIATE_407]],
+            None,
+            None,
+            None,
+            Some(no_ticket()),
+        );
+        let text = r.err().unwrap().to_string();
+        assert!(
+            text.contains("no Kerberos ticket for LAB.TEST: run kinit"),
+            "{text}"
+        );
+
+        // Forced, or the only scheme offered: the same hint, exit status 5.
+        let only: &[u8] = b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+            Proxy-Authenticate: Negotiate\r\n\r\n";
+        for (offered, forced) in [(NEGOTIATE_407, Some(Scheme::Negotiate)), (only, None)] {
+            let (r, _, asks) = negotiate_kerberos(
+                vec![vec![offered]],
+                Some("alice:pw"),
+                None,
+                forced,
+                Some(no_ticket()),
+            );
+            let e = r.err().unwrap();
+            assert_eq!((e.kind(), asks), (Kind::Auth, 0));
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "authenticating to proxy proxy:3128 with Negotiate ({:?}): no Kerberos ticket for LAB.TEST: run kinit (No Kerberos credentials available)",
+                    if forced.is_some() {
+                        "HTTP/1.1 407 x"
+                    } else {
+                        "HTTP/1.1 407 Proxy Authentication Required"
+                    }
+                )
+            );
+        }
     }
 
     #[test]

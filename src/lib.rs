@@ -148,6 +148,8 @@ pub struct Upstream {
     user_agent: Option<String>,
     /// Who to ask after a 407; `None` in listen mode, where nobody is there to answer.
     askers: Option<credentials::Askers>,
+    /// `--proxy-service-name`: the Kerberos service for Negotiate.
+    service_name: Option<String>,
 }
 
 impl Upstream {
@@ -168,6 +170,7 @@ impl Upstream {
                 headers: Vec::new(),
                 user_agent: None,
                 askers: None,
+                service_name: None,
             });
         };
         let proxy_name = proxy.endpoint.to_string();
@@ -206,6 +209,7 @@ impl Upstream {
             headers: config.headers.clone(),
             user_agent: config.user_agent.clone(),
             askers: interactive.then(|| config.askers.clone()),
+            service_name: config.proxy_service_name.clone(),
         })
     }
 
@@ -281,6 +285,13 @@ pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<connect
                     format!("asking for credentials for proxy {proxy_name}")
                 }),
             },
+            // A fresh setup per connection: the ticket is read each time.
+            negotiate: Some(auth::negotiate::Setup::system(
+                auth::negotiate::service_name(
+                    up.service_name.as_deref(),
+                    &proxy.endpoint.host.to_string(),
+                ),
+            )),
         },
     )?;
     info!(

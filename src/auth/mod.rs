@@ -3,9 +3,12 @@
 //! arguments where a scheme needs them, so the published test vectors can be checked.
 //!
 //! Like curl's `--proxy-anyauth`, gimlet reads every challenge of a 407 and picks the
-//! strongest scheme it speaks: Digest, then NTLM, then Basic.
+//! strongest scheme it speaks: Negotiate (when there is a Kerberos ticket), then Digest, NTLM
+//! and Basic. Browsers put NTLM above Digest; gimlet keeps Digest there because its
+//! SHA-256 variant is the stronger hash, and it has always chosen so.
 
 pub mod digest;
+pub mod negotiate;
 pub mod ntlm;
 
 use std::fmt;
@@ -21,6 +24,7 @@ pub enum Scheme {
     Basic,
     Ntlm,
     Digest,
+    Negotiate,
 }
 
 impl Scheme {
@@ -29,13 +33,19 @@ impl Scheme {
             Scheme::Basic => "Basic",
             Scheme::Ntlm => "NTLM",
             Scheme::Digest => "Digest",
+            Scheme::Negotiate => negotiate::NAME,
         }
     }
 
     fn from_name(name: &str) -> Option<Scheme> {
-        [Scheme::Basic, Scheme::Ntlm, Scheme::Digest]
-            .into_iter()
-            .find(|s| s.name().eq_ignore_ascii_case(name))
+        [
+            Scheme::Basic,
+            Scheme::Ntlm,
+            Scheme::Digest,
+            Scheme::Negotiate,
+        ]
+        .into_iter()
+        .find(|s| s.name().eq_ignore_ascii_case(name))
     }
 }
 
@@ -61,7 +71,7 @@ impl Challenge {
             .map(|(_, v)| v.as_str())
     }
 
-    fn is(&self, scheme: Scheme) -> bool {
+    pub fn is(&self, scheme: Scheme) -> bool {
         self.scheme.eq_ignore_ascii_case(scheme.name())
     }
 }
@@ -238,12 +248,20 @@ enum State {
     NtlmNegotiated,
     /// NTLM authenticate message sent; another 407 means rejection.
     NtlmDone,
+    /// A SPNEGO context; `legs` tokens sent so far.
+    Negotiate {
+        context: Box<dyn negotiate::SecContext>,
+        legs: u8,
+    },
 }
 
 /// One scheme's exchange with the proxy, holding the credentials it needs.
 pub struct Authenticator {
     scheme: Scheme,
-    credentials: Credentials,
+    /// The user as messages name it: the password schemes' user, or the Kerberos principal.
+    user: String,
+    /// `None` for Negotiate, whose credential is the ticket.
+    credentials: Option<Credentials>,
     state: State,
 }
 
@@ -253,7 +271,46 @@ impl Authenticator {
     }
 
     pub fn user(&self) -> &str {
-        &self.credentials.user
+        &self.user
+    }
+
+    /// Starts Negotiate with the user's ticket; returns the first header value. Fails with
+    /// a line saying what to do when there is no usable ticket.
+    pub fn negotiate(setup: &mut negotiate::Setup) -> anyhow::Result<(Authenticator, Secret)> {
+        let ticket = setup.ticket()?;
+        let (context, token) = setup.start()?;
+        let value = Secret::new(format!("{} {}", negotiate::NAME, b64(&token)));
+        let state = State::Negotiate { context, legs: 1 };
+        let (scheme, credentials, user) = (Scheme::Negotiate, None, ticket.principal);
+        Ok((
+            Authenticator {
+                scheme,
+                user,
+                credentials,
+                state,
+            },
+            value,
+        ))
+    }
+
+    /// Checks a 2xx: the proxy's final Negotiate token, when it sends one, must complete the
+    /// context (mutual authentication, RFC 4559 §5); without one there is nothing to check.
+    pub fn finish(&mut self, headers: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+        let State::Negotiate { context, .. } = &mut self.state else {
+            return Ok(());
+        };
+        let Some(token) = negotiate::final_token(headers)? else {
+            crate::diag::debug!("the proxy sent no final Negotiate token: nothing to verify");
+            return Ok(());
+        };
+        let step = context
+            .step(Some(&token))
+            .map_err(|e| anyhow!("the proxy's final Negotiate token does not verify: {e}"))?;
+        if !step.complete {
+            bail!("the proxy's final Negotiate token leaves the exchange unfinished");
+        }
+        crate::diag::debug!("the proxy's final Negotiate token verified");
+        Ok(())
     }
 
     /// Starts with `challenge` (`None` for preemptive Basic); returns the first header value.
@@ -277,6 +334,7 @@ impl Authenticator {
                     value,
                 )
             }
+            Scheme::Negotiate => bail!("Negotiate starts from a ticket, not a password"),
             Scheme::Ntlm => {
                 let message = ntlm::negotiate_message();
                 (
@@ -288,7 +346,8 @@ impl Authenticator {
         Ok((
             Authenticator {
                 scheme,
-                credentials,
+                user: credentials.user.clone(),
+                credentials: Some(credentials),
                 state,
             },
             value,
@@ -301,8 +360,11 @@ impl Authenticator {
         challenges: &[Challenge],
         target: &Target<'_>,
     ) -> anyhow::Result<Option<Secret>> {
+        let Some(credentials) = &self.credentials else {
+            return self.next_negotiate(challenges);
+        };
         match &mut self.state {
-            State::Basic | State::NtlmDone => Ok(None),
+            State::Basic | State::NtlmDone | State::Negotiate { .. } => Ok(None),
             State::Digest {
                 params,
                 retried_stale,
@@ -319,8 +381,7 @@ impl Authenticator {
                     (Some(c), false) => {
                         *params = digest::Params::from_challenge(c)?;
                         *retried_stale = true;
-                        digest::authorization(params, &self.credentials, target, &cnonce()?)
-                            .map(Some)
+                        digest::authorization(params, credentials, target, &cnonce()?).map(Some)
                     }
                     _ => Ok(None),
                 }
@@ -341,7 +402,7 @@ impl Authenticator {
                     .map_err(|e| anyhow!("getting random bytes: {e}"))?;
                 let message = ntlm::authenticate_message(
                     &challenge,
-                    &self.credentials,
+                    credentials,
                     client_challenge,
                     ntlm::filetime_now(),
                 );
@@ -351,10 +412,40 @@ impl Authenticator {
         }
     }
 
+    /// A 407 after a Negotiate token: a continuation token gets our next one (RFC 4559 §5);
+    /// a bare `Negotiate` means the proxy refused the ticket.
+    fn next_negotiate(&mut self, challenges: &[Challenge]) -> anyhow::Result<Option<Secret>> {
+        let State::Negotiate { context, legs } = &mut self.state else {
+            return Ok(None);
+        };
+        let Some(token) = negotiate::token(challenges)? else {
+            return Ok(None);
+        };
+        let step = context.step(Some(&token)).map_err(|e| {
+            // The proxy's token may be a Kerberos error (clock skew, unknown principal).
+            anyhow!("the proxy's Negotiate continuation: {e}")
+        })?;
+        if step.token.is_empty() {
+            // Nothing more to say, yet the proxy still asks: it refused.
+            return Ok(None);
+        }
+        *legs += 1;
+        Ok(Some(Secret::new(format!(
+            "{} {}",
+            negotiate::NAME,
+            b64(&step.token)
+        ))))
+    }
+
     /// True while the scheme's state lives on the current connection: the NTLM authenticate
-    /// message must travel on the connection that brought the challenge.
+    /// message, or a Negotiate continuation, must travel on the connection that brought the
+    /// challenge.
     pub fn bound_to_connection(&self) -> bool {
-        matches!(self.state, State::NtlmDone)
+        match self.state {
+            State::NtlmDone => true,
+            State::Negotiate { legs, .. } => legs > 1,
+            _ => false,
+        }
     }
 }
 
@@ -380,7 +471,7 @@ pub fn parse_scheme_choice(s: &str) -> anyhow::Result<Option<Scheme>> {
     }
     match Scheme::from_name(s) {
         Some(scheme) => Ok(Some(scheme)),
-        None => bail!("unknown scheme {s:?} (expected basic, digest, ntlm or any)"),
+        None => bail!("unknown scheme {s:?} (expected basic, digest, ntlm, negotiate or any)"),
     }
 }
 
@@ -469,7 +560,9 @@ mod tests {
             "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-256, qop=\"auth\"",
             "Negotiate",
         ]);
-        let (scheme, challenge) = choose(&offered, None).unwrap();
+        // Negotiate first (whether a ticket exists is the handshake's question).
+        assert_eq!(choose(&offered, None).unwrap().0, Scheme::Negotiate);
+        let (scheme, challenge) = choose(&offered[..4], None).unwrap();
         assert_eq!(
             (scheme, challenge.param("algorithm")),
             (Scheme::Digest, Some("SHA-256"))
@@ -480,8 +573,8 @@ mod tests {
         );
         assert_eq!(choose(&offered[..2], None).unwrap().0, Scheme::Ntlm);
         assert_eq!(
-            choose(&offered[4..], None).unwrap_err(),
-            NoScheme::Offered("Negotiate".into())
+            choose(&offered[..1], Some(Scheme::Ntlm)).unwrap_err(),
+            NoScheme::Offered("Basic".into())
         );
         assert_eq!(
             choose(&offered[..1], Some(Scheme::Digest)).unwrap_err(),
@@ -517,6 +610,10 @@ mod tests {
     fn scheme_choice_parses() {
         assert_eq!(parse_scheme_choice("ANY").unwrap(), None);
         assert_eq!(parse_scheme_choice("ntlm").unwrap(), Some(Scheme::Ntlm));
+        assert_eq!(
+            parse_scheme_choice("Negotiate").unwrap(),
+            Some(Scheme::Negotiate)
+        );
         assert!(parse_scheme_choice("kerberos").is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! The rest of the crate is `#![deny(unsafe_code)]`.
 
 pub mod fdpass;
+pub mod gssapi;
 pub mod iface;
 pub mod splice;
 pub mod stdio;

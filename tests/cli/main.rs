@@ -8,6 +8,7 @@ mod errors;
 mod fdpass;
 mod generated;
 mod input;
+mod negotiate;
 mod netrc;
 mod ntlm;
 mod reply;

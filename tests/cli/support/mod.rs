@@ -146,6 +146,11 @@ pub fn spawn(cmd: &mut Command) -> Running {
 }
 
 impl Running {
+    /// The process id, e.g. to read /proc/PID.
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
     /// Waits for gimlet to exit (closing our end of its stdin first if we
     /// still hold it). Kills it and panics if it is still running after
     /// `limit`.
