@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
+import kdc
 from harness import LOOPBACK, Child, Failed, Sandbox, run, run_ok, tail, tool
 from pki import certificate, pki_dir
 from proxies import Credentials, Proxy
@@ -121,7 +122,8 @@ class Tunnel:
         or as `127.0.0.1:PORT` when joined; over IPv6 always as `[::1]:PORT`;
         as a URL (`https://`, `http://USER:PASS@`) whenever the row needs one.
         `trusted=False` leaves the row's TLS trust options out."""
-        address = LOOPBACK[family] if family == "inet" else f"[{LOOPBACK[family]}]"
+        address = (self.proxy.host or LOOPBACK[family]) if family == "inet" \
+            else f"[{LOOPBACK[family]}]"
         if self.proxy.tls or self.userinfo is not None:
             scheme = "https" if self.proxy.tls else "http"
             userinfo = f"{self.userinfo}@" if self.userinfo is not None else ""
@@ -155,7 +157,8 @@ class Tunnel:
         ssh agent are dropped, the row's gimlet_env and credentials are added."""
         env = {k: v for k, v in self.target.git_env.items()
                if not k.startswith("GIMLET") and k not in ("SSH_AUTH_SOCK", "GIT_SSH", "GIT_SSH_COMMAND")}
-        env.update(self.proxy.gimlet_env)
+        env.update({k: v.replace("{sandbox}", str(self.sandbox.root))
+                    for k, v in self.proxy.gimlet_env.items()})
         env.update(self.auth_env)
         env.update(extra)
         return env
@@ -395,6 +398,56 @@ def check_auth(t: Tunnel) -> str:
         secrets=(t.credentials.password, wrong.credentials.password))
 
 
+def wait_logged(log: Path, text: str) -> None:
+    """The proxy may log a closed tunnel a moment after gimlet exits."""
+    deadline = time.monotonic() + LOG_WAIT
+    while text not in (logged := log.read_text(errors="replace") if log.exists() else ""):
+        if time.monotonic() > deadline:
+            raise Failed(f"{log.name} does not name the user ({text.strip()!r}): {tail(logged, 2)}")
+        time.sleep(0.1)
+
+
+NO_TICKET = f"no Kerberos ticket for {kdc.REALM}: run kinit"
+
+
+def check_kerberos(t: Tunnel) -> str:
+    """Negotiate rows: gimlet alone reaches sshd and squid's access log names
+    the Kerberos principal; so it does with the proxy given as 127.0.0.1 and
+    --proxy-service-name HTTP@localhost. Without a ticket (KRB5CCNAME naming
+    no cache) and without a password it exits 5 by itself with one line saying
+    "no Kerberos ticket for GIMLET.TEST: run kinit"; with --proxy-service-name
+    naming a principal the KDC does not know, exit 5 saying so. Where the row
+    has a password too, no ticket means the next scheme (the log names that
+    user)."""
+    argv = [LOOPBACK["inet"], str(t.target.port)]
+    log = t.dir / "access.log"
+    reaches_sshd(t, t.gimlet_argv(*argv))
+    wait_logged(log, f" {kdc.PRINCIPAL} ")
+    by_address = replace(t, proxy=replace(t.proxy, host=None))
+    log.write_text("")
+    reaches_sshd(by_address, by_address.gimlet_argv(
+        *argv, options=("--proxy-service-name", f"HTTP@{kdc.HOST}")))
+    wait_logged(log, f" {kdc.PRINCIPAL} ")
+    no_ticket = {"KRB5CCNAME": f"FILE:{t.scratch}/no-such-ccache"}
+    bare = replace(t, proxy=replace(t.proxy, credentials=None), credentials=None)
+    address = f"{t.proxy.host}:{t.port}"
+    notes = ["no ticket: " + refuses(bare.gimlet_argv(*argv), bare.env(**no_ticket), AUTH_EXIT,
+                                     address, NO_TICKET)]
+    unknown = ("--proxy-service-name", "HTTP/nosuch.gimlet.test")
+    notes.append("unknown service: " + refuses(
+        bare.gimlet_argv(*argv, options=unknown), bare.env(), AUTH_EXIT, address,
+        "does not know the service principal HTTP/nosuch.gimlet.test"))
+    if t.credentials:
+        log.write_text("")
+        code, out, stderr, _ = session(t.gimlet_argv(*argv), t.env(**no_ticket), banner=True)
+        if not out.startswith(b"SSH-2.0-") or code != 0:
+            raise Failed(f"without a ticket, no fall-back to the password (status {code}): "
+                         f"{tail(stderr)}")
+        wait_logged(log, f" {t.credentials.user.replace(chr(92), chr(92) * 2)} ")
+        notes.append(f"no ticket: fell back to {t.credentials.user}")
+    return "; ".join(notes)
+
+
 def spki_pin(port: int) -> str:
     """curl's sha256//BASE64 pin of the public key the TLS server on the port
     presents (fetched without verification)."""
@@ -523,5 +576,6 @@ CHECKS = [
     Check("fdpass", check_fdpass, needs=frozenset({"inet", "plain"})),
     Check("auth", check_auth, needs=frozenset({"inet", "auth"})),
     Check("tls-verify", check_tls_verify, needs=frozenset({"inet", "tls"})),
+    Check("kerberos", check_kerberos, needs=frozenset({"inet", "kerberos"})),
     Check("tls-echo", check_tls_echo, packages=("stunnel4", "openssl")),
 ]

@@ -86,13 +86,14 @@ def _accepts(family: str, port: int) -> bool:
 class Daemon:
     """One server process, started in its own session, logging to a file."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path):
+    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path, env=None):
         self.name = name
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -251,10 +252,11 @@ class Sandbox:
         raise Failed("no port free on both 127.0.0.1 and ::1")
 
     def spawn(self, name: str, argv: list[str], port: int, directory: Path,
-              families=BOTH_FAMILIES) -> Daemon:
+              families=BOTH_FAMILIES, env=None) -> Daemon:
         """Start a daemon in `directory` (its stdout and stderr go to NAME.out
-        there) and wait until it accepts on `port` for every family."""
-        daemon = Daemon(name, argv, directory / f"{name}.out", directory)
+        there) and wait until it accepts on `port` for every family. `env`
+        replaces the environment when given."""
+        daemon = Daemon(name, argv, directory / f"{name}.out", directory, env)
         self.daemons.append(daemon)
         daemon.wait_accepting(port, families)
         return daemon

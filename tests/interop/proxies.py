@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping
 
+import kdc
 from harness import BOTH_FAMILIES, IS_ROOT, Sandbox, run_ok, tool
 from pki import certificate
 from target import Target
@@ -52,9 +53,11 @@ class Site:
     target: Target
     families: frozenset
 
-    def spawn(self, name: str, argv: list[str]) -> None:
-        """Start the daemon and wait until it accepts on the site's port."""
-        self.sandbox.spawn(name, argv, self.port, self.dir, self.families)
+    def spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+        """Start the daemon (with `env` added to its environment) and wait
+        until it accepts on the site's port."""
+        self.sandbox.spawn(name, argv, self.port, self.dir, self.families,
+                           env=dict(os.environ, **env) if env else None)
 
     def run_as(self, user: str) -> tuple[str, str] | None:
         """When started as root, the daemon should switch to `user`: hand it
@@ -111,8 +114,11 @@ NOT_THROUGH_TLS = {
 class Proxy:
     """One matrix row. gimlet_args go before gimlet's positional arguments
     (e.g. ("-A", "agent")); gimlet_env is added to the environment of ssh, git
-    and gimlet. A row with `credentials` or `tls` is reached through a proxy
-    URL (http://user:pass@…, https://…). `auth_log` is (file in the proxy's
+    and gimlet ("{sandbox}" in a value stands for the sandbox's directory). A
+    row with `credentials` or `tls` is reached through a proxy URL
+    (http://user:pass@…, https://…). `host` is the name gimlet is given for
+    the proxy on 127.0.0.1 instead of the address (Kerberos names services by
+    host name); `kerberos` rows authenticate with a ticket from kdc.py. `auth_log` is (file in the proxy's
     directory, text) naming the authenticated user once a tunnel closed;
     `auth_refused_status` is the proxy's answer to wrong credentials. `skip`
     maps a check that cannot apply to the row to the reason."""
@@ -129,6 +135,8 @@ class Proxy:
     auth_log: tuple[str, str] | None = None
     auth_refused_status: int = 407
     skip: Mapping[str, str] = field(default_factory=dict)
+    host: str | None = None
+    kerberos: bool = False
 
     @property
     def features(self) -> frozenset:
@@ -136,7 +144,8 @@ class Proxy:
         families, "auth" with credentials, "tls" for an https:// proxy and
         "plain" for the others."""
         return (self.families | ({"auth"} if self.credentials else set())
-                | ({"tls"} if self.tls else {"plain"}))
+                | ({"tls"} if self.tls else {"plain"})
+                | ({"kerberos"} if self.kerberos else set()))
 
 
 def htpasswd(path: Path, user: str, password: str) -> None:
@@ -161,18 +170,24 @@ def squid_auth(d: Path, scheme: str, password: str | None) -> list[str]:
     elif scheme == "ntlm":
         # Accepts any password: the user ACL below is what refuses someone.
         lines.append(f"auth_param ntlm program {SQUID_HELPERS}/ntlm_fake_auth")
+    elif scheme == "negotiate":
+        # `password` is the keytab holding the proxy's service key.
+        lines += [f"auth_param negotiate program {SQUID_HELPERS}/negotiate_kerberos_auth "
+                  f"-k {password} -s {kdc.SERVICE}",
+                  "auth_param negotiate keep_alive on"]
     else:
         raise ValueError(scheme)
-    if scheme != "ntlm":
+    if scheme not in ("ntlm", "negotiate"):
         lines.append(f"auth_param {scheme} realm {REALM}")
     return lines + [f"auth_param {scheme} children 3 startup=1 idle=1"]
 
 
 def launch_squid(site: Site, auth: tuple[tuple[str, str | None], ...] = (), user: str = USER,
-                 https: str | None = None) -> None:
+                 https: str | None = None, env: Mapping[str, str] | None = None) -> None:
     """squid on plain HTTP, or with `https` (a pki.py certificate name) on
     https_port. `auth` is ((scheme, password), ...) in the order squid offers
-    them; only `user` is let through."""
+    them; only `user` (space-separated names) is let through. `env` is added
+    to its environment (and so its helpers')."""
     d, port = site.dir, site.port
     ports = " ".join(map(str, site.target.tunnel_ports))
     owner = site.run_as("proxy")
@@ -215,7 +230,26 @@ def launch_squid(site: Site, auth: tuple[tuple[str, str | None], ...] = (), user
     if owner:
         lines += [f"cache_effective_user {owner[0]}", f"cache_effective_group {owner[1]}"]
     (d / "squid.conf").write_text("\n".join(lines) + "\n")
-    site.spawn("squid", [tool("squid"), "-N", "-f", str(d / "squid.conf")])
+    site.spawn("squid", [tool("squid"), "-N", "-f", str(d / "squid.conf")], env)
+
+
+def launch_squid_kerberos(site: Site, auth: tuple[tuple[str, str | None], ...] = (),
+                          user: str = kdc.PRINCIPAL) -> None:
+    """A realm of its own from kdc.py (in the sandbox's kdc-ROW directory, see
+    kerberos_env), then squid offering Negotiate with negotiate_kerberos_auth
+    and the proxy's keytab, before the schemes in `auth`."""
+    owner = site.run_as("proxy")
+    ids = (pwd.getpwnam(owner[0]).pw_uid, grp.getgrnam(owner[1]).gr_gid) if owner else None
+    realm = kdc.start_realm(site.sandbox, f"kdc-{site.dir.name}", ids)
+    launch_squid(site, auth=(("negotiate", str(realm.keytab)), *auth), user=user,
+                 env=realm.env())
+
+
+def kerberos_env(row: str) -> dict[str, str]:
+    """gimlet's Kerberos settings for a launch_squid_kerberos row: the realm's
+    krb5.conf and the user's ticket, never /etc/krb5.conf."""
+    return {"KRB5_CONFIG": f"{{sandbox}}/kdc-{row}/krb5.conf",
+            "KRB5CCNAME": f"FILE:{{sandbox}}/kdc-{row}/ccache"}
 
 
 def launch_tinyproxy(site: Site, basic_auth: tuple[str, str] | None = None) -> None:
@@ -347,6 +381,7 @@ def launch_stunnel(site: Site, backend: Callable[[Site], None] = launch_squid,
 SQUID_USER_LOG = ("access.log", f" {USER} ")
 APACHE_USER_LOG = ("access.log", f" {USER} CONNECT ")
 SQUID_TLS = ("squid", "stunnel4", "openssl")
+KERBEROS_SKIP = {"ssh-v6": "the service principal names the proxy localhost, 127.0.0.1 only"}
 
 PROXIES = [
     Proxy("squid", ("squid",), launch_squid, refused_status=503),
@@ -400,4 +435,20 @@ PROXIES = [
           refused_status=503, skip=NOT_THROUGH_TLS,
           tls=Tls(trust=("--proxy-insecure",), rejected="unknown authority",
                   warning="--proxy-insecure")),
+    # Kerberos: a KDC on loopback, the user's ticket from kinit. Negotiate only,
+    # and --proxy-auth negotiate.
+    Proxy("squid-negotiate", ("squid", *kdc.PACKAGES), launch_squid_kerberos,
+          refused_status=503, host=kdc.HOST, kerberos=True, skip=KERBEROS_SKIP,
+          gimlet_args=("--proxy-auth", "negotiate"), gimlet_env=kerberos_env("squid-negotiate")),
+    # Negotiate, NTLM and Basic offered: `any` must take Negotiate while there
+    # is a ticket, NTLM (the password) without one.
+    Proxy("squid-negotiate+ntlm+basic", ("squid", "apache2-utils", *kdc.PACKAGES),
+          partial(launch_squid_kerberos, auth=(("ntlm", None), ("basic", PASSWORD)),
+                  user=f"{kdc.PRINCIPAL} {NTLM_USER}"),
+          refused_status=503, host=kdc.HOST, kerberos=True,
+          credentials=Credentials(NTLM_USER, PASSWORD, "-U"),
+          gimlet_env=kerberos_env("squid-negotiate+ntlm+basic"),
+          skip={**KERBEROS_SKIP,
+                "auth": "a ticket gets through whatever the password; the kerberos check "
+                        "covers refusals and the fall-back to NTLM"}),
 ]
