@@ -204,7 +204,10 @@ pub fn read_netrc(path: &Path, machine: &str) -> anyhow::Result<Option<Spec>> {
 }
 
 /// The (login, password) of the entry for `machine`, else of `default`.
-fn netrc_lookup(text: &str, machine: &str) -> Option<(String, Option<Zeroizing<String>>)> {
+pub(crate) fn netrc_lookup(
+    text: &str,
+    machine: &str,
+) -> Option<(String, Option<Zeroizing<String>>)> {
     let mut tokens = netrc_tokens(text).into_iter();
     let (mut found, mut fallback) = (None, None);
     // The entry being read: whether it is the wanted machine or the default, and its fields.

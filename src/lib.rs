@@ -12,6 +12,10 @@ pub mod connect;
 pub mod credentials;
 mod diag;
 pub mod error;
+/// Harnesses for `fuzz/`: not API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod handshake;
 pub mod hop;
