@@ -20,6 +20,7 @@ pub mod generate;
 pub mod handshake;
 pub mod hop;
 pub mod relay;
+pub mod route;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tls;
