@@ -64,6 +64,8 @@ pub fn choose(
         // curl matches IPv6 hosts without brackets.
         Host::Ip(ip) => ip.to_string(),
         Host::Name(n) => n.clone(),
+        // Not an address to curl's matcher (inet_pton refuses the zone): compared as a name.
+        Host::Scoped(a, zone) => format!("{a}%{}", zone.name),
     };
     if let Some(list) = &list {
         if let Some(entry) = no_proxy_match(&name, list) {
