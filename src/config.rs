@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow, bail};
 
 use crate::auth::{self, Scheme};
 use crate::cli::Cli;
-use crate::credentials::{self, Askers, Credentials, Spec};
+use crate::credentials::{self, Askers, Credentials, Source, Spec};
 use crate::error::{Error, Kind, ResultExt};
 use crate::tls;
 
@@ -160,20 +160,26 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         (Some(_), Some(_)) => {
             bail!("parsing arguments: both --proxy-auth-file and an AUTHFILE argument given")
         }
-        (Some(f), None) => Some(f),
-        (None, f) => f.map(Into::into),
+        (Some(f), None) => Some((f.clone(), Source::AuthFile(f))),
+        (None, f) => f.map(|f| (f.clone().into(), Source::AuthFileArgument(f.into()))),
     };
     let credentials = if !matches!(proxy.credentials, Spec::None) {
-        proxy.credentials.clone()
+        proxy.credentials.clone().from_source(Source::Url)
     } else if let Some(user) = cli.proxy_user {
-        Spec::from_user_arg(user).context("parsing --proxy-user")?
-    } else if let Some(path) = auth_file {
-        Spec::Known(credentials::read_auth_file(&path)?)
+        Spec::from_user_arg(user)
+            .context("parsing --proxy-user")?
+            .from_source(Source::UserOption)
+    } else if let Some((path, source)) = auth_file {
+        Spec::Known(credentials::read_auth_file(&path)?.from_source(source))
     } else if let Some(pair) = env(AUTH_ENV) {
         let pair = pair
             .into_string()
             .map_err(|_| anyhow!("{AUTH_ENV} is not valid UTF-8"))?;
-        Spec::Known(Credentials::parse_pair(&pair).with_context(|| format!("parsing {AUTH_ENV}"))?)
+        Spec::Known(
+            Credentials::parse_pair(&pair)
+                .with_context(|| format!("parsing {AUTH_ENV}"))?
+                .from_source(Source::Environment),
+        )
     } else if let Some(path) = netrc_path(cli.netrc, cli.netrc_file, &env)? {
         let machine = match &proxy.endpoint.host {
             Host::Name(name) => name.clone(),
@@ -181,7 +187,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
             Host::Scoped(ip, zone) => format!("{ip}%{}", zone.name),
         };
         match credentials::read_netrc(&path, &machine) {
-            Ok(found) => found.unwrap_or_default(),
+            Ok(found) => found.unwrap_or_default().from_source(Source::Netrc(path)),
             // ~/.netrc is optional, as with curl --netrc; a named file is not.
             Err(e) if cli.netrc && !path.exists() => {
                 drop(e);

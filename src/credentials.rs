@@ -46,6 +46,8 @@ impl fmt::Debug for Secret {
 pub struct Credentials {
     pub user: String,
     pub password: Secret,
+    /// Where they came from, for `-v` and for the message when the proxy rejects them.
+    pub source: Source,
 }
 
 impl fmt::Debug for Credentials {
@@ -53,7 +55,61 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("user", &self.user)
             .field("password", &self.password)
+            .field("source", &self.source)
             .finish()
+    }
+}
+
+/// Where credentials came from: a user with several sources must know which one to fix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// Not said (credentials made by a test or a caller that does not know).
+    #[default]
+    Unnamed,
+    /// The proxy URL's userinfo.
+    Url,
+    /// `-U USER:PASSWORD`.
+    UserOption,
+    /// `--proxy-auth-file FILE`.
+    AuthFile(PathBuf),
+    /// corkscrew's AUTHFILE argument.
+    AuthFileArgument(PathBuf),
+    /// `GIMLET_PROXY_AUTH`.
+    Environment,
+    /// A netrc file's entry for the proxy host (or its default entry).
+    Netrc(PathBuf),
+    /// Asked of the `GIMLET_ASKPASS` program.
+    Askpass(PathBuf),
+    /// Asked on the terminal.
+    Terminal,
+    /// Asked of the `SSH_ASKPASS` program.
+    SshAskpass(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Unnamed => f.write_str("the caller"),
+            Source::Url => f.write_str("the proxy URL"),
+            Source::UserOption => f.write_str("-U"),
+            Source::AuthFile(p) => write!(f, "--proxy-auth-file {}", p.display()),
+            Source::AuthFileArgument(p) => write!(f, "the AUTHFILE argument {}", p.display()),
+            Source::Environment => f.write_str("GIMLET_PROXY_AUTH"),
+            Source::Netrc(p) => write!(f, "netrc file {}", p.display()),
+            Source::Askpass(p) => write!(f, "the GIMLET_ASKPASS program {}", p.display()),
+            Source::Terminal => f.write_str("the terminal prompt"),
+            Source::SshAskpass(p) => write!(f, "the SSH_ASKPASS program {}", p.display()),
+        }
+    }
+}
+
+impl Source {
+    /// ` from SOURCE` for a message, or nothing when the source is not known.
+    pub fn from_phrase(&self) -> String {
+        match self {
+            Source::Unnamed => String::new(),
+            known => format!(" from {known}"),
+        }
     }
 }
 
@@ -74,7 +130,16 @@ impl Credentials {
         if password.expose().chars().any(char::is_control) {
             bail!("the password for {user:?} contains a control character");
         }
-        Ok(Credentials { user, password })
+        Ok(Credentials {
+            user,
+            password,
+            source: Source::Unnamed,
+        })
+    }
+
+    /// The same credentials, saying where they came from.
+    pub fn from_source(self, source: Source) -> Self {
+        Credentials { source, ..self }
     }
 
     /// Splits `user:password` at the first ':' (the password may contain more).
@@ -110,6 +175,15 @@ pub enum Spec {
 }
 
 impl Spec {
+    /// Says where complete credentials came from (a lone user name gets its source when the
+    /// password is asked for).
+    pub fn from_source(self, source: Source) -> Self {
+        match self {
+            Spec::Known(c) => Spec::Known(c.from_source(source)),
+            other => other,
+        }
+    }
+
     /// `USER` or `USER:PASSWORD`, as `-U` and URL userinfo give it.
     pub fn from_user_arg(arg: String) -> anyhow::Result<Self> {
         match arg.split_once(':') {
@@ -329,7 +403,8 @@ pub fn ask(
         Credentials::new(user, password.to_string()).map(Some)
     };
     if let Some(program) = &askers.askpass {
-        return via_program(program);
+        let source = Source::Askpass(program.clone());
+        return via_program(program).map(|c| c.map(|c| c.from_source(source)));
     }
     if let Some(mut tty) = sys::tty::open()? {
         let user = match user {
@@ -342,10 +417,12 @@ pub fn ask(
             rpassword::prompt_password(password_prompt(&user))
                 .context("reading the password from the terminal")?,
         );
-        return Credentials::new(user, password.to_string()).map(Some);
+        return Credentials::new(user, password.to_string())
+            .map(|c| Some(c.from_source(Source::Terminal)));
     }
     match &askers.ssh_askpass {
-        Some(program) => via_program(program),
+        Some(program) => via_program(program)
+            .map(|c| c.map(|c| c.from_source(Source::SshAskpass(program.clone())))),
         None => Ok(None),
     }
 }

@@ -104,6 +104,13 @@ fn man_page() -> io::Result<Vec<u8>> {
              e.g. \"no Kerberos ticket for CORP.EXAMPLE: run kinit\"; with --proxy-auth any it \
              first tries the next scheme offered when it has a password for it.",
         )]);
+        r.control("PP", []).text([roman(
+            "-v names the user and where the credentials came from (the proxy URL, -U, \
+             --proxy-auth-file FILE, the AUTHFILE argument, GIMLET_PROXY_AUTH, a netrc file, an \
+             askpass program or the terminal prompt) and the scheme that answered; the message \
+             for rejected credentials names the source too. When the proxy asks for Basic, -v \
+             hints that --proxy-auth basic saves the 407 round trip.",
+        )]);
     })?;
     section(&mut page, "TLS", |r| {
         r.control("PP", []).text([roman(

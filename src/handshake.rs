@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::auth::{self, Authenticator, Challenge, NoScheme, Scheme, negotiate};
 use crate::config::Endpoint;
 use crate::credentials::{Credentials, Secret};
-use crate::diag::debug;
+use crate::diag::{debug, info};
 use crate::error::{Error, Kind, ResultExt};
 
 /// Largest reply head we accept; a proxy has no reason to send more.
@@ -443,6 +443,11 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
     let mut authorization: Option<Secret> = None;
     if forced == Some(Scheme::Basic) {
         if let Some(creds) = credentials.take() {
+            info!(
+                "sending Basic credentials for user \"{}\"{} with the first request (--proxy-auth basic)",
+                creds.user,
+                creds.source.from_phrase()
+            );
             let (a, value) =
                 Authenticator::start(Scheme::Basic, creds, None, &signed).kind(Kind::Auth)?;
             (auth, authorization) = (Some(a), Some(value));
@@ -500,9 +505,10 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
             Error::msg(
                 Kind::Auth,
                 format_args!(
-                    "proxy {proxy} rejected the {} credentials for user \"{}\": {:?}",
+                    "proxy {proxy} rejected the {} credentials for user \"{}\"{}: {:?}",
                     a.scheme(),
                     a.user(),
+                    a.source_phrase(),
                     reply.status_line
                 ),
             )
@@ -573,7 +579,7 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
                             Kind::Auth,
                             format_args!(
                                 "proxy {proxy} requires authentication (offers {}): {:?}; no credentials given and no way to ask (use -U, --proxy-auth-file, {}, --netrc or an askpass program){}",
-                                challenges.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>().join(", "),
+                                offered(&challenges),
                                 reply.status_line,
                                 crate::config::AUTH_ENV,
                                 without_kerberos(&kerberos_failure),
@@ -581,11 +587,21 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
                         )
                     })?,
                 };
+                info!(
+                    "proxy {proxy} asks for authentication (offers {}); answering with {scheme} for user \"{}\"{}",
+                    offered(&challenges),
+                    creds.user,
+                    creds.source.from_phrase()
+                );
+                if scheme == Scheme::Basic && forced.is_none() {
+                    info!(
+                        "hint: --proxy-auth basic sends Basic credentials with the first request, saving this 407 round trip on every connection"
+                    );
+                }
                 let (a, value) = Authenticator::start(scheme, creds, Some(challenge), &signed)
                     .kind_ctx(Kind::Auth, || {
                         format!("authenticating to proxy {proxy} with {scheme}")
                     })?;
-                debug!("answering with {scheme} authentication");
                 auth = Some(a);
                 value
             }
@@ -671,6 +687,12 @@ fn without_kerberos(failure: &Option<anyhow::Error>) -> String {
         .as_ref()
         .map(|e| format!("; and not Negotiate: {e:#}"))
         .unwrap_or_default()
+}
+
+/// The schemes a 407 offered, as the proxy named them: `Digest, Basic`.
+fn offered(challenges: &[Challenge]) -> String {
+    let names: Vec<&str> = challenges.iter().map(|c| c.scheme.as_str()).collect();
+    names.join(", ")
 }
 
 /// A handshake failure, with "the proxy hung up before answering" kept apart so that a reused

@@ -197,6 +197,14 @@ impl Upstream {
                     })?,
             ),
         };
+        match &credentials {
+            Some(c) => info!(
+                "credentials for proxy {proxy_name}: user \"{}\"{}",
+                c.user,
+                c.source.from_phrase()
+            ),
+            None => info!("no credentials given for proxy {proxy_name}"),
+        }
         let proxy_tls = match proxy.tls {
             true => Some(tls_leg(
                 &proxy.endpoint.host.to_string(),

@@ -313,6 +313,15 @@ impl Authenticator {
         Ok(())
     }
 
+    /// ` from SOURCE`: where the credentials came from, for messages (nothing for Negotiate,
+    /// whose ticket comes from the credential cache).
+    pub fn source_phrase(&self) -> String {
+        self.credentials
+            .as_ref()
+            .map(|c| c.source.from_phrase())
+            .unwrap_or_default()
+    }
+
     /// Starts with `challenge` (`None` for preemptive Basic); returns the first header value.
     pub fn start(
         scheme: Scheme,

@@ -13,6 +13,7 @@ mod netrc;
 mod ntlm;
 mod reply;
 mod request;
+mod sources;
 mod stdio;
 mod support;
 mod support_tls;
