@@ -272,6 +272,7 @@ pub fn negotiate(data: &[u8]) {
             scheme: forced,
             reconnect: &mut reconnect,
             ask: &mut ask,
+            negotiate: None,
         },
     );
     let secrets: [&[u8]; 2] = [PASSWORD.as_bytes(), basic_b64.as_bytes()];
