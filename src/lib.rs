@@ -24,6 +24,7 @@ pub mod route;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tls;
+pub mod transport;
 
 use std::os::fd::AsFd;
 

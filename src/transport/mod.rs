@@ -1,0 +1,4 @@
+//! Transport: reaching the first hop (or the destination, on a direct route) over TCP, and the
+//! TLS sessions hops run inside each other. Knows nothing about HTTP or SOCKS.
+
+pub mod eyeballs;
