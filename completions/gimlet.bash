@@ -23,7 +23,7 @@ _gimlet() {
 
     case "${cmd}" in
         gimlet)
-            opts="-p -U -H -A -4 -6 -v -q -h -V --proxy --proxy-user --proxy-auth-file --proxy-auth --proxy-service-name --netrc --netrc-file --header --user-agent --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --tls --cacert --insecure --servername --pinnedpubkey --connect-timeout --idle-timeout --keepalive --fdpass --verbose --quiet --generate --help --version"
+            opts="-p -U -H -A -4 -6 -v -q -L -h -V --proxy --proxy-user --proxy-auth-file --proxy-auth --proxy-service-name --netrc --netrc-file --header --user-agent --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --tls --cacert --insecure --servername --pinnedpubkey --connect-timeout --idle-timeout --keepalive --fdpass --verbose --quiet --generate --local-forward --forwards --max-tunnels --drain-timeout --log --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -123,6 +123,30 @@ _gimlet() {
                     ;;
                 --generate)
                     COMPREPLY=($(compgen -W "man complete-bash complete-zsh complete-fish" -- "${cur}"))
+                    return 0
+                    ;;
+                --local-forward)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -L)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --forwards)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-tunnels)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

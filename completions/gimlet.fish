@@ -25,6 +25,11 @@ complete -c gimlet -l generate -d 'Print the man page or a shell completion scri
 complete-bash\t''
 complete-zsh\t''
 complete-fish\t''"
+complete -c gimlet -s L -l local-forward -d 'Listen on [BIND:]PORT and forward each connection to HOST:HOSTPORT, like ssh -L' -r
+complete -c gimlet -l forwards -d 'Forward the ports listed in FILE; re-read when it changes and on SIGHUP' -r -F
+complete -c gimlet -l max-tunnels -d 'Refuse connections while N tunnels are open or being set up' -r
+complete -c gimlet -l drain-timeout -d 'On SIGTERM or SIGINT, let open tunnels finish for up to SECS' -r
+complete -c gimlet -l log -d 'Append listen mode\'s log to FILE instead of standard error' -r -F
 complete -c gimlet -l netrc -d 'Take credentials from ~/.netrc'
 complete -c gimlet -l proxy-insecure -d 'Do not verify an https:// proxy\'s certificate (a warning is printed)'
 complete -c gimlet -l tls -d 'Speak TLS to HOST through the tunnel'

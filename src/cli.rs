@@ -9,6 +9,8 @@ use clap::{ArgAction, CommandFactory, Parser};
 const USAGE: &str = "gimlet [OPTIONS] PROXY HOST PORT
        gimlet [OPTIONS] PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
        gimlet [OPTIONS] --proxy URL HOST PORT
+       gimlet [OPTIONS] -L [BIND:]PORT:HOST:HOSTPORT... [PROXY]
+       gimlet [OPTIONS] --forwards FILE [PROXY]
        gimlet --generate man|complete-bash|complete-zsh|complete-fish";
 
 /// The positional forms, for help and for argument errors.
@@ -97,6 +99,7 @@ const PROXY_TLS: &str = "TLS to the proxy";
 const TARGET_TLS: &str = "TLS to the destination";
 const CONNECTION: &str = "Connection";
 const OUTPUT: &str = "Output";
+const LISTEN: &str = "Listen mode";
 
 /// Bore a stdio tunnel through an HTTP proxy with CONNECT.
 ///
@@ -291,6 +294,47 @@ pub struct Cli {
     #[arg(long, value_name = "KIND",
           value_parser = ["man", "complete-bash", "complete-zsh", "complete-fish"])]
     pub generate: Option<String>,
+
+    /// Listen on [BIND:]PORT and forward each connection to HOST:HOSTPORT, like ssh -L
+    ///
+    /// Through the proxy given as PROXY or --proxy, or directly when none is. BIND is
+    /// 127.0.0.1 unless given: an IP address ([v6] in brackets), localhost, or * for every
+    /// interface; PORT 0 picks a free port, which the log names. Repeatable. gimlet stays in
+    /// the foreground until SIGTERM or SIGINT.
+    #[arg(short = 'L', long = "local-forward", value_name = "[BIND:]PORT:HOST:HOSTPORT",
+          help_heading = LISTEN)]
+    pub local_forward: Vec<String>,
+
+    /// Forward the ports listed in FILE; re-read when it changes and on SIGHUP
+    ///
+    /// One forward per line: [BIND:]PORT HOST PORT [PROXYHOST PROXYPORT | ROUTE] [key=value
+    /// ...], where ROUTE is a proxy URL or direct, and the options are idle-timeout, keepalive,
+    /// proxy-auth and proxy-auth-file; # starts a comment. A line without a route uses the
+    /// command line's proxy, or goes direct. A reload never cuts open tunnels, and a file that
+    /// does not parse keeps the previous forwards.
+    #[arg(long, value_name = "FILE", help_heading = LISTEN)]
+    pub forwards: Option<PathBuf>,
+
+    /// Refuse connections while N tunnels are open or being set up
+    ///
+    /// Default: half the open-file limit, which gimlet raises to its hard limit at start.
+    #[arg(long, value_name = "N", help_heading = LISTEN)]
+    pub max_tunnels: Option<usize>,
+
+    /// On SIGTERM or SIGINT, let open tunnels finish for up to SECS
+    ///
+    /// gimlet stops accepting at once, closes what is still open after SECS and exits 0. A
+    /// second signal stops at once.
+    #[arg(long, value_name = "SECS", default_value = "30", help_heading = LISTEN)]
+    pub drain_timeout: String,
+
+    /// Append listen mode's log to FILE instead of standard error
+    ///
+    /// One timestamped line per event: listening, accepted, established (with the proxy's
+    /// status line), closed (bytes each way), failed (why), reloaded. Reopened on SIGUSR1, for
+    /// logrotate.
+    #[arg(long, value_name = "FILE", help_heading = LISTEN)]
+    pub log: Option<PathBuf>,
 }
 
 /// The help text: clap's (`-h` the summaries, `--help` everything), then with `--help` the

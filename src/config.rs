@@ -105,6 +105,21 @@ pub struct Config {
     pub splice: bool,
     /// `--fdpass`: hand the socket to ssh instead of relaying.
     pub fdpass: bool,
+    /// `-L` / `--forwards`: listen mode. `proxies` may then be empty (direct) and `target` is
+    /// unused; each forward names its own.
+    pub listen: Option<Listen>,
+}
+
+/// Listen mode: what to forward and how the daemon runs.
+#[derive(Debug)]
+pub struct Listen {
+    /// `-L` forwards, in order.
+    pub local: Vec<crate::forwards::Forward>,
+    /// `--forwards FILE`, read (and re-read) by the engine.
+    pub file: Option<std::path::PathBuf>,
+    pub max_tunnels: Option<usize>,
+    pub drain_timeout: Duration,
+    pub log: Option<std::path::PathBuf>,
 }
 
 /// The environment variable holding `user:password`.
@@ -143,18 +158,37 @@ impl Config {
 }
 
 fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Config> {
+    let listen = listen_mode(&cli)?;
     let Positional {
         proxy: proxy_arg,
         auth_file: auth_file_arg,
         host: target_host,
         port: target_port,
-    } = positional(cli.proxy, cli.args)?;
-    if let Some(hint) = proxy_hint(&proxy_arg) {
-        bail!("parsing proxy{hint}");
-    }
-    let proxy = parse_proxy(&proxy_arg)
-        .with_context(|| format!("parsing proxy {:?}", without_password(&proxy_arg)))?;
-    let target = parse_target(&target_host, &target_port)?;
+    } = match listen {
+        Some(_) => listen_positional(cli.proxy, cli.args)?,
+        None => positional(cli.proxy, cli.args)?,
+    };
+    // Listen mode without a proxy goes direct.
+    let proxy = match proxy_arg.is_empty() && listen.is_some() {
+        true => None,
+        false => {
+            if let Some(hint) = proxy_hint(&proxy_arg) {
+                bail!("parsing proxy{hint}");
+            }
+            Some(
+                parse_proxy(&proxy_arg)
+                    .with_context(|| format!("parsing proxy {:?}", without_password(&proxy_arg)))?,
+            )
+        }
+    };
+    let target = match listen {
+        // Unused: each forward has its own.
+        Some(_) => Endpoint {
+            host: Host::Name(target_host),
+            port: 0,
+        },
+        None => parse_target(&target_host, &target_port)?,
+    };
 
     let auth_file = match (cli.proxy_auth_file, auth_file_arg) {
         (Some(_), Some(_)) => {
@@ -163,8 +197,11 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         (Some(f), None) => Some((f.clone(), Source::AuthFile(f))),
         (None, f) => f.map(|f| (f.clone().into(), Source::AuthFileArgument(f.into()))),
     };
-    let credentials = if !matches!(proxy.credentials, Spec::None) {
-        proxy.credentials.clone().from_source(Source::Url)
+    let credentials = if let Some(p) = proxy
+        .as_ref()
+        .filter(|p| !matches!(p.credentials, Spec::None))
+    {
+        p.credentials.clone().from_source(Source::Url)
     } else if let Some(user) = cli.proxy_user {
         Spec::from_user_arg(user)
             .context("parsing --proxy-user")?
@@ -180,7 +217,8 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
                 .with_context(|| format!("parsing {AUTH_ENV}"))?
                 .from_source(Source::Environment),
         )
-    } else if let Some(path) = netrc_path(cli.netrc, cli.netrc_file, &env)? {
+    } else if let (Some(proxy), Some(path)) = (&proxy, netrc_path(cli.netrc, cli.netrc_file, &env)?)
+    {
         let machine = match &proxy.endpoint.host {
             Host::Name(name) => name.clone(),
             Host::Ip(ip) => ip.to_string(),
@@ -246,7 +284,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         cert: cli.proxy_cert,
         key: cli.proxy_key,
     };
-    if !proxy.tls && proxy_tls_given(&proxy_tls) {
+    if !proxy.as_ref().is_some_and(|p| p.tls) && proxy_tls_given(&proxy_tls) {
         bail!(
             "checking the TLS options: --proxy-cacert, --proxy-insecure, --proxy-pinnedpubkey, --proxy-servername and --proxy-cert need an https:// proxy"
         );
@@ -264,7 +302,12 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         None
     };
 
-    if cli.fdpass && (proxy.tls || target_tls.is_some()) {
+    if listen.is_some() && (cli.fdpass || target_tls.is_some()) {
+        bail!(
+            "checking -L and --forwards: --fdpass and --tls are for the pipe mode (a forward carries the client's own bytes, TLS or not)"
+        );
+    }
+    if cli.fdpass && (proxy.as_ref().is_some_and(|p| p.tls) || target_tls.is_some()) {
         bail!(
             "checking --fdpass: ssh gets a raw socket, which cannot carry a TLS session (drop --fdpass, or use a plain proxy without --tls)"
         );
@@ -275,7 +318,8 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         splice: env(NO_SPLICE_ENV).is_none_or(|v| v.is_empty() || v == "0"),
         proxy_tls,
         target_tls,
-        proxies: vec![proxy],
+        proxies: proxy.into_iter().collect(),
+        listen,
         target,
         credentials,
         auth_scheme,
@@ -293,6 +337,52 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         },
         verbosity: cli.verbose,
         quiet: cli.quiet,
+    })
+}
+
+/// Listen mode's settings, when `-L` or `--forwards` is given.
+fn listen_mode(cli: &Cli) -> anyhow::Result<Option<Listen>> {
+    if cli.local_forward.is_empty() && cli.forwards.is_none() {
+        return Ok(None);
+    }
+    let local = cli
+        .local_forward
+        .iter()
+        .map(|spec| {
+            crate::forwards::parse_local(spec).with_context(|| format!("parsing -L {spec}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let max_tunnels = match cli.max_tunnels {
+        Some(0) => bail!("parsing --max-tunnels: expected at least 1"),
+        n => n,
+    };
+    let drain_timeout = match cli.drain_timeout.as_str() {
+        "0" => Duration::ZERO,
+        s => parse_secs(s).context("parsing --drain-timeout")?,
+    };
+    Ok(Some(Listen {
+        local,
+        file: cli.forwards.clone(),
+        max_tunnels,
+        drain_timeout,
+        log: cli.log.clone(),
+    }))
+}
+
+/// Listen mode's positional arguments: none (direct, or `--proxy`), or one PROXY.
+fn listen_positional(proxies: Vec<String>, args: Vec<String>) -> anyhow::Result<Positional> {
+    let proxy = match (proxies.len(), args.len()) {
+        (0, 0) => String::new(),
+        (0, 1) | (1, 0) => proxies.into_iter().chain(args).next().unwrap_or_default(),
+        (_, _) => bail!(
+            "parsing arguments: with -L or --forwards, give at most one PROXY (as an argument or with --proxy)"
+        ),
+    };
+    Ok(Positional {
+        proxy,
+        auth_file: None,
+        host: String::new(),
+        port: String::new(),
     })
 }
 
@@ -791,7 +881,7 @@ fn is_tchar(b: u8) -> bool {
 const MAX_SECS: f64 = 1e9;
 
 /// A timeout: a positive number of seconds, fractions allowed, at most [`MAX_SECS`].
-fn parse_secs(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_secs(s: &str) -> anyhow::Result<Duration> {
     let range = "expected more than 0 and at most 1000000000 seconds, about 31 years";
     let secs: f64 = s
         .parse()
@@ -811,7 +901,7 @@ const MAX_KEEPALIVE: u16 = 32767;
 
 /// `--keepalive`: whole seconds, as TCP_KEEPIDLE takes them (no fractions: 0.5 would become
 /// 0, which the kernel refuses); 0 turns keepalive off.
-fn parse_keepalive(s: &str) -> anyhow::Result<Option<Duration>> {
+pub(crate) fn parse_keepalive(s: &str) -> anyhow::Result<Option<Duration>> {
     match s.parse::<u16>() {
         Ok(0) if s.bytes().all(|b| b.is_ascii_digit()) => Ok(None),
         Ok(n) if n <= MAX_KEEPALIVE && s.bytes().all(|b| b.is_ascii_digit()) => {

@@ -12,6 +12,7 @@ pub mod connect;
 pub mod credentials;
 mod diag;
 pub mod error;
+pub mod forwards;
 /// Harnesses for `fuzz/`: not API.
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -21,6 +22,7 @@ pub mod handshake;
 pub mod hop;
 pub mod relay;
 pub mod route;
+pub mod serve;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tls;
@@ -46,6 +48,9 @@ pub fn report(e: &Error) {
 
 /// Connects, negotiates the tunnel and relays stdio through it until both ends are done.
 pub fn run(config: &Config) -> Result<(), Error> {
+    if config.listen.is_some() {
+        return serve::run(config);
+    }
     let proxy = config.proxy();
     let proxy_name = proxy.endpoint.to_string();
     let upstream = Upstream::new(config, Some(proxy), &config.credentials, true)?;

@@ -4,6 +4,9 @@
 pub mod fdpass;
 pub mod gssapi;
 pub mod iface;
+pub mod inotify;
+pub mod rlimit;
+pub mod signals;
 pub mod splice;
 pub mod stdio;
 pub mod tty;

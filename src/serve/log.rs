@@ -1,0 +1,102 @@
+//! Listen mode's event log: one line per event, `2026-12-01T05:12:00.123Z gimlet: ...`, to
+//! stderr or to `--log FILE` (appended; reopened on SIGUSR1, after logrotate moved it). Only
+//! the engine's thread writes here; workers hand their outcome back to it. Nothing logged
+//! holds a secret: forwards describe themselves without credentials and errors never carry
+//! them.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub struct Log {
+    path: Option<PathBuf>,
+    file: Option<File>,
+    quiet: bool,
+}
+
+impl Log {
+    /// Logs to `path` (created if missing, appended to), else to stderr unless `quiet`.
+    pub fn open(path: Option<PathBuf>, quiet: bool) -> io::Result<Log> {
+        let file = path.as_deref().map(open_append).transpose()?;
+        Ok(Log { path, file, quiet })
+    }
+
+    /// Reopens the log file (SIGUSR1). On failure the old file is kept and the reason logged.
+    pub fn reopen(&mut self) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        match open_append(&path) {
+            Ok(f) => {
+                self.file = Some(f);
+                self.line(format_args!("reopened the log file {}", path.display()));
+            }
+            Err(e) => self.line(format_args!(
+                "reopening the log file {}: {e}",
+                path.display()
+            )),
+        }
+    }
+
+    /// Writes one timestamped line. A failing log never stops the forwards.
+    pub fn line(&mut self, msg: std::fmt::Arguments<'_>) {
+        let text = format!("{} gimlet: {msg}\n", timestamp(SystemTime::now()));
+        match &mut self.file {
+            Some(f) => {
+                let _ = f.write_all(text.as_bytes());
+            }
+            None if !self.quiet => {
+                let _ = io::stderr().lock().write_all(text.as_bytes());
+            }
+            None => {}
+        }
+    }
+}
+
+fn open_append(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let (y, m, day) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |s: u64, ms: u64| timestamp(UNIX_EPOCH + Duration::from_millis(s * 1000 + ms));
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_796_110_332, 999), "2026-12-01T07:32:12.999Z");
+        assert_eq!(at(4_107_542_399, 0), "2100-02-28T23:59:59.000Z");
+    }
+}

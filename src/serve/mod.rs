@@ -1,0 +1,911 @@
+//! Listen mode: `-L` and `--forwards FILE` on one mio loop.
+//!
+//! The loop owns the listeners, the sessions ([`session::Session`]: client ↔ tunnel) and the
+//! log; it never blocks. Accepting is never held up by a handshake: each accepted connection
+//! is handed to a worker thread ([`workers`]) that establishes its tunnel with the pipe mode's
+//! code, and comes back through a channel and a waker. The forwards file is watched (inotify
+//! on its directory) and re-read on SIGHUP; a reload adds and removes listeners and changes
+//! the plan new connections use, and never touches open sessions. SIGTERM/SIGINT stop
+//! accepting and drain; SIGUSR1 reopens the log file.
+//!
+//! Nothing here runs in the pipe mode: `run` is only called with `-L` or `--forwards`.
+
+pub mod log;
+pub mod session;
+pub mod workers;
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::config::{Config, Listen};
+use crate::credentials::{self, Spec};
+use crate::error::{Error, Kind, ResultExt};
+use crate::forwards::{self, Forward, RouteSpec};
+use crate::relay::Tunnel;
+use crate::sys;
+use crate::tls::TlsTunnel;
+use crate::{Upstream, establish};
+use log::Log;
+use session::{Outcome, PipePool, Session};
+use workers::{Done, Job, Workers};
+
+const WAKER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const WATCH: Token = Token(2);
+/// Listener tokens start here; session tokens at `SESSIONS` (two per session).
+const LISTENERS: usize = 16;
+const SESSIONS: usize = 1 << 32;
+
+/// Shortest and longest pause of `accept` after EMFILE (or ENFILE, ENOBUFS, ENOMEM).
+const PAUSE_MIN: Duration = Duration::from_millis(100);
+const PAUSE_MAX: Duration = Duration::from_secs(1);
+/// How long after a change event the file is read: an editor's save is several events.
+const SETTLE: Duration = Duration::from_millis(50);
+/// How often idle timeouts are checked, and the file when inotify is unavailable.
+const TICK: Duration = Duration::from_secs(1);
+/// See relay.rs WATCHDOG: bytes waiting for a destination are retried this often even if the
+/// kernel never sends the edge.
+const WATCHDOG: Duration = Duration::from_millis(250);
+/// File descriptors kept back from `--max-tunnels`' default for listeners, the log, workers.
+const FD_RESERVE: u64 = 64;
+
+/// How a forward is served: its line, its way out, its per-line settings.
+struct Plan {
+    forward: Forward,
+    upstream: Arc<Upstream>,
+    idle_timeout: Option<Duration>,
+    keepalive: Option<Duration>,
+    /// `HOST:PORT via proxy P` / `HOST:PORT direct`, for the log.
+    route: String,
+}
+
+struct Listening {
+    listener: TcpListener,
+    /// The address actually bound (port 0 resolved).
+    local: SocketAddr,
+    plan: Arc<Plan>,
+    /// From the command line (-L): never removed by a reload.
+    pinned: bool,
+}
+
+/// A tunnel being established: the client waits, unregistered, for its worker.
+struct Pending {
+    client: TcpStream,
+    peer: SocketAddr,
+    plan: Arc<Plan>,
+    accepted: Instant,
+}
+
+struct Live {
+    id: u64,
+    session: Session<TcpStream, dyn Tunnel>,
+    route: String,
+    idle_timeout: Option<Duration>,
+}
+
+/// What a worker hands back: the tunnel's socket, its TLS session if any, and the rest.
+struct Opened {
+    tcp: std::net::TcpStream,
+    tls: Option<rustls::ClientConnection>,
+    leftover: Vec<u8>,
+    status: String,
+}
+
+struct Engine<'a> {
+    config: &'a Config,
+    listen: &'a Listen,
+    poll: Poll,
+    log: Log,
+    pool: PipePool,
+    workers: Workers<Opened>,
+    done: std::sync::mpsc::Receiver<Done<Opened>>,
+    listeners: Vec<Option<Listening>>,
+    sessions: Vec<Option<Live>>,
+    free: Vec<usize>,
+    pending: HashMap<u64, Pending>,
+    hot: VecDeque<usize>,
+    next_id: u64,
+    max_tunnels: usize,
+    /// `accept` paused after EMFILE until then.
+    paused: Option<Instant>,
+    /// The last pause, while accepting keeps failing: the next one is twice as long.
+    backoff: Option<Duration>,
+    draining: Option<Instant>,
+    file: Option<Watched>,
+    /// The upstream every line without its own route uses: the command line's proxy or direct.
+    default_route: Option<Arc<Upstream>>,
+}
+
+struct Watched {
+    path: PathBuf,
+    name: OsString,
+    watch: Option<sys::inotify::Watch>,
+    /// The text last applied, so that events that change nothing do nothing.
+    applied: Option<String>,
+    /// Metadata seen last, for the fallback without inotify.
+    stamp: Option<(std::time::SystemTime, u64)>,
+    reload_at: Option<Instant>,
+}
+
+/// Runs listen mode until SIGTERM/SIGINT and the drain; returns `Ok` then.
+pub fn run(config: &Config) -> Result<(), Error> {
+    let listen = config
+        .listen
+        .as_ref()
+        .ok_or_else(|| Error::msg(Kind::Usage, "listen mode needs -L or --forwards"))?;
+    let starting = || "starting listen mode";
+    let fd_limit = sys::rlimit::raise_nofile().unwrap_or(1024);
+    let mut log = Log::open(listen.log.clone(), config.quiet).kind_ctx(Kind::Usage, || {
+        match &listen.log {
+            Some(p) => format!("opening the log file {}", p.display()),
+            None => "opening the log".to_owned(),
+        }
+    })?;
+    let signals = sys::signals::Signals::install(&[
+        sys::signals::SIGHUP,
+        sys::signals::SIGTERM,
+        sys::signals::SIGINT,
+        sys::signals::SIGUSR1,
+    ])
+    .kind_ctx(Kind::Usage, starting)?;
+    let poll = Poll::new().kind_ctx(Kind::Usage, starting)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).kind_ctx(Kind::Usage, starting)?);
+    poll.registry()
+        .register(&mut SourceFd(&signals.fd()), SIGNALS, Interest::READABLE)
+        .kind_ctx(Kind::Usage, starting)?;
+    let (workers, done) = Workers::new(waker);
+    let reserve = FD_RESERVE.min(fd_limit / 4);
+    let max_tunnels = listen
+        .max_tunnels
+        .unwrap_or(((fd_limit - reserve) / 2).max(1) as usize);
+    log.line(format_args!(
+        "starting: open-file limit {fd_limit}, at most {max_tunnels} tunnels"
+    ));
+    let mut engine = Engine {
+        config,
+        listen,
+        poll,
+        log,
+        pool: PipePool::new(),
+        workers,
+        done,
+        listeners: Vec::new(),
+        sessions: Vec::new(),
+        free: Vec::new(),
+        pending: HashMap::new(),
+        hot: VecDeque::new(),
+        next_id: 1,
+        max_tunnels,
+        paused: None,
+        backoff: None,
+        draining: None,
+        file: None,
+        default_route: None,
+    };
+    engine.start()?;
+    engine.serve(&signals)
+}
+
+impl Engine<'_> {
+    /// Binds every forward; at start any failure is fatal (nothing is running yet).
+    fn start(&mut self) -> Result<(), Error> {
+        for forward in &self.listen.local {
+            let plan = self.plan(forward.clone(), true)?;
+            self.bind(plan, true)
+                .map_err(|e| Error::msg(Kind::Usage, e))?;
+        }
+        if let Some(path) = &self.listen.file {
+            let text = std::fs::read_to_string(path)
+                .kind_ctx(Kind::Usage, || format!("reading {}", path.display()))?;
+            let plans = self.plans_from(path, &text, true)?;
+            for plan in plans {
+                self.bind(plan, false)
+                    .map_err(|e| Error::msg(Kind::Usage, e))?;
+            }
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let watch = match sys::inotify::Watch::new(&dir) {
+                Ok(w) => {
+                    self.poll
+                        .registry()
+                        .register(&mut SourceFd(&w.fd()), WATCH, Interest::READABLE)
+                        .kind_ctx(Kind::Usage, || "watching the forwards file")?;
+                    Some(w)
+                }
+                Err(e) => {
+                    self.log.line(format_args!(
+                        "watching {}: {e}; checking it every second instead",
+                        dir.display()
+                    ));
+                    None
+                }
+            };
+            self.file = Some(Watched {
+                name: path.file_name().unwrap_or_default().to_os_string(),
+                path: path.clone(),
+                watch,
+                stamp: stamp(path),
+                applied: Some(text),
+                reload_at: None,
+            });
+        }
+        if self.listeners.iter().all(Option::is_none) && self.file.is_none() {
+            return Err(Error::msg(Kind::Usage, "nothing to listen on"));
+        }
+        Ok(())
+    }
+
+    /// The upstream for a route: the shared default, or one of its own.
+    fn plan(&mut self, forward: Forward, interactive: bool) -> Result<Arc<Plan>, Error> {
+        let config = self.config;
+        let o = &forward.options;
+        let own_settings =
+            o.keepalive.is_some() || o.proxy_auth.is_some() || o.proxy_auth_file.is_some();
+        let credentials = match &o.proxy_auth_file {
+            Some(path) => {
+                Spec::Known(credentials::read_auth_file(path).kind_ctx(Kind::Usage, || {
+                    format!("{}: reading proxy-auth-file", forward.origin)
+                })?)
+            }
+            None => config.credentials.clone(),
+        };
+        let proxy = match &forward.route {
+            RouteSpec::Default => config.proxies.first(),
+            RouteSpec::Direct => None,
+            RouteSpec::Proxy(p) => Some(p),
+        };
+        let credentials = match proxy {
+            Some(p) if !matches!(p.credentials, Spec::None) => p.credentials.clone(),
+            _ => credentials,
+        };
+        if !interactive && matches!(credentials, Spec::User(_)) {
+            return Err(Error::msg(
+                Kind::Auth,
+                format_args!(
+                    "{}: a proxy user without a password cannot be asked for one on reload (give proxy-auth-file=)",
+                    forward.origin
+                ),
+            ));
+        }
+        let shared = matches!(forward.route, RouteSpec::Default) && !own_settings;
+        let upstream = match (&self.default_route, shared) {
+            (Some(up), true) => up.clone(),
+            _ => {
+                let mut up = Upstream::new(config, proxy, &credentials, false)
+                    .map_err(|e| e.context(forward.origin.clone()))?;
+                if let Some(k) = o.keepalive {
+                    up.set_keepalive(k);
+                }
+                if let Some(s) = o.proxy_auth {
+                    up.set_scheme(s);
+                }
+                let up = Arc::new(up);
+                if shared {
+                    self.default_route = Some(up.clone());
+                }
+                up
+            }
+        };
+        let route = match upstream.proxy_name() {
+            Some(p) => format!("{} via proxy {p}", forward.target),
+            None => format!("{} direct", forward.target),
+        };
+        Ok(Arc::new(Plan {
+            idle_timeout: o.idle_timeout.unwrap_or(config.idle_timeout),
+            keepalive: o.keepalive.unwrap_or(config.keepalive),
+            forward,
+            upstream,
+            route,
+        }))
+    }
+
+    /// Parses the file and prepares a plan per line; the first error names `FILE:LINE:`.
+    fn plans_from(
+        &mut self,
+        path: &Path,
+        text: &str,
+        interactive: bool,
+    ) -> Result<Vec<Arc<Plan>>, Error> {
+        let shown = path.display().to_string();
+        let forwards =
+            forwards::parse_file(&shown, text).map_err(|e| Error::msg(Kind::Usage, e))?;
+        let mut plans = Vec::new();
+        for f in forwards {
+            if let Some(l) = self
+                .listeners
+                .iter()
+                .flatten()
+                .find(|l| l.pinned && f.bind.port() != 0 && l.plan.forward.bind == f.bind)
+            {
+                return Err(Error::msg(
+                    Kind::Usage,
+                    format_args!(
+                        "{}: {} is already forwarded by {}",
+                        f.origin, f.bind, l.plan.forward.origin
+                    ),
+                ));
+            }
+            plans.push(self.plan(f, interactive)?);
+        }
+        Ok(plans)
+    }
+
+    /// Starts listening for `plan`; the error is a log-ready sentence.
+    fn bind(&mut self, plan: Arc<Plan>, pinned: bool) -> Result<(), String> {
+        let addr = plan.forward.bind;
+        let mut listener = TcpListener::bind(addr)
+            .map_err(|e| format!("{}: listening on {addr}: {e}", plan.forward.origin))?;
+        let local = listener.local_addr().unwrap_or(addr);
+        let slot = self
+            .listeners
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or_else(|| {
+                self.listeners.push(None);
+                self.listeners.len() - 1
+            });
+        self.poll
+            .registry()
+            .register(&mut listener, Token(LISTENERS + slot), Interest::READABLE)
+            .map_err(|e| format!("{}: listening on {addr}: {e}", plan.forward.origin))?;
+        self.log.line(format_args!(
+            "listening on {local} for {} ({})",
+            plan.route, plan.forward.origin
+        ));
+        self.listeners[slot] = Some(Listening {
+            listener,
+            local,
+            plan,
+            pinned,
+        });
+        // A connection may already wait (a reload re-binding a port).
+        self.accept(slot);
+        Ok(())
+    }
+
+    fn tunnels(&self) -> usize {
+        self.pending.len() + (self.sessions.len() - self.free.len())
+    }
+
+    fn serve(&mut self, signals: &sys::signals::Signals) -> Result<(), Error> {
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = Instant::now();
+        loop {
+            let now = Instant::now();
+            if let Some(deadline) = self.draining {
+                if self.tunnels() == 0 {
+                    self.log.line(format_args!("stopped: every tunnel closed"));
+                    return Ok(());
+                }
+                if now >= deadline {
+                    self.log.line(format_args!(
+                        "stopped: --drain-timeout reached, closing {} tunnel(s)",
+                        self.tunnels()
+                    ));
+                    self.close_all();
+                    return Ok(());
+                }
+            }
+            let timeout = self.next_timeout(now, last_tick);
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::new(Kind::Tunnel, e).context("waiting for events")),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.collect(),
+                    SIGNALS => {
+                        for sig in signals.take() {
+                            if self.signal(sig) {
+                                self.log
+                                    .line(format_args!("stopped at once: second stop signal"));
+                                self.close_all();
+                                return Ok(());
+                            }
+                        }
+                    }
+                    WATCH => self.file_event(),
+                    Token(t) if t >= SESSIONS => {
+                        let (slot, tunnel_side) = ((t - SESSIONS) / 2, (t - SESSIONS) % 2 == 1);
+                        let hangup =
+                            event.is_error() || event.is_read_closed() || event.is_write_closed();
+                        let (r, w) = (event.is_readable() || hangup, event.is_writable() || hangup);
+                        if let Some(Some(live)) = self.sessions.get_mut(slot) {
+                            match tunnel_side {
+                                true => live.session.tunnel_ready(r, w),
+                                false => live.session.client_ready(r, w),
+                            }
+                            self.drive(slot);
+                        }
+                    }
+                    Token(t) => {
+                        if self.paused.is_none() {
+                            self.accept(t - LISTENERS);
+                        }
+                    }
+                }
+            }
+            // Sessions that moved a turn's worth and may move more: one more turn each.
+            for _ in 0..self.hot.len() {
+                if let Some(slot) = self.hot.pop_front() {
+                    self.drive(slot);
+                }
+            }
+            let now = Instant::now();
+            if self.paused.is_some_and(|until| now >= until) {
+                self.resume_accepting();
+            }
+            if self
+                .file
+                .as_ref()
+                .and_then(|f| f.reload_at)
+                .is_some_and(|at| now >= at)
+            {
+                self.reload(false);
+            }
+            if now.duration_since(last_tick) >= TICK {
+                last_tick = now;
+                self.tick(now);
+            }
+            if events.is_empty() {
+                self.watchdog();
+            }
+        }
+    }
+
+    fn next_timeout(&self, now: Instant, last_tick: Instant) -> Option<Duration> {
+        if !self.hot.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut next = last_tick + TICK;
+        if let Some(until) = self.paused {
+            next = next.min(until);
+        }
+        if let Some(at) = self.file.as_ref().and_then(|f| f.reload_at) {
+            next = next.min(at);
+        }
+        if let Some(d) = self.draining {
+            next = next.min(d);
+        }
+        if self
+            .sessions
+            .iter()
+            .flatten()
+            .any(|l| l.session.holds_bytes())
+        {
+            next = next.min(now + WATCHDOG);
+        }
+        Some(next.saturating_duration_since(now))
+    }
+
+    /// Returns true when the process must stop at once (a second SIGTERM/SIGINT).
+    fn signal(&mut self, sig: i32) -> bool {
+        match sig {
+            sys::signals::SIGHUP => {
+                self.log.line(format_args!("SIGHUP: reloading"));
+                self.reload(true);
+            }
+            sys::signals::SIGUSR1 => self.log.reopen(),
+            sys::signals::SIGTERM | sys::signals::SIGINT => {
+                if self.draining.is_some() {
+                    return true;
+                }
+                let name = if sig == sys::signals::SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                };
+                self.log.line(format_args!(
+                    "{name}: no longer accepting; draining {} tunnel(s) for up to {}s",
+                    self.tunnels(),
+                    self.listen.drain_timeout.as_secs_f64()
+                ));
+                for slot in 0..self.listeners.len() {
+                    self.unbind(slot, None);
+                }
+                if let Some(w) = self.file.as_ref().and_then(|f| f.watch.as_ref()) {
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&w.fd()));
+                }
+                self.file = None;
+                self.draining = Some(Instant::now() + self.listen.drain_timeout);
+            }
+            _ => {}
+        }
+        false
+    }
+
+    fn unbind(&mut self, slot: usize, why: Option<&str>) {
+        if let Some(mut l) = self.listeners[slot].take() {
+            let _ = self.poll.registry().deregister(&mut l.listener);
+            if let Some(why) = why {
+                self.log
+                    .line(format_args!("stopped listening on {} ({why})", l.local));
+            }
+        }
+    }
+
+    fn accept(&mut self, slot: usize) {
+        while self.draining.is_none() && self.paused.is_none() {
+            let Some(Some(l)) = self.listeners.get(slot) else {
+                return;
+            };
+            let (local, plan) = (l.local, l.plan.clone());
+            match l.listener.accept() {
+                Ok((client, peer)) => self.accepted(client, peer, local, plan),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if out_of_resources(&e) => {
+                    // The connection stays in the backlog; try again after a pause rather than
+                    // spin on a listener that stays readable.
+                    let pause = self.backoff.map_or(PAUSE_MIN, |p| (p * 2).min(PAUSE_MAX));
+                    if self.backoff.is_none() {
+                        self.log.line(format_args!(
+                            "accepting on {local}: {e}; pausing accepts ({} tunnels open)",
+                            self.tunnels()
+                        ));
+                    }
+                    self.backoff = Some(pause);
+                    self.paused = Some(Instant::now() + pause);
+                }
+                // The client gave up before we took it (ECONNABORTED) and the like: next one.
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn accepted(
+        &mut self,
+        client: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        plan: Arc<Plan>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        if self.tunnels() >= self.max_tunnels {
+            self.log.line(format_args!(
+                "refused #{id} from {peer} on {local}: --max-tunnels ({}) reached",
+                self.max_tunnels
+            ));
+            return;
+        }
+        let _ = client.set_nodelay(true);
+        set_keepalive(&client, plan.keepalive);
+        self.log.line(format_args!(
+            "accepted #{id} from {peer} on {local}: {}",
+            plan.route
+        ));
+        let (upstream, target) = (plan.upstream.clone(), plan.forward.target.clone());
+        self.pending.insert(
+            id,
+            Pending {
+                client,
+                peer,
+                plan,
+                accepted: Instant::now(),
+            },
+        );
+        self.workers.submit(Job {
+            id,
+            work: Box::new(move || open(&upstream, &target)),
+        });
+        if self.workers.spawned() == 0 {
+            self.pending.remove(&id);
+            self.log.line(format_args!(
+                "failed #{id}: no handshake thread could be started"
+            ));
+        }
+    }
+
+    /// After a pause: try every listener; a new EMFILE pauses again, longer.
+    fn resume_accepting(&mut self) {
+        self.paused = None;
+        for slot in 0..self.listeners.len() {
+            self.accept(slot);
+        }
+        if self.paused.is_none() {
+            self.backoff = None;
+            self.log.line(format_args!("accepting again"));
+        }
+    }
+
+    /// Handshakes that finished: start their sessions or log why they failed.
+    fn collect(&mut self) {
+        while let Ok(Done { id, result }) = self.done.try_recv() {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            match result {
+                Ok(opened) => self.start_session(id, p, opened),
+                Err(e) => self.log.line(format_args!(
+                    "failed #{id} after {:.3}s: {:#}",
+                    p.accepted.elapsed().as_secs_f64(),
+                    e
+                )),
+            }
+        }
+    }
+
+    fn start_session(&mut self, id: u64, p: Pending, opened: Opened) {
+        let Opened {
+            tcp,
+            tls,
+            leftover,
+            status,
+        } = opened;
+        let socket = TcpStream::from_std(tcp);
+        let tunnel: Box<dyn Tunnel> = match tls {
+            Some(conn) => Box::new(TlsTunnel::new(conn, socket)),
+            None => Box::new(socket),
+        };
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.sessions.push(None);
+            self.sessions.len() - 1
+        });
+        let mut session = Session::new(p.client, tunnel, &leftover, &mut self.pool);
+        let registry = self.poll.registry();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let registered = registry
+            .register(&mut session.client, Token(SESSIONS + 2 * slot), both)
+            .and_then(|()| {
+                registry.register(&mut *session.tunnel, Token(SESSIONS + 2 * slot + 1), both)
+            });
+        if let Err(e) = registered {
+            self.free.push(slot);
+            session.release(&mut self.pool);
+            self.log
+                .line(format_args!("failed #{id}: registering the sockets: {e}"));
+            return;
+        }
+        self.log.line(format_args!(
+            "established #{id} from {} to {} in {:.3}s{}",
+            p.peer,
+            p.plan.route,
+            p.accepted.elapsed().as_secs_f64(),
+            match status.is_empty() {
+                true => String::new(),
+                false => format!(": {status:?}"),
+            }
+        ));
+        self.sessions[slot] = Some(Live {
+            id,
+            session,
+            route: p.plan.route.clone(),
+            idle_timeout: p.plan.idle_timeout,
+        });
+        self.drive(slot);
+    }
+
+    fn drive(&mut self, slot: usize) {
+        let Some(Some(live)) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        match live.session.drive(&mut self.pool) {
+            Outcome::Open { hot } => {
+                if hot {
+                    self.hot.push_back(slot);
+                }
+            }
+            Outcome::Closed => self.end(slot, None),
+            Outcome::Failed(why) => self.end(slot, Some(why)),
+        }
+    }
+
+    fn end(&mut self, slot: usize, why: Option<String>) {
+        let Some(mut live) = self.sessions[slot].take() else {
+            return;
+        };
+        live.session.release(&mut self.pool);
+        self.free.push(slot);
+        let (up, down) = live.session.moved();
+        let secs = live.session.started.elapsed().as_secs_f64();
+        let id = live.id;
+        let route = &live.route;
+        match why {
+            None => self.log.line(format_args!(
+                "closed #{id} to {route} after {secs:.3}s: {up} bytes sent, {down} bytes received"
+            )),
+            Some(why) => self.log.line(format_args!(
+                "failed #{id} to {route} after {secs:.3}s: {why} ({up} bytes sent, {down} bytes received)"
+            )),
+        }
+        // Sockets close here; epoll forgets closed fds by itself.
+    }
+
+    fn close_all(&mut self) {
+        for slot in 0..self.sessions.len() {
+            if self.sessions[slot].is_some() {
+                self.end(slot, Some("closed by the drain".to_owned()));
+            }
+        }
+        self.pending.clear();
+    }
+
+    /// Once a second: idle timeouts, and the file when it is not watched by inotify.
+    fn tick(&mut self, now: Instant) {
+        for slot in 0..self.sessions.len() {
+            let expired = match &self.sessions[slot] {
+                Some(live) => live
+                    .idle_timeout
+                    .filter(|t| now.duration_since(live.session.last_moved) >= *t),
+                None => None,
+            };
+            if let Some(t) = expired {
+                self.end(
+                    slot,
+                    Some(format!(
+                        "no data in either direction for {}s (idle-timeout)",
+                        t.as_secs_f64()
+                    )),
+                );
+            }
+        }
+        if let Some(f) = self.file.as_mut().filter(|f| f.watch.is_none()) {
+            let now_stamp = stamp(&f.path);
+            if now_stamp != f.stamp {
+                f.stamp = now_stamp;
+                f.reload_at = Some(now);
+            }
+        }
+    }
+
+    /// Nothing happened for a while: sessions whose bytes wait on a blocked destination try
+    /// again, in case the kernel never sends that edge.
+    fn watchdog(&mut self) {
+        for slot in 0..self.sessions.len() {
+            if let Some(live) = self.sessions[slot]
+                .as_mut()
+                .filter(|l| l.session.holds_bytes())
+            {
+                live.session.retry_writes();
+                self.drive(slot);
+            }
+        }
+    }
+
+    fn file_event(&mut self) {
+        let Some(f) = self.file.as_mut() else { return };
+        if f.watch.as_ref().is_some_and(|w| w.touched(&f.name)) {
+            f.reload_at = Some(Instant::now() + SETTLE);
+        }
+    }
+
+    /// Re-reads the forwards file and applies it. `forced` (SIGHUP) applies even an unchanged
+    /// text, which retries ports that could not be bound before.
+    fn reload(&mut self, forced: bool) {
+        let Some(f) = self.file.as_mut() else { return };
+        f.reload_at = None;
+        let path = f.path.clone();
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.log.line(format_args!(
+                    "reloading {shown}: {e}; keeping the previous forwards"
+                ));
+                return;
+            }
+        };
+        if !forced && f.applied.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let plans = match self.plans_from(&path, &text, false) {
+            Ok(p) => p,
+            Err(e) => {
+                self.log.line(format_args!(
+                    "reloading: {e:#}; keeping the previous forwards"
+                ));
+                return;
+            }
+        };
+        let (mut added, mut removed, mut changed, mut failed) = (0, 0, 0, 0);
+        // Listeners of the file, by address (port 0 lines are never matched: each is new).
+        let mut old: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut unmatched: Vec<usize> = Vec::new();
+        for (slot, l) in self.listeners.iter().enumerate() {
+            if let Some(l) = l.as_ref().filter(|l| !l.pinned) {
+                if l.plan.forward.bind.port() != 0 {
+                    old.insert(l.plan.forward.bind, slot);
+                } else {
+                    unmatched.push(slot);
+                }
+            }
+        }
+        let mut new = Vec::new();
+        for plan in plans {
+            match old.remove(&plan.forward.bind) {
+                Some(slot) => {
+                    let Some(l) = self.listeners[slot].as_mut() else {
+                        continue;
+                    };
+                    // Unchanged lines take the new plan too: a credential file may have changed.
+                    let differs = !l.plan.forward.same_as(&plan.forward);
+                    let (local, route, origin) =
+                        (l.local, plan.route.clone(), plan.forward.origin.clone());
+                    l.plan = plan;
+                    if differs {
+                        changed += 1;
+                        self.log.line(format_args!(
+                            "changed {local}: new connections go to {route} ({origin}); open tunnels stay"
+                        ));
+                    }
+                }
+                None => new.push(plan),
+            }
+        }
+        unmatched.extend(old.into_values());
+        for slot in unmatched {
+            removed += 1;
+            self.unbind(
+                slot,
+                Some("removed from the forwards file; open tunnels stay"),
+            );
+        }
+        for plan in new {
+            match self.bind(plan, false) {
+                Ok(()) => added += 1,
+                Err(e) => {
+                    failed += 1;
+                    self.log
+                        .line(format_args!("{e}; this line is not in force"));
+                }
+            }
+        }
+        self.log.line(format_args!(
+            "reloaded {shown}: {added} added, {removed} removed, {changed} changed, {failed} failed"
+        ));
+        if let Some(f) = self.file.as_mut() {
+            f.applied = Some(text);
+            f.stamp = stamp(&f.path);
+        }
+    }
+}
+
+/// Establishes one tunnel on a worker thread and readies its socket for the loop.
+fn open(upstream: &Upstream, target: &crate::config::Endpoint) -> Result<Opened, Error> {
+    let established = establish(upstream, target)?;
+    let (tcp, tls) = established
+        .stream
+        .into_parts()
+        .and_then(|(s, c)| s.set_nonblocking(true).map(|()| (s, c)))
+        .kind_ctx(Kind::Tunnel, || {
+            format!("handing over the tunnel to {target}")
+        })?;
+    Ok(Opened {
+        tcp,
+        tls,
+        leftover: established.leftover,
+        status: established.reply.status_line,
+    })
+}
+
+fn set_keepalive(s: &TcpStream, keepalive: Option<Duration>) {
+    if let Some(k) = keepalive {
+        let ka = socket2::TcpKeepalive::new().with_time(k);
+        let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
+    }
+}
+
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
