@@ -13,13 +13,27 @@ pub struct Log {
     path: Option<PathBuf>,
     file: Option<File>,
     quiet: bool,
+    /// Lines held back while starting: a start that fails prints only its error line.
+    held: Option<Vec<String>>,
 }
 
 impl Log {
     /// Logs to `path` (created if missing, appended to), else to stderr unless `quiet`.
     pub fn open(path: Option<PathBuf>, quiet: bool) -> io::Result<Log> {
         let file = path.as_deref().map(open_append).transpose()?;
-        Ok(Log { path, file, quiet })
+        Ok(Log {
+            path,
+            file,
+            quiet,
+            held: Some(Vec::new()),
+        })
+    }
+
+    /// Start-up succeeded: write the lines held back so far, and the rest as they come.
+    pub fn release(&mut self) {
+        for text in self.held.take().unwrap_or_default() {
+            self.write(&text);
+        }
     }
 
     /// Reopens the log file (SIGUSR1). On failure the old file is kept and the reason logged.
@@ -42,6 +56,13 @@ impl Log {
     /// Writes one timestamped line. A failing log never stops the forwards.
     pub fn line(&mut self, msg: std::fmt::Arguments<'_>) {
         let text = format!("{} gimlet: {msg}\n", timestamp(SystemTime::now()));
+        match &mut self.held {
+            Some(held) => held.push(text),
+            None => self.write(&text),
+        }
+    }
+
+    fn write(&mut self, text: &str) {
         match &mut self.file {
             Some(f) => {
                 let _ = f.write_all(text.as_bytes());

@@ -144,12 +144,13 @@ pub fn run(config: &Config) -> Result<(), Error> {
         .ok_or_else(|| Error::msg(Kind::Usage, "listen mode needs -L or --forwards"))?;
     let starting = || "starting listen mode";
     let fd_limit = sys::rlimit::raise_nofile().unwrap_or(1024);
-    let mut log = Log::open(listen.log.clone(), config.quiet).kind_ctx(Kind::Usage, || {
-        match &listen.log {
-            Some(p) => format!("opening the log file {}", p.display()),
-            None => "opening the log".to_owned(),
-        }
-    })?;
+    let log =
+        Log::open(listen.log.clone(), config.quiet).kind_ctx(Kind::Usage, || {
+            match &listen.log {
+                Some(p) => format!("opening the log file {}", p.display()),
+                None => "opening the log".to_owned(),
+            }
+        })?;
     let signals = sys::signals::Signals::install(&[
         sys::signals::SIGHUP,
         sys::signals::SIGTERM,
@@ -167,9 +168,6 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let max_tunnels = listen
         .max_tunnels
         .unwrap_or(((fd_limit - reserve) / 2).max(1) as usize);
-    log.line(format_args!(
-        "starting: open-file limit {fd_limit}, at most {max_tunnels} tunnels"
-    ));
     let mut engine = Engine {
         config,
         listen,
@@ -191,7 +189,11 @@ pub fn run(config: &Config) -> Result<(), Error> {
         file: None,
         default_route: None,
     };
+    engine.log.line(format_args!(
+        "starting: open-file limit {fd_limit}, at most {max_tunnels} tunnels"
+    ));
     engine.start()?;
+    engine.log.release();
     engine.serve(&signals)
 }
 
@@ -507,14 +509,14 @@ impl Engine<'_> {
                 } else {
                     "SIGINT"
                 };
+                for slot in 0..self.listeners.len() {
+                    self.unbind(slot, None);
+                }
                 self.log.line(format_args!(
                     "{name}: no longer accepting; draining {} tunnel(s) for up to {}s",
                     self.tunnels(),
                     self.listen.drain_timeout.as_secs_f64()
                 ));
-                for slot in 0..self.listeners.len() {
-                    self.unbind(slot, None);
-                }
                 if let Some(w) = self.file.as_ref().and_then(|f| f.watch.as_ref()) {
                     let _ = self.poll.registry().deregister(&mut SourceFd(&w.fd()));
                 }
@@ -529,9 +531,12 @@ impl Engine<'_> {
     fn unbind(&mut self, slot: usize, why: Option<&str>) {
         if let Some(mut l) = self.listeners[slot].take() {
             let _ = self.poll.registry().deregister(&mut l.listener);
+            let local = l.local;
+            // Closed before it is logged: whoever reads the log may connect at once.
+            drop(l);
             if let Some(why) = why {
                 self.log
-                    .line(format_args!("stopped listening on {} ({why})", l.local));
+                    .line(format_args!("stopped listening on {local} ({why})"));
             }
         }
     }

@@ -8,6 +8,7 @@ mod errors;
 mod fdpass;
 mod generated;
 mod input;
+mod listen;
 mod negotiate;
 mod netrc;
 mod ntlm;

@@ -1,0 +1,654 @@
+//! Listen mode (`-L`, `--forwards`): a real gimlet daemon, followed through its log lines on
+//! stderr, forwarding to echo servers and fake proxies on the loopback interface.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A running gimlet in listen mode; its stderr log is read line by line as it comes.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with(gimlet_std().args(args))
+    }
+
+    fn start_with(cmd: &mut Command) -> Daemon {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gimlet");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next log line containing `needle` (earlier lines are kept in `seen`).
+    #[track_caller]
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + HANG;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?}; log so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Everything logged so far, for failure messages.
+    fn log_so_far(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
+    /// The port of the next "listening on 127.0.0.1:PORT" line.
+    #[track_caller]
+    fn listening_port(&mut self) -> u16 {
+        let line = self.wait_for("listening on 127.0.0.1:");
+        port_after(&line, "listening on 127.0.0.1:")
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain syscall on our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits for exit; kills and panics after HANG. Returns the status and the rest of the log.
+    #[track_caller]
+    fn wait(mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + HANG;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                self.seen.extend(self.lines.iter());
+                return (status, std::mem::take(&mut self.seen));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("gimlet did not exit; log:\n{}", self.seen.join("\n"));
+            }
+            // Drain the log meanwhile (and wait on it rather than spin).
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push(line);
+            }
+        }
+    }
+
+    /// CPU time (user + system) so far, in clock ticks, from /proc/PID/stat.
+    fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("stat");
+        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after.split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[track_caller]
+fn port_after(line: &str, prefix: &str) -> u16 {
+    let at = line.find(prefix).expect("prefix") + prefix.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no port in {line:?}"))
+}
+
+/// A plain TCP server that answers each connection with `greeting`, then echoes until EOF,
+/// then closes.
+struct EchoServer {
+    addr: SocketAddr,
+}
+
+impl EchoServer {
+    fn start(greeting: &'static [u8]) -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                thread::spawn(move || {
+                    let _ = conn.write_all(greeting);
+                    let mut buf = [0u8; 65536];
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = conn.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        EchoServer { addr }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forward");
+    s.set_read_timeout(Some(HANG)).unwrap();
+    s
+}
+
+#[track_caller]
+fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    s.read_exact(&mut buf).expect("read through the forward");
+    buf
+}
+
+/// Sends `data` and reads it back (from an echo server), checked byte for byte.
+#[track_caller]
+fn round_trip(s: &mut TcpStream, data: &[u8]) {
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        let data = data.to_vec();
+        thread::spawn(move || w.write_all(&data).expect("write through the forward"))
+    };
+    let got = read_exact(s, data.len());
+    writer.join().unwrap();
+    assert!(got == data, "bytes differ after the round trip");
+}
+
+/// A port nobody listens on right now (bound then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Replaces `path` as editors do: write a temporary file, rename it over.
+fn save(path: &Path, text: &str) {
+    let tmp = path.with_extension("swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn forwards_file(text: &str) -> PathBuf {
+    let dir = scratch_path("forwards-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("forwards");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn seed_format_without_proxy_fields_forwards_directly() {
+    let echo = EchoServer::start(b"hello\n");
+    let file = forwards_file(&format!(
+        "# the seed's format\n0 127.0.0.1 {}\n",
+        echo.port()
+    ));
+    let mut d = Daemon::start(&["--forwards", file.to_str().unwrap()]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    assert_eq!(read_exact(&mut s, 6), b"hello\n");
+    round_trip(&mut s, &Prng::bytes(1, 300_000));
+    d.wait_for("established #1");
+}
+
+#[test]
+fn seed_format_with_proxy_fields_sends_connect_to_that_proxy() {
+    let proxy = FakeProxy::echo();
+    let file = forwards_file(&format!("0 target.example 22 127.0.0.1 {}\n", proxy.port()));
+    let mut d = Daemon::start(&["--forwards", file.to_str().unwrap()]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    round_trip(&mut s, &Prng::bytes(2, 200_000));
+    let line = d.wait_for("established #1");
+    assert!(
+        line.contains("target.example:22 via proxy 127.0.0.1:")
+            && line.contains("\"HTTP/1.1 200 Connection established\""),
+        "{line}"
+    );
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    d.wait_for("closed #1");
+    d.signal(libc::SIGTERM);
+    let (status, _) = d.wait();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        proxy
+            .finish()
+            .only_request()
+            .starts_with("CONNECT target.example:22 HTTP/1.1\r\n")
+    );
+}
+
+#[test]
+fn local_forward_through_a_proxy_passes_half_close_both_ways() {
+    let proxy = FakeProxy::start(|s| {
+        s.send(OK);
+        let got = s.read_to_eof();
+        s.send(format!("{} bytes, then my own EOF", got.len()));
+        s.shutdown_write();
+        s.wait_for_close();
+    });
+    let mut d = Daemon::start(&["-L", "0:git.example:22", &proxy.addr()]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    s.write_all(&Prng::bytes(3, 100_000)).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "100000 bytes, then my own EOF");
+    let closed = d.wait_for("closed #1");
+    assert!(
+        closed.contains("100000 bytes sent, 29 bytes received"),
+        "{closed}"
+    );
+}
+
+#[test]
+fn log_lines_are_timestamped_and_never_show_the_password() {
+    let proxy = FakeProxy::echo();
+    let url = format!("http://alice:pa55word@{}", proxy.addr());
+    let mut d = Daemon::start(&["-L", "0:h.example:443", "--proxy-auth", "basic", &url]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    round_trip(&mut s, b"ping");
+    drop(s);
+    d.wait_for("closed #1");
+    d.signal(libc::SIGINT);
+    let (status, log) = d.wait();
+    assert_eq!(status.code(), Some(0));
+    for want in [
+        "starting:",
+        "listening on",
+        "accepted #1",
+        "established #1",
+        "closed #1",
+        "SIGINT",
+        "stopped",
+    ] {
+        assert!(
+            log.iter().any(|l| l.contains(want)),
+            "no {want:?} in {log:#?}"
+        );
+    }
+    for line in &log {
+        // 2026-12-01T05:12:00.123Z gimlet: ...
+        let (stamp, rest) = line.split_once(' ').unwrap();
+        assert_eq!(stamp.len(), 24, "{line}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{line}"
+        );
+        assert!(rest.starts_with("gimlet: "), "{line}");
+        assert!(!line.contains("pa55word"), "password in the log: {line}");
+    }
+    assert!(
+        proxy
+            .finish()
+            .only_request()
+            .contains("Proxy-Authorization: Basic")
+    );
+}
+
+#[test]
+fn handshakes_never_hold_up_accepting() {
+    // A proxy that never answers: every handshake waits for --connect-timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let echo = EchoServer::start(b"direct\n");
+    let file = forwards_file(&format!(
+        "0 stuck.example 22 {silent_addr}\n0 127.0.0.1 {} direct\n",
+        echo.port()
+    ));
+    let mut d = Daemon::start(&[
+        "--forwards",
+        file.to_str().unwrap(),
+        "--connect-timeout",
+        "60",
+    ]);
+    let stuck = d.listening_port();
+    let direct = d.listening_port();
+    let _held: Vec<TcpStream> = (0..20).map(|_| connect(stuck)).collect();
+    d.wait_for("accepted #20");
+    // With twenty handshakes stuck, a direct forward still answers at once.
+    let mut s = connect(direct);
+    assert_eq!(read_exact(&mut s, 7), b"direct\n");
+    drop(silent);
+}
+
+#[test]
+fn reload_sequence_never_cuts_an_open_transfer() {
+    let one = EchoServer::start(b"one\n");
+    let two = EchoServer::start(b"two\n");
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let line_a1 = format!("{a} 127.0.0.1 {}\n", one.port());
+    let file = forwards_file(&line_a1);
+    let mut d = Daemon::start(&["--forwards", file.to_str().unwrap()]);
+    d.wait_for(&format!("listening on 127.0.0.1:{a}"));
+    let mut kept = connect(a);
+    assert_eq!(read_exact(&mut kept, 4), b"one\n");
+    let mut seed = 10;
+    let mut step = |kept: &mut TcpStream| {
+        seed += 1;
+        round_trip(kept, &Prng::bytes(seed, 150_000));
+    };
+    step(&mut kept);
+
+    // Add a line.
+    let line_b = format!("{b} 127.0.0.1 {} direct\n", two.port());
+    save(&file, &format!("{line_a1}{line_b}"));
+    d.wait_for(&format!("listening on 127.0.0.1:{b}"));
+    d.wait_for("reloaded");
+    assert_eq!(read_exact(&mut connect(b), 4), b"two\n");
+    step(&mut kept);
+
+    // Remove it.
+    save(&file, &line_a1);
+    d.wait_for(&format!("stopped listening on 127.0.0.1:{b}"));
+    assert!(TcpStream::connect(("127.0.0.1", b)).is_err());
+    step(&mut kept);
+
+    // Change line A: new connections go to server two, the open one stays on server one.
+    let line_a2 = format!("{a} 127.0.0.1 {} idle-timeout=3600\n", two.port());
+    save(&file, &line_a2);
+    d.wait_for(&format!("changed 127.0.0.1:{a}"));
+    assert_eq!(read_exact(&mut connect(a), 4), b"two\n");
+    step(&mut kept);
+
+    // A broken line: logged with FILE:LINE, everything stays.
+    save(&file, &format!("{line_a2}{c} 127.0.0.1 no-such-port\n"));
+    let broken = d.wait_for("keeping the previous forwards");
+    assert!(
+        broken.contains(&format!("{}:2: ", file.display())),
+        "{broken}"
+    );
+    assert_eq!(read_exact(&mut connect(a), 4), b"two\n");
+    step(&mut kept);
+
+    // A port in use: logged, the rest applies.
+    let blocker = TcpListener::bind(("127.0.0.1", c)).unwrap();
+    save(&file, &format!("{line_a2}{c} 127.0.0.1 {}\n", one.port()));
+    let failed = d.wait_for("this line is not in force");
+    assert!(
+        failed.contains(&format!("listening on 127.0.0.1:{c}")),
+        "{failed}"
+    );
+    d.wait_for("1 failed");
+    step(&mut kept);
+
+    // SIGHUP retries it once the port is free.
+    drop(blocker);
+    d.signal(libc::SIGHUP);
+    d.wait_for(&format!("listening on 127.0.0.1:{c}"));
+    assert_eq!(read_exact(&mut connect(c), 4), b"one\n");
+    step(&mut kept);
+
+    // The transfer open since the start ends cleanly, every byte accounted for.
+    kept.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    kept.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let closed = d.wait_for("closed #1 ");
+    assert!(
+        closed.contains("1050000 bytes sent, 1050004 bytes received"),
+        "{closed}"
+    );
+}
+
+#[test]
+fn sigterm_stops_accepting_and_drains_open_tunnels_then_exits_zero() {
+    let echo = EchoServer::start(b"");
+    let spec = format!("0:127.0.0.1:{}", echo.port());
+    let mut d = Daemon::start(&["-L", &spec]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    round_trip(&mut s, b"before");
+    d.signal(libc::SIGTERM);
+    d.wait_for("SIGTERM: no longer accepting; draining 1 tunnel(s)");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "still accepting"
+    );
+    round_trip(&mut s, &Prng::bytes(4, 100_000));
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let (status, log) = d.wait();
+    assert_eq!(status.code(), Some(0), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("stopped: every tunnel closed")),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn drain_timeout_closes_tunnels_that_do_not_finish() {
+    let echo = EchoServer::start(b"");
+    let spec = format!("0:127.0.0.1:{}", echo.port());
+    let mut d = Daemon::start(&["-L", &spec, "--drain-timeout", "0.2"]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    round_trip(&mut s, b"open");
+    d.signal(libc::SIGTERM);
+    let (status, log) = d.wait();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        log.iter()
+            .any(|l| l.contains("--drain-timeout reached, closing 1 tunnel(s)")),
+        "{log:#?}"
+    );
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+}
+
+#[test]
+fn idle_timeout_closes_a_silent_tunnel() {
+    let echo = EchoServer::start(b"");
+    let spec = format!("0:127.0.0.1:{}", echo.port());
+    let mut d = Daemon::start(&["-L", &spec, "--idle-timeout", "0.1"]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    round_trip(&mut s, b"x");
+    let line = d.wait_for("failed #1");
+    assert!(
+        line.contains("no data in either direction for 0.1s"),
+        "{line}"
+    );
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+}
+
+#[test]
+fn max_tunnels_refuses_connections_beyond_the_limit() {
+    let echo = EchoServer::start(b"hi\n");
+    let spec = format!("0:127.0.0.1:{}", echo.port());
+    let mut d = Daemon::start(&["-L", &spec, "--max-tunnels", "1"]);
+    let port = d.listening_port();
+    let mut first = connect(port);
+    assert_eq!(read_exact(&mut first, 3), b"hi\n");
+    let mut second = connect(port);
+    d.wait_for("refused #2");
+    let mut rest = Vec::new();
+    let _ = second.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn running_out_of_file_descriptors_pauses_accepting_without_spinning() {
+    let echo = EchoServer::start(b"ok\n");
+    let spec = format!("0:127.0.0.1:{}", echo.port());
+    let mut d = Daemon::start(&["-L", &spec, "--max-tunnels", "1000"]);
+    let port = d.listening_port();
+    let mut held = vec![connect(port)];
+    assert_eq!(read_exact(&mut held[0], 3), b"ok\n");
+    // Leave room for exactly two more tunnels (two sockets each), as `prlimit` would.
+    let pid = d.child.id() as libc::pid_t;
+    // The limit caps fd numbers, not their count, and fds inherited from the test harness
+    // may sit anywhere: count four free numbers from the bottom.
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let (mut limit, mut free) = (0u64, 0);
+    while free < 4 {
+        free += u64::from(!open.contains(&limit));
+        limit += 1;
+    }
+    let lim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: prlimit reads the struct we pass and writes nothing (null old-limit pointer).
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    for _ in 0..2 {
+        let mut s = connect(port);
+        assert_eq!(read_exact(&mut s, 3), b"ok\n", "log: {}", d.log_so_far());
+        held.push(s);
+    }
+    let mut waiting = connect(port);
+    d.wait_for("pausing accepts");
+    // Paused with a connection in the backlog, the listener stays readable: the process must
+    // sleep between its retries, not spin.
+    let before = d.cpu_ticks();
+    thread::sleep(Duration::from_millis(1500));
+    let used = d.cpu_ticks() - before;
+    assert!(
+        used < 30,
+        "{used} ticks of CPU in 1.5 s while paused: spinning?"
+    );
+    // A tunnel closes, its descriptors come back, the waiting connection is served.
+    drop(held.pop());
+    let mut got = [0u8; 3];
+    let read = waiting.read_exact(&mut got);
+    assert!(
+        read.is_ok() && &got == b"ok\n",
+        "{read:?}; log: {}",
+        d.log_so_far()
+    );
+}
+
+#[test]
+fn the_log_file_is_reopened_on_sigusr1() {
+    let echo = EchoServer::start(b"");
+    let spec = format!("0:127.0.0.1:{}", echo.port());
+    let log = scratch_path("listen.log");
+    let d = Daemon::start(&["-L", &spec, "--log", log.to_str().unwrap()]);
+    // Nothing on stderr with --log; follow the file instead.
+    let rotated = log.with_extension("log.1");
+    let wait_for_text = |path: &Path, needle: &str| {
+        let deadline = Instant::now() + HANG;
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {}: {text}",
+                path.display()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_text(&log, "listening on");
+    std::fs::rename(&log, &rotated).unwrap();
+    d.signal(libc::SIGUSR1);
+    let text = wait_for_text(&log, "reopened the log file");
+    assert!(!text.contains("listening on"), "{text}");
+    d.signal(libc::SIGTERM);
+    let (status, stderr) = d.wait();
+    assert_eq!(status.code(), Some(0));
+    assert!(stderr.is_empty(), "{stderr:?}");
+    wait_for_text(&log, "stopped");
+}
+
+#[test]
+fn a_broken_forwards_file_at_start_names_the_file_and_line() {
+    let file = forwards_file("# ok\n2222 host 22\n2223 host\n");
+    let out = gimlet()
+        .args(["--forwards", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = assert_failure(&out, 2, None);
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: expected [BIND:]PORT HOST PORT",
+            file.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_port_in_use_at_start_is_a_usage_error() {
+    let blocker = TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = format!("{}:h:22", blocker.local_addr().unwrap().port());
+    let out = gimlet().args(["-L", &spec]).output().unwrap();
+    let stderr = assert_failure(&out, 2, None);
+    assert!(stderr.contains("listening on 127.0.0.1:"), "{stderr}");
+}
+
+#[test]
+fn listen_mode_refuses_pipe_only_options() {
+    let out = gimlet().args(["-L", "0:h:22", "--tls"]).output().unwrap();
+    let stderr = assert_failure(&out, 2, None);
+    assert!(
+        stderr.contains("--fdpass and --tls are for the pipe mode"),
+        "{stderr}"
+    );
+}
