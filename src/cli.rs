@@ -137,8 +137,9 @@ pub struct Cli {
 
     /// Proxy credentials; without :PASSWORD it is asked for
     ///
-    /// DOMAIN\USER for NTLM. Prefer --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc: other
-    /// users can read command lines.
+    /// DOMAIN\USER for NTLM. gimlet stars the password out of its own command line once
+    /// parsed (so does a proxy URL's), but other users can read it with ps until then: prefer
+    /// --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc.
     #[arg(short = 'U', long = "proxy-user", value_name = "USER[:PASSWORD]", help_heading = PROXY)]
     pub proxy_user: Option<String>,
 

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
+use std::ops::Range;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -384,6 +385,48 @@ fn listen_positional(proxies: Vec<String>, args: Vec<String>) -> anyhow::Result<
         host: String::new(),
         port: String::new(),
     })
+}
+
+/// Stars out the passwords of `-U USER:PASSWORD` and of proxy URLs in gimlet's own command
+/// line, where other users' `ps` could read them for the whole session (before this runs they
+/// still can: the window curl leaves too). Returns how many arguments changed.
+pub fn hide_passwords(cli: &Cli) -> usize {
+    let mut secrets: Vec<(&str, Range<usize>)> = Vec::new();
+    if let Some(user) = &cli.proxy_user {
+        if let Some(colon) = user.find(':').filter(|&c| c + 1 < user.len()) {
+            secrets.push((user, colon + 1..user.len()));
+        }
+    }
+    for url in cli.proxy.iter().chain(cli.args.first()) {
+        if let Some(range) = url_password(url) {
+            secrets.push((url, range));
+        }
+    }
+    if secrets.is_empty() {
+        return 0;
+    }
+    // Each value is the end of its argument: `--proxy-user=VALUE`, `-UVALUE` or `VALUE`.
+    crate::sys::argv::overwrite(|arg| {
+        secrets
+            .iter()
+            .filter(|(value, _)| arg.ends_with(value.as_bytes()))
+            .map(|(value, range)| {
+                let at = arg.len() - value.len();
+                at + range.start..at + range.end
+            })
+            .collect()
+    })
+}
+
+/// Where the password is in `scheme://user:password@host…`, if there is one.
+fn url_password(url: &str) -> Option<Range<usize>> {
+    let start = url.find("://")? + 3;
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let at = start + url[start..end].rfind('@')?;
+    let colon = start + url[start..at].find(':')?;
+    (colon + 1 < at).then_some(colon + 1..at)
 }
 
 /// What the positional arguments say, once their form is known.
@@ -1020,6 +1063,16 @@ mod tests {
             (&["p:1", "q:1"], &["h", "22"]),
         ] {
             assert!(p(opts, args).is_err(), "{opts:?} {args:?}");
+        }
+    }
+
+    #[test]
+    fn url_passwords_are_found_for_starring_out() {
+        let pw = |u: &'static str| url_password(u).map(|r| &u[r]);
+        assert_eq!(pw("http://al:s3c@h:1"), Some("s3c"));
+        assert_eq!(pw("https://a%40b:p:w@c@[::1]:1/"), Some("p:w@c"));
+        for none in ["http://al@h:1", "http://al:@h:1", "h:1", "http://h:1/x@y:z"] {
+            assert_eq!(pw(none), None, "{none}");
         }
     }
 

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::from(Kind::Usage.code());
         }
     };
+    gimlet::config::hide_passwords(&cli);
     if let Some(kind) = &cli.generate {
         let mut out = std::io::stdout().lock();
         return match gimlet::generate::generate(kind, &mut out) {

@@ -1,6 +1,7 @@
 //! Everything platform-specific or `unsafe` lives below this module, behind safe functions.
 //! The rest of the crate is `#![deny(unsafe_code)]`.
 
+pub mod argv;
 pub mod fdpass;
 pub mod gssapi;
 pub mod iface;

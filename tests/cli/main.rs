@@ -1,6 +1,7 @@
 //! Black-box tests of the gimlet command line: a real gimlet process talks
 //! to a scripted fake proxy on the loopback interface.
 
+mod argv;
 mod askpass;
 mod auth;
 mod digest;
