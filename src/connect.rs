@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, SocketAddrV6, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -32,11 +33,63 @@ pub struct Dialer {
     pub exact: bool,
 }
 
+/// One `--connect-timeout` deadline for a whole handshake: name resolution, every connect
+/// (reconnects after a 407 included), the TLS handshake and every reply. Clones share it, so
+/// the connections of one handshake all count against the same clock. Time spent waiting for
+/// a person (a password prompt) is not the proxy's: [`Clock::pause`] moves the deadline by it.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    start: Instant,
+    /// The deadline, in nanoseconds after `start`.
+    end: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl Clock {
+    /// Starts the clock: the deadline is `timeout` from now.
+    pub fn start(timeout: Duration) -> Clock {
+        Clock {
+            start: Instant::now(),
+            end: Arc::new(AtomicU64::new(nanos(timeout))),
+            timeout,
+        }
+    }
+
+    /// The time left, `None` once the deadline has passed.
+    pub fn remaining(&self) -> Option<Duration> {
+        let end = Duration::from_nanos(self.end.load(Ordering::Relaxed));
+        Some(end.saturating_sub(self.start.elapsed())).filter(|d| !d.is_zero())
+    }
+
+    /// Runs `wait` (asking a person) and moves the deadline by the time it took.
+    pub fn pause<T>(&self, wait: impl FnOnce() -> T) -> T {
+        let began = Instant::now();
+        let result = wait();
+        self.end
+            .fetch_add(nanos(began.elapsed()), Ordering::Relaxed);
+        result
+    }
+
+    fn timed_out(&self) -> io::Error {
+        timed_out(self.timeout)
+    }
+}
+
+/// Nanoseconds, saturating (u64 nanoseconds last 584 years; timeouts are at most 31).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl Dialer {
     /// Connects (and with TLS, shakes hands) within the timeout; the stream enforces what is
     /// left of it on every read and write.
     pub fn connect(&self, endpoint: &Endpoint) -> Result<Stream, Error> {
-        let mut tcp = self.connect_tcp(endpoint)?;
+        self.connect_within(endpoint, &Clock::start(self.timeout))
+    }
+
+    /// Like [`Dialer::connect`], against `clock`: the deadline of a handshake already running.
+    pub fn connect_within(&self, endpoint: &Endpoint, clock: &Clock) -> Result<Stream, Error> {
+        let mut tcp = self.connect_tcp(endpoint, clock)?;
         let Some((config, name)) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
@@ -52,21 +105,19 @@ impl Dialer {
     }
 
     /// Resolves `endpoint` and connects to the first address that answers.
-    fn connect_tcp(&self, endpoint: &Endpoint) -> Result<Deadline, Error> {
-        let deadline = Instant::now() + self.timeout;
+    fn connect_tcp(&self, endpoint: &Endpoint, clock: &Clock) -> Result<Deadline, Error> {
         let context = || format!("connecting to proxy {endpoint}");
         let addrs = self
-            .resolve(endpoint, deadline)
+            .resolve(endpoint, clock)
             .map_err(|e| e.context(context()))?;
         let mut last = None;
         for addr in &addrs {
             info!("connecting to proxy {endpoint} at {addr}");
-            match self.connect_addr(*addr, deadline) {
+            match self.connect_addr(*addr, clock) {
                 Ok(stream) => {
                     return Ok(Deadline {
                         stream,
-                        deadline,
-                        timeout: self.timeout,
+                        clock: clock.clone(),
                         exact: self.exact,
                     });
                 }
@@ -84,7 +135,7 @@ impl Dialer {
         Err(Error::new(Kind::Unreachable, e).context(format!("{}{at}", context())))
     }
 
-    fn resolve(&self, endpoint: &Endpoint, deadline: Instant) -> Result<Vec<SocketAddr>, Error> {
+    fn resolve(&self, endpoint: &Endpoint, clock: &Clock) -> Result<Vec<SocketAddr>, Error> {
         let addrs = match &endpoint.host {
             Host::Ip(ip) => vec![SocketAddr::new(*ip, endpoint.port)],
             // The zone's interface goes in sin6_scope_id (RFC 4007 §11).
@@ -94,7 +145,7 @@ impl Dialer {
                 0,
                 zone.index,
             ))],
-            Host::Name(name) => resolve_name(name, endpoint.port, deadline, self.timeout)?,
+            Host::Name(name) => resolve_name(name, endpoint.port, clock)?,
         };
         let addrs: Vec<_> = addrs
             .into_iter()
@@ -118,7 +169,7 @@ impl Dialer {
         Ok(addrs)
     }
 
-    fn connect_addr(&self, addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
+    fn connect_addr(&self, addr: SocketAddr, clock: &Clock) -> io::Result<TcpStream> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_tcp_nodelay(true)?;
         if let Some(idle) = self.keepalive {
@@ -127,23 +178,18 @@ impl Dialer {
                 .with_interval(idle.min(Duration::from_secs(15)));
             socket.set_tcp_keepalive(&params)?;
         }
-        let left = remaining(deadline).ok_or_else(|| timed_out(self.timeout))?;
+        let left = clock.remaining().ok_or_else(|| clock.timed_out())?;
         socket
             .connect_timeout(&SockAddr::from(addr), left)
             .map_err(|e| match e.kind() {
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => timed_out(self.timeout),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => clock.timed_out(),
                 _ => e,
             })?;
         Ok(socket.into())
     }
 }
 
-fn resolve_name(
-    name: &str,
-    port: u16,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<Vec<SocketAddr>, Error> {
+fn resolve_name(name: &str, port: u16, clock: &Clock) -> Result<Vec<SocketAddr>, Error> {
     let (tx, rx) = mpsc::channel();
     let query = (name.to_owned(), port);
     // getaddrinfo has no timeout of its own; if it hangs, the thread is left behind and the
@@ -154,7 +200,7 @@ fn resolve_name(
             let _ = tx.send(query.to_socket_addrs().map(Vec::from_iter));
         })
         .map_err(|e| Error::new(Kind::Unreachable, e).context(format!("resolving {name}")))?;
-    let left = remaining(deadline).unwrap_or_default();
+    let left = clock.remaining().unwrap_or_default();
     match rx.recv_timeout(left) {
         Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
         Ok(Ok(_)) => Err(Error::msg(
@@ -163,14 +209,10 @@ fn resolve_name(
         )),
         Ok(Err(e)) => Err(Error::new(Kind::Unreachable, e).context(format!("resolving {name}"))),
         Err(_) => {
-            Err(Error::new(Kind::Unreachable, timed_out(timeout))
+            Err(Error::new(Kind::Unreachable, clock.timed_out())
                 .context(format!("resolving {name}")))
         }
     }
-}
-
-fn remaining(deadline: Instant) -> Option<Duration> {
-    Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
 }
 
 fn timed_out(timeout: Duration) -> io::Error {
@@ -185,17 +227,19 @@ pub fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
-/// A connected stream whose reads and writes fail with `TimedOut` once the deadline passes.
+/// A connected stream whose reads and writes fail with `TimedOut` once its clock runs out.
 pub struct Deadline {
     stream: TcpStream,
-    deadline: Instant,
-    timeout: Duration,
+    clock: Clock,
     exact: bool,
 }
 
 impl Deadline {
     fn arm(&self, write: bool) -> io::Result<()> {
-        let left = remaining(self.deadline).ok_or_else(|| timed_out(self.timeout))?;
+        let left = self
+            .clock
+            .remaining()
+            .ok_or_else(|| self.clock.timed_out())?;
         if write {
             self.stream.set_write_timeout(Some(left))
         } else {
@@ -205,7 +249,7 @@ impl Deadline {
 
     fn check<T>(&self, r: io::Result<T>) -> io::Result<T> {
         r.map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(self.timeout),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.clock.timed_out(),
             _ => e,
         })
     }
@@ -239,10 +283,6 @@ impl Write for Deadline {
 }
 
 impl Conn for Deadline {
-    fn restart_clock(&mut self) {
-        self.deadline = Instant::now() + self.timeout;
-    }
-
     fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
         if !self.exact {
             return None;
@@ -297,13 +337,6 @@ impl Write for Stream {
 }
 
 impl Conn for Stream {
-    fn restart_clock(&mut self) {
-        match self {
-            Stream::Plain(d) => d.restart_clock(),
-            Stream::Tls(s) => s.sock.restart_clock(),
-        }
-    }
-
     /// Only plain connections peek: a TLS session is never handed over.
     fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
         match self {

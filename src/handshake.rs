@@ -383,9 +383,6 @@ fn parse_head(head: &[u8]) -> Result<Reply, ReplyError> {
 
 /// A connection the handshake runs over.
 pub trait Conn: Read + Write {
-    /// Starts the handshake clock afresh, after time spent waiting for the user.
-    fn restart_clock(&mut self) {}
-
     /// For `--fdpass`: looks at what has arrived without consuming it, so that the handshake
     /// takes exactly the reply head and leaves every tunnel byte in the socket for ssh.
     /// `None` when the connection reads normally.
@@ -619,7 +616,6 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
         match drained {
             Some(rest) => {
                 debug!("retrying on the same connection");
-                stream.restart_clock();
                 carry = rest;
                 reused = true;
             }
@@ -1052,7 +1048,6 @@ mod tests {
     struct FakeConn {
         replies: VecDeque<Vec<u8>>,
         sent: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
-        clock_restarts: usize,
         /// Peek like `--fdpass` connections: what stays unread is what ssh would get.
         peeks: bool,
     }
@@ -1082,10 +1077,6 @@ mod tests {
     }
 
     impl Conn for FakeConn {
-        fn restart_clock(&mut self) {
-            self.clock_restarts += 1;
-        }
-
         fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
             if !self.peeks {
                 return None;
@@ -1131,7 +1122,6 @@ mod tests {
             .map(|(replies, sent)| FakeConn {
                 replies: replies.into_iter().map(<[u8]>::to_vec).collect(),
                 sent: sent.clone(),
-                clock_restarts: 0,
                 peeks: false,
             });
         let first = fakes.next().unwrap();
@@ -1192,9 +1182,8 @@ mod tests {
             None,
             Some("u:p"),
         );
-        let est = r.unwrap();
+        r.unwrap();
         assert_eq!(asks, 1);
-        assert_eq!(est.stream.clock_restarts, 1);
         let sent = requests(&sents[0]);
         assert_eq!(sent.len(), 2);
         assert!(!sent[0].contains("Proxy-Authorization"));
@@ -1670,7 +1659,6 @@ mod tests {
         let mut conn = FakeConn {
             replies: pieces.iter().map(|p| p.to_vec()).collect(),
             sent: Default::default(),
-            clock_restarts: 0,
             peeks: true,
         };
         let (reply, leftover) = read_reply(&mut conn, Vec::new())

@@ -282,7 +282,10 @@ pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<connect
             leftover: Vec::new(),
         });
     };
-    let stream = up.dialer.connect(&proxy.endpoint)?;
+    // One deadline for the whole handshake: every connect, reconnect and reply counts against
+    // it; only the time a person takes to answer a prompt does not.
+    let clock = connect::Clock::start(up.dialer.timeout);
+    let stream = up.dialer.connect_within(&proxy.endpoint, &clock)?;
     info!("connected to proxy {proxy_name}; asking for CONNECT {target}");
     let no_askers = credentials::Askers::default();
     let askers = up.askers.as_ref().unwrap_or(&no_askers);
@@ -297,12 +300,14 @@ pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<connect
             proxy: proxy_name,
             credentials: up.credentials.clone(),
             scheme: up.scheme,
-            reconnect: &mut || up.dialer.connect(&proxy.endpoint),
+            reconnect: &mut || up.dialer.connect_within(&proxy.endpoint, &clock),
             ask: &mut || match up.askers {
                 None => Ok(None),
-                Some(_) => credentials::ask(proxy_name, None, askers).kind_ctx(Kind::Auth, || {
-                    format!("asking for credentials for proxy {proxy_name}")
-                }),
+                Some(_) => clock
+                    .pause(|| credentials::ask(proxy_name, None, askers))
+                    .kind_ctx(Kind::Auth, || {
+                        format!("asking for credentials for proxy {proxy_name}")
+                    }),
             },
             // A fresh setup per connection: the ticket is read each time.
             negotiate: Some(auth::negotiate::Setup::system(

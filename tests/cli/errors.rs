@@ -334,3 +334,70 @@ fn version_is_reported() {
     let out = text(&assert.get_output().stdout);
     assert!(out.contains(VERSION), "{out:?}");
 }
+
+/// A Basic-challenging proxy whose every answer comes `delay` after the request; the 407
+/// keeps the connection (`close` false) or closes it.
+fn slow_challenging_proxy(delay: Duration, close: bool) -> FakeProxy {
+    FakeProxy::conversation(move |head| {
+        std::thread::sleep(delay);
+        Ok(match (proxy_authorization(head), close) {
+            (None, false) => (challenge_407(&["Basic realm=\"slow\""]), Then::KeepOpen),
+            (None, true) => (
+                challenge_407_with(&["Basic realm=\"slow\""], "Connection: close\r\n"),
+                Then::Close,
+            ),
+            (Some(_), _) => (OK.to_owned(), Then::Close),
+        })
+    })
+}
+
+#[test]
+fn connect_timeout_covers_every_round_of_authentication_together() {
+    // Each answer alone comes well within --connect-timeout; together they do not. Whether
+    // the 407 keeps the connection or the retry needs a new one, the clock is not restarted.
+    for close in [false, true] {
+        let proxy = slow_challenging_proxy(Duration::from_millis(700), close);
+        let assert = gimlet()
+            .args([
+                "--connect-timeout",
+                "1",
+                "-U",
+                "alice:s3cret",
+                &proxy.addr(),
+                "example.test",
+                "22",
+            ])
+            .assert();
+        let stderr = assert_failure(assert.get_output(), 3, Some(&proxy.addr()));
+        assert!(
+            stderr.contains("timed out after 1s (--connect-timeout)"),
+            "close={close}: {stderr:?}"
+        );
+        proxy.finish();
+    }
+}
+
+#[test]
+fn time_spent_answering_a_prompt_does_not_count_against_the_connect_timeout() {
+    // The askpass program takes longer than the whole --connect-timeout: a person typing.
+    let program = scratch_file(
+        "slow-askpass",
+        b"#!/bin/sh\nsleep 4\ncase \"$1\" in *'user name'*) echo ann;; *) echo pw;; esac\n",
+        0o700,
+    );
+    let proxy = FakeProxy::basic_challenge();
+    let record = expect_tunnel(
+        gimlet().env("GIMLET_ASKPASS", &program).args([
+            "--connect-timeout",
+            "3",
+            &proxy.addr(),
+            "example.test",
+            "22",
+        ]),
+        &proxy,
+    );
+    assert_eq!(
+        proxy_authorization(&record.request(1)).as_deref(),
+        Some(basic("ann:pw").as_str())
+    );
+}
