@@ -158,7 +158,10 @@ impl Credentials {
         plain.push_str(&self.user);
         plain.push(':');
         plain.push_str(self.password.expose());
-        let mut value = String::from("Basic ");
+        // Sized up front: a String that grows leaves copies of what it held in freed memory.
+        let encoded = base64::encoded_len(plain.len(), true).unwrap_or(0);
+        let mut value = String::with_capacity("Basic ".len() + encoded);
+        value.push_str("Basic ");
         base64::engine::general_purpose::STANDARD.encode_string(plain.as_bytes(), &mut value);
         Secret::new(value)
     }
@@ -240,13 +243,28 @@ fn read_private(path: &Path, what: &str, max: u64) -> anyhow::Result<Zeroizing<V
     if meta.len() > max {
         return Err(too_large());
     }
-    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {what} {shown}"))?;
-    if bytes.len() as u64 > max {
-        return Err(too_large());
+    // Read straight into one zeroed buffer of the file's size (plus a byte to see it grew):
+    // read_to_end would probe through a stack buffer and grow the vector, leaving copies of the
+    // secret behind in memory nobody zeroes.
+    let mut bytes = Zeroizing::new(vec![0u8; meta.len() as usize + 1]);
+    let mut filled = 0;
+    let mut file = file;
+    while filled < bytes.len() {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {what} {shown}")),
+        }
     }
+    if filled as u64 > meta.len() {
+        // It grew while being read: still refuse what is past the limit.
+        if filled as u64 > max {
+            return Err(too_large());
+        }
+        bail!("reading {what} {shown}: it changed while being read");
+    }
+    bytes.truncate(filled);
     Ok(bytes)
 }
 
@@ -345,7 +363,8 @@ fn netrc_tokens(text: &str) -> Vec<Zeroizing<String>> {
             if first == '#' {
                 break;
             }
-            let mut token = Zeroizing::new(String::new());
+            // Sized for the rest of the line: a growing String leaves copies behind.
+            let mut token = Zeroizing::new(String::with_capacity(line.len()));
             if first == '"' {
                 chars.next();
                 while let Some(c) = chars.next() {

@@ -56,15 +56,29 @@ impl Request<'_> {
 
     /// The request head, ending with the blank line. Zeroed on drop: it may hold credentials.
     pub fn to_bytes(&self, authorization: Option<&Secret>) -> Zeroizing<Vec<u8>> {
-        let mut head = Zeroizing::new(String::with_capacity(256));
-        let _ = write!(head, "CONNECT {} HTTP/1.1\r\n", self.target);
-        for (name, value) in self.fields(authorization.map(Secret::expose)) {
-            let _ = write!(head, "{name}: {value}\r\n");
-            // The value may be the credential: zero this copy too.
-            drop(Zeroizing::new(value));
+        let request_line = format!("CONNECT {} HTTP/1.1\r\n", self.target);
+        // The value may be the credential: these copies are zeroed too.
+        let fields: Vec<(&str, Zeroizing<String>)> = self
+            .fields(authorization.map(Secret::expose))
+            .into_iter()
+            .map(|(name, value)| (name, Zeroizing::new(value)))
+            .collect();
+        // Sized up front: a buffer that grows leaves copies of what it held in freed memory.
+        let len = request_line.len()
+            + fields
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 4)
+                .sum::<usize>()
+            + 2;
+        let mut head = Zeroizing::new(Vec::with_capacity(len));
+        head.extend_from_slice(request_line.as_bytes());
+        for (name, value) in &fields {
+            for part in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+                head.extend_from_slice(part);
+            }
         }
-        head.push_str("\r\n");
-        Zeroizing::new(std::mem::take(&mut *head).into_bytes())
+        head.extend_from_slice(b"\r\n");
+        head
     }
 
     /// The head as `-vv` shows it: credentials replaced by `<redacted>`.

@@ -47,13 +47,20 @@ pub fn report(e: &Error) {
 }
 
 /// Connects, negotiates the tunnel and relays stdio through it until both ends are done.
-pub fn run(config: &Config) -> Result<(), Error> {
+///
+/// Takes the config by value so that, for one tunnel, the credentials in it are dropped (and
+/// zeroed) before the relay starts: a tunnel may stay open for days, and no secret should sit
+/// in memory that long. Listen mode keeps them: every new connection needs them.
+pub fn run(mut config: Config) -> Result<(), Error> {
     if config.listen.is_some() {
-        return serve::run(config);
+        return serve::run(&config);
     }
+    let credentials = take_credentials(&mut config);
+    let config = &config;
     let proxy = config.proxy();
     let proxy_name = proxy.endpoint.to_string();
-    let upstream = Upstream::new(config, Some(proxy), &config.credentials, true)?;
+    let upstream = Upstream::new(config, Some(proxy), &credentials, true)?;
+    drop(credentials);
     let target_tls = match &config.target_tls {
         Some(opts) => Some(tls_leg(
             &config.target.host.to_string(),
@@ -70,6 +77,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
         ));
     }
     let established = establish(&upstream, &config.target)?;
+    // The last copy of the credentials: zeroed now, before any tunnel byte moves.
+    drop(upstream);
 
     if config.fdpass {
         let (tcp, _) = established
@@ -143,6 +152,15 @@ pub fn run(config: &Config) -> Result<(), Error> {
         stats.up, stats.down
     );
     Ok(())
+}
+
+/// Moves every copy of the credentials out of `config`: the chosen ones, and those each proxy
+/// URL carried.
+fn take_credentials(config: &mut Config) -> Spec {
+    for proxy in &mut config.proxies {
+        proxy.credentials = Spec::None;
+    }
+    std::mem::take(&mut config.credentials)
 }
 
 /// How tunnels are reached, prepared once (credentials asked for, TLS configured) and used for

@@ -50,8 +50,7 @@ fn main() -> ExitCode {
         };
     }
     gimlet::init_diagnostics(cli.verbose, cli.quiet);
-    let result = Config::from_cli(cli, |name| std::env::var_os(name))
-        .and_then(|config| gimlet::run(&config));
+    let result = Config::from_cli(cli, |name| std::env::var_os(name)).and_then(gimlet::run);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

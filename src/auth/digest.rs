@@ -122,12 +122,15 @@ pub fn authorization(
 ) -> anyhow::Result<Secret> {
     let nc = "00000001";
     let h = |s: &str| p.algorithm.hash(s.as_bytes());
-    let secret = Zeroizing::new(format!(
-        "{}:{}:{}",
-        creds.user,
-        p.realm,
-        creds.password.expose()
+    // user:realm:password, sized up front (format! grows its buffer and would leave copies of
+    // the password in freed memory).
+    let password = creds.password.expose();
+    let mut secret = Zeroizing::new(String::with_capacity(
+        creds.user.len() + p.realm.len() + password.len() + 2,
     ));
+    for part in [creds.user.as_str(), ":", &p.realm, ":", password] {
+        secret.push_str(part);
+    }
     let mut ha1 = Zeroizing::new(h(&secret));
     if p.sess {
         ha1 = Zeroizing::new(h(&format!("{}:{}:{cnonce}", *ha1, p.nonce)));

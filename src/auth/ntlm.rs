@@ -113,7 +113,11 @@ impl Challenge {
 }
 
 fn utf16le(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    // Sized up front (at most two UTF-16 bytes per UTF-8 byte): a growing vector would leave
+    // copies of the password behind in freed memory.
+    let mut out = Vec::with_capacity(2 * s.len());
+    out.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+    out
 }
 
 fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {

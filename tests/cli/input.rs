@@ -242,3 +242,141 @@ fn askpass_printing_an_endless_line_is_an_auth_failure() {
     assert!(stderr.contains("4096 bytes"), "{stderr:?}");
     assert!(!stderr.contains("xxx"), "{stderr:?}");
 }
+
+/// Every readable mapping of process `pid`, as (range, bytes); mappings that cannot be read
+/// (vvar, guard pages) are skipped.
+fn process_memory(pid: u32) -> Vec<(String, Vec<u8>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let name = fields.nth(3).unwrap_or("");
+        if !perms.starts_with('r') || name == "[vvar]" || name == "[vsyscall]" {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut bytes = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_ok() && mem.read_exact(&mut bytes).is_ok() {
+            out.push((line.to_owned(), bytes));
+        }
+    }
+    out
+}
+
+/// How the test gives gimlet its credentials: an option and the file's contents.
+type Source = (&'static str, fn(&str, &str) -> String);
+
+const SOURCES: [Source; 2] = [
+    ("--proxy-auth-file", |user, password| {
+        format!("{user}:{password}\n")
+    }),
+    ("--netrc-file", |user, password| {
+        format!("machine 127.0.0.1 login {user} password {password}\n")
+    }),
+];
+
+/// Runs gimlet with credentials from `source` against `proxy` (which must grant them and
+/// then echo), waits until the tunnel carries bytes, and asserts that no secret is left
+/// anywhere in gimlet's memory while it relays.
+fn assert_no_secret_in_memory_while_relaying(
+    proxy: &FakeProxy,
+    source: Source,
+    user: &str,
+    password: &str,
+) {
+    use std::io::{Read, Write};
+    let (option, contents) = source;
+    let file = scratch_file("mem-auth", contents(user, password).as_bytes(), 0o600);
+    let mut cmd = gimlet_std();
+    cmd.arg(option)
+        .arg(&file)
+        .args([&proxy.addr(), "example.test", "22"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut running = spawn(&mut cmd);
+    let pid = running.pid() as u32;
+    let mut stdin = running.stdin.take().unwrap();
+    let mut stdout = running.stdout.take().unwrap();
+    stdin.write_all(b"ping\n").unwrap();
+    let mut echoed = [0u8; 5];
+    stdout.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping\n");
+    // The tunnel is up and relaying: the handshake and its secrets are behind us.
+    let basic_value = base64(format!("{user}:{password}").as_bytes());
+    let secrets = [password.as_bytes(), basic_value.as_bytes()];
+    let memory = process_memory(pid);
+    assert!(memory.len() > 5, "could not read gimlet's memory");
+    for (mapping, bytes) in &memory {
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "{option}: {:?} found in gimlet's memory while relaying, in {mapping}",
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
+    drop(stdin);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    running.wait(HANG).assert_code(0);
+}
+
+const USER: &str = "mallory";
+const PASSWORD: &str = "Qx7-unique-Passw0rd-Zk";
+
+#[test]
+fn no_copy_of_a_basic_password_outlives_the_handshake() {
+    for source in SOURCES {
+        let proxy = FakeProxy::start(|s| {
+            s.send(challenge_407(&["Basic realm=\"mem\""]));
+            let head = s.read_request().expect("a second request");
+            let value = proxy_authorization(&text(&head)).expect("credentials");
+            assert_eq!(value, basic(&format!("{USER}:{PASSWORD}")));
+            s.send(OK);
+            s.echo();
+        });
+        assert_no_secret_in_memory_while_relaying(&proxy, source, USER, PASSWORD);
+        proxy.finish();
+    }
+}
+
+#[test]
+fn no_copy_of_a_digest_password_outlives_the_handshake() {
+    for source in SOURCES {
+        let proxy = FakeProxy::start(|s| {
+            let challenge = DigestChallenge::new("SHA-256");
+            s.send(challenge_407(&[&challenge.header()]));
+            let head = s.read_request().expect("a second request");
+            let value = proxy_authorization(&text(&head)).expect("credentials");
+            challenge.check(&value, USER, PASSWORD).unwrap();
+            s.send(OK);
+            s.echo();
+        });
+        assert_no_secret_in_memory_while_relaying(&proxy, source, USER, PASSWORD);
+        proxy.finish();
+    }
+}
+
+#[test]
+fn no_copy_of_an_ntlm_password_outlives_the_handshake() {
+    let proxy = FakeProxy::start(|s| {
+        let ntlm = NtlmChallenge::new();
+        s.send(challenge_407(&["NTLM"]));
+        s.read_request().expect("the negotiate message");
+        s.send(challenge_407(&[&ntlm.header()]));
+        let head = s.read_request().expect("the authenticate message");
+        let value = proxy_authorization(&text(&head)).expect("credentials");
+        ntlm.check(&value, USER, "", PASSWORD).unwrap();
+        s.send(OK);
+        s.echo();
+    });
+    assert_no_secret_in_memory_while_relaying(&proxy, SOURCES[0], USER, PASSWORD);
+    proxy.finish();
+}
