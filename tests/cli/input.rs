@@ -380,3 +380,32 @@ fn no_copy_of_an_ntlm_password_outlives_the_handshake() {
     assert_no_secret_in_memory_while_relaying(&proxy, SOURCES[0], USER, PASSWORD);
     proxy.finish();
 }
+
+#[test]
+fn verbose_heads_from_a_hostile_proxy_are_escaped_line_by_line() {
+    let proxy = FakeProxy::start(|s| {
+        // What a parser lets through: obs-text, which decodes to C1 controls, bidi overrides and
+        // line separators.
+        s.send(
+            "HTTP/1.1 200 OK \u{202e}kO\r\nX-Evil: a\u{9b}2Jb\u{85}c\u{2028}gimlet: forged\r\n\r\n",
+        );
+        s.shutdown_write();
+        s.wait_for_close();
+    });
+    let assert = gimlet()
+        .args(["-vv", &proxy.addr(), "example.test", "22"])
+        .assert()
+        .success();
+    let stderr = text(&assert.get_output().stderr);
+    for line in stderr.lines() {
+        assert!(line.starts_with("gimlet: "), "{line:?} in {stderr:?}");
+        assert!(!line.starts_with("gimlet: forged"), "{stderr:?}");
+        assert!(
+            !line.chars().any(|c| c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')),
+            "unescaped: {line:?}"
+        );
+    }
+    assert!(stderr.contains("X-Evil"), "{stderr:?}");
+    proxy.finish();
+}
