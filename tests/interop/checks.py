@@ -416,9 +416,10 @@ def check_kerberos(t: Tunnel) -> str:
     --proxy-service-name HTTP@localhost. Without a ticket (KRB5CCNAME naming
     no cache) and without a password it exits 5 by itself with one line saying
     "no Kerberos ticket for GIMLET.TEST: run kinit"; with --proxy-service-name
-    naming a principal the KDC does not know, exit 5 saying so. Where the row
-    has a password too, no ticket means the next scheme (the log names that
-    user)."""
+    naming a principal the KDC does not know, exit 5 saying so; likewise for
+    an expired ticket and for a clock 15 minutes off the KDC's (both made with
+    the credential cache's time offset). Where the row has a password too, no
+    ticket means the next scheme (the log names that user)."""
     argv = [LOOPBACK["inet"], str(t.target.port)]
     log = t.dir / "access.log"
     reaches_sshd(t, t.gimlet_argv(*argv))
@@ -437,6 +438,12 @@ def check_kerberos(t: Tunnel) -> str:
     notes.append("unknown service: " + refuses(
         bare.gimlet_argv(*argv, options=unknown), bare.env(), AUTH_EXIT, address,
         "does not know the service principal HTTP/nosuch.gimlet.test"))
+    for name, offset, text in (("expired", 2 * 3600, "the Kerberos ticket has expired: run kinit"),
+                               ("clock skew", -15 * 60, "clock is too far from the KDC's")):
+        ccache = t.scratch / f"ccache-{offset}"
+        kdc.ticket_with_clock_offset(t.env(), ccache, offset)
+        notes.append(f"{name}: " + refuses(bare.gimlet_argv(*argv), bare.env(
+            KRB5CCNAME=f"FILE:{ccache}"), AUTH_EXIT, address, text))
     if t.credentials:
         log.write_text("")
         code, out, stderr, _ = session(t.gimlet_argv(*argv), t.env(**no_ticket), banner=True)

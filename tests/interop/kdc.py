@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,22 @@ class Realm:
         """A ticket for the test user, the password given on stdin."""
         run_ok([tool("kinit"), PRINCIPAL], SETUP_TIMEOUT, "kinit",
                input=f"{KRB_PASSWORD}\n".encode(), env=dict(os.environ, **self.env()))
+
+
+def ticket_with_clock_offset(env: dict[str, str], ccache: Path, seconds: int) -> None:
+    """A fresh ticket in `ccache` whose header tells libkrb5 that this
+    machine's clock is `seconds` off the KDC's (the time offset MIT records
+    with kdc_timesync, its default): Kerberos then sees a skewed clock, or an
+    expired ticket, without touching the system clock. FILE ccache format 4:
+    version, header length, then tag 1 (8 bytes: seconds, microseconds)."""
+    run_ok([tool("kinit"), "-c", f"FILE:{ccache}", PRINCIPAL], SETUP_TIMEOUT, "kinit",
+           input=f"{KRB_PASSWORD}\n".encode(), env=env)
+    data = ccache.read_bytes()
+    version, header = struct.unpack(">HH", data[:4])
+    if version != 0x0504:
+        raise ValueError(f"{ccache}: credential cache format {version:#x}, expected 0x504")
+    tag = struct.pack(">HHii", 1, 8, seconds, 0)
+    ccache.write_bytes(struct.pack(">HH", version, len(tag)) + tag + data[4 + header:])
 
 
 def start_realm(sandbox: Sandbox, name: str, keytab_owner: tuple[int, int] | None) -> Realm:
