@@ -11,7 +11,7 @@
 //!
 //! Usage:
 //!   benches/run [OPTIONS]                                  (builds gimlet --release first)
-//!   GIMLET=target/release/gimlet cargo bench --bench peers -- [OPTIONS]
+//!   GIMLET=target/x86_64-unknown-linux-gnu/release/gimlet cargo bench --bench peers -- [OPTIONS]
 //!
 //! Options:
 //!   --size SIZE     bytes per transfer; K, M, G suffixes are KiB, MiB, GiB   [default 2G]

@@ -239,7 +239,7 @@ pub(crate) fn which(bin: &str) -> Option<PathBuf> {
 }
 
 /// gimlet's binary: `$GIMLET`, else `gimlet` next to the profile directory this bench was built
-/// into (target/release/deps/peers-* → target/release/gimlet).
+/// into (target/<triple>/release/deps/peers-* → target/<triple>/release/gimlet).
 pub(crate) fn find_gimlet() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("GIMLET") {
         let p = PathBuf::from(p);
