@@ -55,7 +55,9 @@ pub const ARGUMENTS: &[(&str, &str)] = &[
     (
         "PROXYHOST PROXYPORT HOST PORT [AUTHFILE]",
         "corkscrew's form, so that an existing ProxyCommand keeps working when only the \
-         binary's name changes. AUTHFILE holds user:password on its first line.",
+         binary's name changes. AUTHFILE holds user:password on its first line; unlike \
+         --proxy-auth-file, a file group or others can read is used, with a warning to chmod \
+         600 it, as corkscrew uses it.",
     ),
 ];
 

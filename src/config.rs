@@ -208,7 +208,11 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
             .context("parsing --proxy-user")?
             .from_source(Source::UserOption)
     } else if let Some((path, source)) = auth_file {
-        Spec::Known(credentials::read_auth_file(&path)?.from_source(source))
+        let read = match source {
+            Source::AuthFileArgument(_) => credentials::read_corkscrew_auth_file(&path),
+            _ => credentials::read_auth_file(&path),
+        };
+        Spec::Known(read?.from_source(source))
     } else if let Some(pair) = env(AUTH_ENV) {
         let pair = pair
             .into_string()

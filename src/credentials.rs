@@ -215,10 +215,24 @@ fn check_private_mode(shown: &std::path::Display<'_>, what: &str, mode: u32) -> 
     Ok(())
 }
 
+/// What to do with a file of secrets that fails [`check_private_mode`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shared {
+    Refuse,
+    /// Read it with a warning: corkscrew's AUTHFILE, which corkscrew reads whatever its mode.
+    Warn,
+}
+
 /// Opens a file of secrets and reads it whole, up to `max` bytes. Only a regular file will do:
 /// it is opened non-blocking and checked before any read, so a FIFO or a device cannot stall
-/// the run; its mode must pass [`check_private_mode`].
-fn read_private(path: &Path, what: &str, max: u64) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+/// the run; its mode must pass [`check_private_mode`] (or, with [`Shared::Warn`], is warned
+/// about).
+fn read_private(
+    path: &Path,
+    what: &str,
+    max: u64,
+    shared: Shared,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let shown = path.display();
     // O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer.
     let file = std::fs::OpenOptions::new()
@@ -232,7 +246,12 @@ fn read_private(path: &Path, what: &str, max: u64) -> anyhow::Result<Zeroizing<V
     if !meta.is_file() {
         bail!("reading {what} {shown}: it is not a regular file (a FIFO, a device or a directory)");
     }
-    check_private_mode(&shown, what, meta.permissions().mode())?;
+    match check_private_mode(&shown, what, meta.permissions().mode()) {
+        Err(e) if shared == Shared::Warn => {
+            crate::diag::warn(&format_args!("{e:#} (read anyway, as corkscrew does)"));
+        }
+        checked => checked?,
+    }
     let too_large = || {
         let limit = match max {
             m if m % (1024 * 1024) == 0 => format!("{} MiB", m / (1024 * 1024)),
@@ -270,8 +289,20 @@ fn read_private(path: &Path, what: &str, max: u64) -> anyhow::Result<Zeroizing<V
 
 /// Reads corkscrew's credential file: `user:password` on the first line.
 pub fn read_auth_file(path: &Path) -> anyhow::Result<Credentials> {
+    read_auth_file_sharing(path, Shared::Refuse)
+}
+
+/// Reads corkscrew's AUTHFILE argument like [`read_auth_file`], except that a file group or
+/// others can access is read with a one-line warning. corkscrew reads such files (often mode
+/// 0644), so refusing them would break the ProxyCommand where gimlet replaces corkscrew;
+/// `--proxy-auth-file` and netrc files stay strict.
+pub fn read_corkscrew_auth_file(path: &Path) -> anyhow::Result<Credentials> {
+    read_auth_file_sharing(path, Shared::Warn)
+}
+
+fn read_auth_file_sharing(path: &Path, shared: Shared) -> anyhow::Result<Credentials> {
     let shown = path.display();
-    let bytes = read_private(path, "credential file", MAX_AUTH_FILE)?;
+    let bytes = read_private(path, "credential file", MAX_AUTH_FILE, shared)?;
     let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let pair = std::str::from_utf8(line)
@@ -282,7 +313,7 @@ pub fn read_auth_file(path: &Path) -> anyhow::Result<Credentials> {
 /// Looks `machine` up in a netrc file (the `default` entry applies when none matches). A login
 /// without a password asks for it later. `Ok(None)` when nothing matches.
 pub fn read_netrc(path: &Path, machine: &str) -> anyhow::Result<Option<Spec>> {
-    let bytes = read_private(path, "netrc file", MAX_NETRC)?;
+    let bytes = read_private(path, "netrc file", MAX_NETRC, Shared::Refuse)?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| anyhow!("reading netrc file {}: it is not UTF-8", path.display()))?;
     let entry = netrc_lookup(text, machine);

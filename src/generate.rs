@@ -86,7 +86,9 @@ fn man_page() -> io::Result<Vec<u8>> {
             "Sources, first present wins: the proxy URL's userinfo, -U, --proxy-auth-file or \
              AUTHFILE, GIMLET_PROXY_AUTH, the netrc entry for the proxy host (with --netrc or \
              --netrc-file), then, when the proxy asks, GIMLET_ASKPASS, the terminal, or \
-             SSH_ASKPASS. Files of secrets must not be accessible by group or others.",
+             SSH_ASKPASS. Files of secrets must not be accessible by group or others, except \
+             corkscrew's AUTHFILE argument, which is read with a warning (as corkscrew reads \
+             it).",
         )]);
         r.control("PP", []).text([roman(
             "By default the first request carries no credentials; after the proxy's 407 gimlet \

@@ -4,6 +4,7 @@
 mod argv;
 mod askpass;
 mod auth;
+mod corkscrew;
 mod digest;
 mod errors;
 mod fdpass;
