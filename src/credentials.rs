@@ -463,10 +463,9 @@ pub fn ask(
                 .read_line(&user_prompt)
                 .context("reading the user name from the terminal")?,
         };
-        let password = Zeroizing::new(
-            rpassword::prompt_password(password_prompt(&user))
-                .context("reading the password from the terminal")?,
-        );
+        let password = tty
+            .read_password(&password_prompt(&user))
+            .context("reading the password from the terminal")?;
         return Credentials::new(user, password.to_string())
             .map(|c| Some(c.from_source(Source::Terminal)));
     }

@@ -36,7 +36,7 @@ fn paragraph(roff: &mut Roff, tag: &str, text: &str) {
     roff.control("TP", []).text([bold(tag)]).text([roman(text)]);
 }
 
-/// The man page: clap's sections plus EXIT STATUS, ENVIRONMENT and EXAMPLES.
+/// The man page: clap's sections plus EXIT STATUS, ENVIRONMENT, RELAY and EXAMPLES.
 fn man_page() -> io::Result<Vec<u8>> {
     let man = clap_mangen::Man::new(Cli::command());
     let mut page = Vec::new();
@@ -125,6 +125,22 @@ fn man_page() -> io::Result<Vec<u8>> {
              through the tunnel, TLS inside TLS with an https:// proxy. A verification failure \
              ends the run with status 8 and says why: expired, wrong name, unknown authority, \
              pinned key mismatch.",
+        )]);
+    })?;
+    section(&mut page, "RELAY", |r| {
+        r.control("PP", []).text([roman(
+            "TCP urgent data (a byte sent with MSG_OOB) is not part of the stream: gimlet drops \
+             it and delivers every other byte in order, as read(2) does without SO_OOBINLINE, \
+             with or without splice(2).",
+        )]);
+        r.control("PP", []).text([roman(
+            "While relaying, standard input and output are non-blocking. Their flags, and the \
+             terminal's echo during a password prompt, are given back on every way out: at the \
+             end, on an error, and on any signal that ends gimlet and can be caught (it then \
+             dies of that signal). SIGTSTP, SIGTTIN and SIGTTOU give them back while gimlet is \
+             stopped; SIGCONT takes them again. SIGSTOP and SIGKILL cannot be caught: under \
+             SIGSTOP the flags stay set until SIGCONT. SIGPIPE is ignored; a vanished reader \
+             ends the run with status 0.",
         )]);
     })?;
     section(&mut page, "EXAMPLES", |r| {

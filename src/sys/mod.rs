@@ -6,6 +6,7 @@ pub mod fdpass;
 pub mod gssapi;
 pub mod iface;
 pub mod inotify;
+pub mod restore;
 pub mod rlimit;
 pub mod signals;
 pub mod splice;

@@ -2,13 +2,13 @@
 //!
 //! `O_NONBLOCK` lives on the open file description, which the caller (a shell, ssh, a test)
 //! shares with us: leaving it set makes the caller's next read fail with EAGAIN. [`NonBlocking`]
-//! restores the saved flags on drop, and a signal handler restores them on SIGINT, SIGTERM and
-//! SIGHUP (ssh sends SIGHUP to its ProxyCommand) before dying of the same signal.
+//! restores the saved flags on drop; while it lives, [`restore`] gives them back when a signal
+//! ends or stops us (ssh sends SIGHUP to its ProxyCommand) and sets them again on SIGCONT.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::Once;
-use std::sync::atomic::{AtomicI32, Ordering};
+
+use super::restore;
 
 /// Read/Write straight on a borrowed fd: no user-space buffer, so nothing is held back when
 /// the tunnel ends and `WouldBlock` reaches the relay untouched.
@@ -47,10 +47,6 @@ impl Write for RawIo<'_> {
     }
 }
 
-/// Flags to put back on fds 0 and 1 if a signal ends us; -1 when there is nothing to restore.
-static SAVED: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
-static HANDLERS: Once = Once::new();
-
 fn get_flags(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: F_GETFL takes no argument and has no memory effects.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -82,59 +78,23 @@ impl NonBlocking {
     pub fn set(fd: BorrowedFd<'_>) -> io::Result<NonBlocking> {
         let fd = fd.as_raw_fd();
         let saved = get_flags(fd)?;
-        if let Some(slot) = SAVED.get(fd as usize) {
-            install_handlers();
-            slot.store(saved, Ordering::SeqCst);
+        restore::stdio_begin(fd, saved);
+        if let Err(e) = set_flags(fd, saved | libc::O_NONBLOCK) {
+            restore::stdio_finishing(fd);
+            restore::stdio_end(fd);
+            return Err(e);
         }
-        set_flags(fd, saved | libc::O_NONBLOCK)?;
         Ok(NonBlocking { fd, saved })
     }
 }
 
 impl Drop for NonBlocking {
     fn drop(&mut self) {
+        // In this order, a signal at any point leaves the caller's flags: a stop no longer
+        // takes them again, an ending signal still gives them back.
+        restore::stdio_finishing(self.fd);
         // Nothing useful to do if this fails: the fd is the caller's and we are leaving.
         let _ = set_flags(self.fd, self.saved);
-        if let Some(slot) = SAVED.get(self.fd as usize) {
-            slot.store(-1, Ordering::SeqCst);
-        }
+        restore::stdio_end(self.fd);
     }
-}
-
-extern "C" fn restore_and_die(sig: libc::c_int) {
-    for fd in [1, 0] {
-        let saved = SAVED[fd].load(Ordering::SeqCst);
-        if saved >= 0 {
-            // SAFETY: fcntl is async-signal-safe.
-            unsafe { libc::fcntl(fd as RawFd, libc::F_SETFL, saved) };
-        }
-    }
-    // SAFETY: signal and raise are async-signal-safe; with the default action restored the
-    // process ends with the same signal, so the caller sees the usual status.
-    unsafe {
-        libc::signal(sig, libc::SIG_DFL);
-        libc::raise(sig);
-    }
-}
-
-fn install_handlers() {
-    HANDLERS.call_once(|| {
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            // SAFETY: the handler only calls async-signal-safe functions and reads atomics. A
-            // signal the caller ignores (nohup) stays ignored.
-            unsafe {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                    && old.sa_sigaction == libc::SIG_IGN
-                {
-                    continue;
-                }
-                let mut act: libc::sigaction = std::mem::zeroed();
-                act.sa_sigaction = restore_and_die as *const () as libc::sighandler_t;
-                libc::sigemptyset(&mut act.sa_mask);
-                act.sa_flags = libc::SA_RESTART;
-                libc::sigaction(sig, &act, std::ptr::null_mut());
-            }
-        }
-    });
 }
