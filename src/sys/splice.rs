@@ -80,7 +80,9 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// Whether the next byte to read from a TCP socket is its urgent mark (SIOCATMARK): TCP urgent
 /// data (`MSG_OOB`) is waiting there. splice(2) stops short of the mark for good (EAGAIN, or 0
 /// once a FIN came) and FIONREAD counts only the bytes before it; read(2) moves past it.
-/// `false` for anything that is not a socket with a mark.
+/// `false` for anything that is not a socket with a mark. Nothing spins there: the relay's
+/// registrations are edge-triggered and ask for EPOLLIN only (mio's readable interest has no
+/// EPOLLPRI), so urgent data wakes the relay once, like any other data.
 #[cfg(target_os = "linux")]
 pub fn at_mark(fd: RawFd) -> bool {
     /// From <linux/sockios.h>; the libc crate does not export it for Linux.

@@ -466,3 +466,45 @@ fn urgent_byte_is_skipped_when_stdout_is_a_socket() {
     urgent_byte_mid_tunnel(100, 100, Output::Socket);
     urgent_byte_mid_tunnel(1 << 20, 1 << 20, Output::Socket);
 }
+
+#[test]
+fn urgent_byte_on_a_tcp_socket_as_stdin_is_skipped_on_the_way_up() {
+    // stdin may be a TCP connection (inetd, socket activation): its urgent byte is not part of
+    // the stream either, on either path.
+    for no_splice in ["0", "1"] {
+        let proxy = FakeProxy::start(|s| {
+            s.send(OK);
+            let up = s.read_to_eof();
+            let mut expected = Prng::bytes(3, 200_000);
+            expected.extend_from_slice(&Prng::bytes(4, 200_000));
+            assert!(up == expected, "{} bytes came up, not the stream", up.len());
+            s.shutdown_write();
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stdin, _) = listener.accept().unwrap();
+        let running = spawn(
+            gimlet_std()
+                .env("GIMLET_NO_SPLICE", no_splice)
+                .args([&proxy.addr(), "example.test", "22"])
+                .stdin(Stdio::from(OwnedFd::from(stdin)))
+                .stdout(Stdio::null()),
+        );
+        client.write_all(&Prng::bytes(3, 200_000)).unwrap();
+        let urgent = b'!';
+        // SAFETY: one byte from a live buffer on a socket we own.
+        let sent = unsafe {
+            libc::send(
+                client.as_raw_fd(),
+                (&urgent as *const u8).cast(),
+                1,
+                libc::MSG_OOB,
+            )
+        };
+        assert_eq!(sent, 1, "send MSG_OOB: {}", std::io::Error::last_os_error());
+        client.write_all(&Prng::bytes(4, 200_000)).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        running.wait(HANG).assert_code(0);
+        proxy.finish();
+    }
+}
