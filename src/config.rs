@@ -856,6 +856,13 @@ fn parse_zone(zone: &str) -> anyhow::Result<Zone> {
 /// A host name, an IPv4 literal, or an IPv6 literal with or without brackets (ssh's `%h`
 /// gives it bare). Anything that could break the request line is refused here.
 pub fn parse_host(s: &str) -> anyhow::Result<Host> {
+    if s.contains('@') {
+        // No host has one; a URL with credentials typed here must not be echoed whole.
+        bail!(
+            "{:?} is not a host name (give the host alone)",
+            without_password(s)
+        );
+    }
     let unbracketed = s.trim_start_matches('[').trim_end_matches(']');
     if let Some((addr, _)) = unbracketed.split_once('%') {
         if addr.parse::<Ipv6Addr>().is_ok() {
@@ -894,7 +901,10 @@ pub fn parse_host(s: &str) -> anyhow::Result<Host> {
 pub fn parse_port(s: &str) -> anyhow::Result<u16> {
     match s.parse::<u16>() {
         Ok(p) if p != 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
-        _ => bail!("invalid port {s:?}: expected a number from 1 to 65535"),
+        _ => bail!(
+            "invalid port {:?}: expected a number from 1 to 65535",
+            without_password(s)
+        ),
     }
 }
 
@@ -1225,6 +1235,22 @@ mod tests {
                 let debug = format!("{:?}", without_password(&arg));
                 assert!(!debug.contains("Zq9") && !debug.contains("Xk7"), "{debug}");
             }
+        }
+    }
+
+    /// A URL with credentials typed where the destination goes: refused without its password.
+    #[test]
+    fn a_url_in_the_target_host_or_port_is_refused_without_its_password() {
+        for args in [
+            ["p:1", "http://al:Zq9/w@h", "22"],
+            ["p:1", "al:Zq9@h", "22"],
+            ["p:1", "h", "http://al:Zq9@h"],
+        ] {
+            let err = format!("{:#}", config(&args).unwrap_err());
+            assert!(
+                !err.contains("Zq9") && err.contains("al:<redacted>@"),
+                "{err}"
+            );
         }
     }
 
