@@ -1,4 +1,5 @@
-complete -c gimlet -s p -l proxy -d 'Proxy to go through (instead of the PROXY argument)' -r
+complete -c gimlet -s p -l proxy -d 'Proxy to go through (instead of the PROXY argument); repeat for a chain' -r
+complete -c gimlet -l noproxy -d 'Hosts to reach directly, overriding no_proxy and NO_PROXY' -r
 complete -c gimlet -s U -l proxy-user -d 'Proxy credentials; without :PASSWORD it is asked for' -r
 complete -c gimlet -l proxy-auth-file -d 'Read credentials from FILE (user:password on its first line)' -r -F
 complete -c gimlet -l proxy-auth -d 'Authentication scheme: any, basic, digest, ntlm or negotiate' -r -f -a "any\t''

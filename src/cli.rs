@@ -8,14 +8,14 @@ use clap::{ArgAction, CommandFactory, Parser};
 
 const USAGE: &str = "gimlet [OPTIONS] PROXY HOST PORT
        gimlet [OPTIONS] PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
-       gimlet [OPTIONS] --proxy URL HOST PORT
+       gimlet [OPTIONS] --proxy URL [--proxy URL]... HOST PORT
+       gimlet [OPTIONS] HOST PORT      (the proxy from https_proxy/all_proxy, or direct)
        gimlet [OPTIONS] -L [BIND:]PORT:HOST:HOSTPORT... [PROXY]
        gimlet [OPTIONS] --forwards FILE [PROXY]
        gimlet --generate man|complete-bash|complete-zsh|complete-fish";
 
 /// The positional forms, for help and for argument errors.
-pub const FORMS: &str =
-    "PROXY HOST PORT, PROXYHOST PROXYPORT HOST PORT [AUTHFILE], or --proxy URL HOST PORT";
+pub const FORMS: &str = "PROXY HOST PORT, PROXYHOST PROXYPORT HOST PORT [AUTHFILE], --proxy URL HOST PORT, or HOST PORT (the proxy from the environment)";
 
 /// Where clap's `Arguments:` would go (the positional forms are described here, not by clap).
 const TEMPLATE: &str = "\
@@ -26,16 +26,23 @@ const TEMPLATE: &str = "\
 
 const SHORT_ARGUMENTS: &str = "\
 Arguments:
-  PROXY      host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port]
-  HOST PORT  the destination, as ssh's %h %p give it
+  PROXY      host:port, [v6addr]:port, http[s]://[user[:password]@]host[:port]
+             or socks4|socks4a|socks5|socks5h://[user[:password]@]host[:port]
+  HOST PORT  the destination, as ssh's %h %p give it; alone, the proxy comes from
+             https_proxy/all_proxy unless no_proxy matches
   PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
              corkscrew's form: swap the binary in an existing ProxyCommand";
 
 const LONG_ARGUMENTS: &str = "\
 Arguments:
-  PROXY      host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port]
-             (userinfo percent-decoded; no port in a URL: 80, or 443 for https://)
-  HOST PORT  the destination (ssh's %h %p); an IPv6 HOST needs no brackets
+  PROXY      host:port, [v6addr]:port, http[s]://[user[:password]@]host[:port]
+             or socks4|socks4a|socks5|socks5h://[user[:password]@]host[:port]
+             (userinfo percent-decoded; no port in a URL: 80, 443 for https://,
+             1080 for SOCKS; socks4a and socks5h let the proxy resolve HOST)
+  HOST PORT  the destination (ssh's %h %p); an IPv6 HOST needs no brackets. Given
+             alone, the proxy is the first non-empty of https_proxy, HTTPS_PROXY,
+             all_proxy, ALL_PROXY, unless no_proxy/NO_PROXY (or --noproxy) matches
+             HOST, as curl decides; with none set, gimlet connects directly
   PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
              corkscrew's form: swap the binary in an existing ProxyCommand";
 
@@ -43,14 +50,21 @@ Arguments:
 pub const ARGUMENTS: &[(&str, &str)] = &[
     (
         "PROXY",
-        "host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port] (userinfo \
-         percent-decoded; a URL without a port means 80, or 443 for https://, which speaks TLS \
-         to the proxy).",
+        "host:port, [v6addr]:port, http[s]://[user[:password]@]host[:port] or \
+         socks4|socks4a|socks5|socks5h://[user[:password]@]host[:port] (userinfo \
+         percent-decoded; a URL without a port means 80, 443 for https://, which speaks TLS \
+         to the proxy, or 1080 for SOCKS). socks4 and socks5 have gimlet resolve HOST; socks4a \
+         and socks5h let the proxy resolve it, as curl's schemes do.",
     ),
     (
         "HOST PORT",
         "The destination the proxy connects to, as ssh's %h %p give it; an IPv6 HOST with or \
-         without brackets. Names must be ASCII (IDNs in their xn-- form).",
+         without brackets. Names must be ASCII (IDNs in their xn-- form). Given alone (no \
+         PROXY, no --proxy), the proxy comes from the environment as curl takes it for an \
+         https:// URL: the first non-empty of https_proxy, HTTPS_PROXY, all_proxy, ALL_PROXY \
+         (a value without a scheme is an HTTP proxy, port 1080 if none is given), unless the \
+         first non-empty of no_proxy, NO_PROXY (or --noproxy) matches HOST; with no proxy \
+         variable set gimlet connects directly. -v says which variable or entry decided.",
     ),
     (
         "PROXYHOST PROXYPORT HOST PORT [AUTHFILE]",
@@ -64,8 +78,9 @@ pub const ARGUMENTS: &[(&str, &str)] = &[
 const AFTER_HELP: &str = "Examples and exit statuses: gimlet --help";
 
 const AFTER_LONG_HELP: &str = "\
-Exit status: 0 closed cleanly, 2 usage, 3 proxy unreachable, 4 CONNECT refused, \
-5 authentication failed, 6 malformed reply, 7 tunnel failed after it was up, 8 TLS failed.";
+Exit status: 0 closed cleanly, 2 usage, 3 proxy unreachable, 4 CONNECT refused (HTTP status \
+or SOCKS reply), 5 authentication failed, 6 malformed reply, 7 tunnel failed after it was up, \
+8 TLS failed.";
 
 /// Examples as (what, command). `--help` prints them unwrapped, after clap's own text, so no
 /// terminal width can break a command in the middle; the man page shows them too.
@@ -89,6 +104,18 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     (
         "Through a TLS-only proxy whose CA is not in the system store:",
         "gimlet --proxy-cacert corp-ca.pem https://proxy.corp:8443 git.example.com 22",
+    ),
+    (
+        "One line for every host: the proxy from https_proxy, direct where no_proxy says (ssh_config):",
+        "Host *\nProxyCommand gimlet %h %p",
+    ),
+    (
+        "Through a SOCKS5 gateway that resolves names itself:",
+        "ssh -o ProxyCommand='gimlet socks5h://gw.corp:1080 %h %p' git.example.com",
+    ),
+    (
+        "A chain: the corporate proxy, then a TLS proxy beyond it, then the destination:",
+        "gimlet -p http://proxy.corp:3128 -p https://edge.example:443 git.example.com 22",
     ),
     (
         "With credentials from the environment, showing the steps:",
@@ -128,20 +155,36 @@ pub struct Cli {
     #[arg(value_name = "ARGS", num_args = 0.., hide = true)]
     pub args: Vec<String>,
 
-    /// Proxy to go through (instead of the PROXY argument)
+    /// Proxy to go through (instead of the PROXY argument); repeat for a chain
     ///
-    /// host:port, [v6addr]:port or http[s]://[user[:password]@]host[:port] (userinfo
-    /// percent-decoded; port 80 or 443 when a URL omits it). https:// speaks TLS to the proxy.
-    /// A link-local proxy names its interface: [fe80::1%eth0]:3128 or
-    /// http://[fe80::1%25eth0]:3128.
+    /// host:port, [v6addr]:port, http[s]://[user[:password]@]host[:port] or
+    /// socks4|socks4a|socks5|socks5h://[user[:password]@]host[:port] (userinfo
+    /// percent-decoded; port 80, 443 or 1080 when a URL omits it). https:// speaks TLS to the
+    /// proxy. A link-local proxy names its interface: [fe80::1%eth0]:3128 or
+    /// http://[fe80::1%25eth0]:3128. Given more than once, the proxies form a chain in order:
+    /// gimlet connects to the first, asks it for the second, and so on, the last being asked
+    /// for HOST PORT; any mix of schemes, https:// anywhere (TLS inside the tunnel before it).
+    /// --connect-timeout covers the whole chain.
     #[arg(short = 'p', long = "proxy", value_name = "URL", help_heading = PROXY)]
     pub proxy: Vec<String>,
+
+    /// Hosts to reach directly, overriding no_proxy and NO_PROXY
+    ///
+    /// curl's --noproxy: a comma-separated list of names (each matching itself and the names
+    /// below it, with or without a leading dot), IP addresses and CIDR ranges (10.0.0.0/8,
+    /// fd00::/8), or * for every host. Names are not resolved to match. Applies to --proxy
+    /// and PROXY too; an empty LIST makes no exception, even where NO_PROXY would.
+    #[arg(long = "noproxy", value_name = "LIST", help_heading = PROXY)]
+    pub noproxy: Option<String>,
 
     /// Proxy credentials; without :PASSWORD it is asked for
     ///
     /// DOMAIN\USER for NTLM. gimlet stars the password out of its own command line once
     /// parsed (so does a proxy URL's), but other users can read it with ps until then: prefer
-    /// --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc.
+    /// --proxy-auth-file, GIMLET_PROXY_AUTH or --netrc. In a chain, -U, --proxy-auth-file and
+    /// GIMLET_PROXY_AUTH are for the first proxy; the others take user:password from their
+    /// URLs or netrc. A SOCKS5 proxy gets them by RFC 1929, a SOCKS4 proxy the user name as
+    /// its USERID.
     #[arg(short = 'U', long = "proxy-user", value_name = "USER[:PASSWORD]", help_heading = PROXY)]
     pub proxy_user: Option<String>,
 

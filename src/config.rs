@@ -66,6 +66,19 @@ pub struct Proxy {
     pub credentials: Spec,
     /// `https://`: TLS to the proxy.
     pub tls: bool,
+    /// `socks4://`, `socks4a://`, `socks5://`, `socks5h://`: a SOCKS hop instead of HTTP CONNECT.
+    pub socks: Option<crate::hop::socks::Version>,
+}
+
+impl Proxy {
+    /// The hop as messages name it: `host:port` for HTTP and HTTPS (as they always have),
+    /// `scheme://host:port` for SOCKS; never with credentials.
+    pub fn name(&self) -> String {
+        match self.socks {
+            Some(v) => format!("{v}://{}", self.endpoint),
+            None => self.endpoint.to_string(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,9 +91,11 @@ pub enum Family {
 /// Everything a run needs, validated.
 #[derive(Debug)]
 pub struct Config {
-    /// The proxies to go through, first one first. One hop for now; the type leaves room
-    /// for chains.
+    /// The proxies to go through, first one first; empty for a direct connection. Each carries
+    /// its own credentials (see `build`).
     pub proxies: Vec<Proxy>,
+    /// Why the route was chosen, when the environment or `--noproxy` chose it (for `-v`).
+    pub route_why: Option<String>,
     pub target: Endpoint,
     pub credentials: Spec,
     /// The scheme `--proxy-auth` forces; `None` for any.
@@ -161,26 +176,13 @@ impl Config {
 fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Config> {
     let listen = listen_mode(&cli)?;
     let Positional {
-        proxy: proxy_arg,
+        proxies: proxy_args,
         auth_file: auth_file_arg,
         host: target_host,
         port: target_port,
     } = match listen {
         Some(_) => listen_positional(cli.proxy, cli.args)?,
         None => positional(cli.proxy, cli.args)?,
-    };
-    // Listen mode without a proxy goes direct.
-    let proxy = match proxy_arg.is_empty() && listen.is_some() {
-        true => None,
-        false => {
-            if let Some(hint) = proxy_hint(&proxy_arg) {
-                bail!("parsing proxy{hint}");
-            }
-            Some(
-                parse_proxy(&proxy_arg)
-                    .with_context(|| format!("parsing proxy {:?}", without_password(&proxy_arg)))?,
-            )
-        }
     };
     let target = match listen {
         // Unused: each forward has its own.
@@ -190,6 +192,11 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         },
         None => parse_target(&target_host, &target_port)?,
     };
+    // Listen mode without a proxy goes direct; the pipe mode takes the environment's.
+    let (mut proxies, route_why) = match listen {
+        Some(_) => (parse_proxies(&proxy_args)?, None),
+        None => choose_route(&proxy_args, &target, &env, cli.noproxy.as_deref())?,
+    };
 
     let auth_file = match (cli.proxy_auth_file, auth_file_arg) {
         (Some(_), Some(_)) => {
@@ -198,49 +205,31 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         (Some(f), None) => Some((f.clone(), Source::AuthFile(f))),
         (None, f) => f.map(|f| (f.clone().into(), Source::AuthFileArgument(f.into()))),
     };
-    let credentials = if let Some(p) = proxy
-        .as_ref()
-        .filter(|p| !matches!(p.credentials, Spec::None))
-    {
-        p.credentials.clone().from_source(Source::Url)
-    } else if let Some(user) = cli.proxy_user {
-        Spec::from_user_arg(user)
-            .context("parsing --proxy-user")?
-            .from_source(Source::UserOption)
-    } else if let Some((path, source)) = auth_file {
-        let read = match source {
-            Source::AuthFileArgument(_) => credentials::read_corkscrew_auth_file(&path),
-            _ => credentials::read_auth_file(&path),
-        };
-        Spec::Known(read?.from_source(source))
-    } else if let Some(pair) = env(AUTH_ENV) {
-        let pair = pair
-            .into_string()
-            .map_err(|_| anyhow!("{AUTH_ENV} is not valid UTF-8"))?;
-        Spec::Known(
-            Credentials::parse_pair(&pair)
-                .with_context(|| format!("parsing {AUTH_ENV}"))?
-                .from_source(Source::Environment),
-        )
-    } else if let (Some(proxy), Some(path)) = (&proxy, netrc_path(cli.netrc, cli.netrc_file, &env)?)
-    {
-        let machine = match &proxy.endpoint.host {
-            Host::Name(name) => name.clone(),
-            Host::Ip(ip) => ip.to_string(),
-            Host::Scoped(ip, zone) => format!("{ip}%{}", zone.name),
-        };
-        match credentials::read_netrc(&path, &machine) {
-            Ok(found) => found.unwrap_or_default().from_source(Source::Netrc(path)),
-            // ~/.netrc is optional, as with curl --netrc; a named file is not.
-            Err(e) if cli.netrc && !path.exists() => {
-                drop(e);
-                Spec::None
+    // -U, the credential file and GIMLET_PROXY_AUTH belong to the first hop (the proxy this
+    // machine talks to); every hop's URL userinfo is its own, and netrc is looked up per hop by
+    // host. Read lazily: a source that is not needed is not an error.
+    let mut options = Some((cli.proxy_user, auth_file));
+    let netrc = netrc_path(cli.netrc, cli.netrc_file, &env)?;
+    for (i, proxy) in proxies.iter_mut().enumerate() {
+        proxy.credentials = if !matches!(proxy.credentials, Spec::None) {
+            proxy.credentials.clone().from_source(Source::Url)
+        } else {
+            let given = match options.take() {
+                Some((user, file)) if i == 0 => option_credentials(user, file, &env)?,
+                _ => Spec::None,
+            };
+            match (given, &netrc) {
+                (Spec::None, Some(path)) => {
+                    netrc_credentials(path, cli.netrc, &proxy.endpoint.host)?
+                }
+                (given, _) => given,
             }
-            Err(e) => return Err(e),
-        }
-    } else {
-        Spec::None
-    };
+        };
+    }
+    let credentials = proxies
+        .first()
+        .map(|p| p.credentials.clone())
+        .unwrap_or_default();
     let program = |name: &str| {
         env(name)
             .filter(|v| !v.is_empty())
@@ -289,7 +278,8 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         cert: cli.proxy_cert,
         key: cli.proxy_key,
     };
-    if !proxy.as_ref().is_some_and(|p| p.tls) && proxy_tls_given(&proxy_tls) {
+    let any_tls_hop = proxies.iter().any(|p| p.tls);
+    if !any_tls_hop && proxy_tls_given(&proxy_tls) {
         bail!(
             "checking the TLS options: --proxy-cacert, --proxy-insecure, --proxy-pinnedpubkey, --proxy-servername and --proxy-cert need an https:// proxy"
         );
@@ -312,7 +302,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
             "checking -L and --forwards: --fdpass and --tls are for the pipe mode (a forward carries the client's own bytes, TLS or not)"
         );
     }
-    if cli.fdpass && (proxy.as_ref().is_some_and(|p| p.tls) || target_tls.is_some()) {
+    if cli.fdpass && (any_tls_hop || target_tls.is_some()) {
         bail!(
             "checking --fdpass: ssh gets a raw socket, which cannot carry a TLS session (drop --fdpass, or use a plain proxy without --tls)"
         );
@@ -323,7 +313,8 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         splice: env(NO_SPLICE_ENV).is_none_or(|v| v.is_empty() || v == "0"),
         proxy_tls,
         target_tls,
-        proxies: proxy.into_iter().collect(),
+        proxies,
+        route_why,
         listen,
         target,
         credentials,
@@ -376,15 +367,15 @@ fn listen_mode(cli: &Cli) -> anyhow::Result<Option<Listen>> {
 
 /// Listen mode's positional arguments: none (direct, or `--proxy`), or one PROXY.
 fn listen_positional(proxies: Vec<String>, args: Vec<String>) -> anyhow::Result<Positional> {
-    let proxy = match (proxies.len(), args.len()) {
-        (0, 0) => String::new(),
-        (0, 1) | (1, 0) => proxies.into_iter().chain(args).next().unwrap_or_default(),
+    let proxies = match (proxies.len(), args.len()) {
+        (0, 0) => Vec::new(),
+        (0, 1) | (1, 0) => proxies.into_iter().chain(args).collect(),
         (_, _) => bail!(
             "parsing arguments: with -L or --forwards, give at most one PROXY (as an argument or with --proxy)"
         ),
     };
     Ok(Positional {
-        proxy,
+        proxies,
         auth_file: None,
         host: String::new(),
         port: String::new(),
@@ -433,10 +424,131 @@ fn url_password(url: &str) -> Option<Range<usize>> {
     (colon + 1 < at).then_some(colon + 1..at)
 }
 
+/// The hops to go through, and for a route from the environment or `--noproxy`, why (`-v`).
+/// Explicit proxies are used as given unless `--noproxy` matches the destination (curl's
+/// `--noproxy` applies to `-x` too); `no_proxy`/`NO_PROXY` apply only to a proxy from the
+/// environment, so an explicit ProxyCommand proxy is never skipped by a variable.
+fn choose_route(
+    args: &[String],
+    target: &Endpoint,
+    env: &impl Fn(&str) -> Option<OsString>,
+    noproxy: Option<&str>,
+) -> anyhow::Result<(Vec<Proxy>, Option<String>)> {
+    if args.is_empty() {
+        return match crate::route::env::choose(&target.host, env, noproxy)
+            .map_err(|e| anyhow!(e))?
+        {
+            crate::route::env::Choice::Direct { why } => Ok((Vec::new(), Some(why))),
+            crate::route::env::Choice::Proxy { var, value, why } => {
+                let proxy = parse_env_proxy(&value)
+                    .with_context(|| format!("parsing {var} {:?}", without_password(&value)))?;
+                Ok((vec![proxy], Some(why)))
+            }
+        };
+    }
+    let proxies = parse_proxies(args)?;
+    if let Some(list) = noproxy {
+        let name = match &target.host {
+            Host::Ip(ip) => ip.to_string(),
+            other => other.to_string(),
+        };
+        if let Some(entry) = crate::route::env::no_proxy_match(&name, list) {
+            return Ok((
+                Vec::new(),
+                Some(format!("direct: --noproxy entry {entry} matches {name}")),
+            ));
+        }
+    }
+    Ok((proxies, None))
+}
+
+/// Proxies as given on the command line, in order.
+fn parse_proxies(args: &[String]) -> anyhow::Result<Vec<Proxy>> {
+    let mut proxies = Vec::with_capacity(args.len());
+    for arg in args {
+        if let Some(hint) = proxy_hint(arg) {
+            bail!("parsing proxy{hint}");
+        }
+        proxies.push(
+            parse_proxy(arg)
+                .with_context(|| format!("parsing proxy {:?}", without_password(arg)))?,
+        );
+    }
+    Ok(proxies)
+}
+
+/// A proxy variable's value: a URL, or `host[:port]` meaning an HTTP proxy on port 1080 when
+/// no port is given (curl's default).
+fn parse_env_proxy(value: &str) -> anyhow::Result<Proxy> {
+    if value.contains("://") {
+        return parse_proxy(value);
+    }
+    let has_port = match value.strip_prefix('[') {
+        Some(rest) => rest.contains("]:"),
+        None => value.contains(':'),
+    };
+    if has_port {
+        parse_proxy(&format!("http://{value}"))
+    } else {
+        parse_proxy(&format!("http://{value}:1080"))
+    }
+}
+
+/// `-U`, then the credential file (`--proxy-auth-file` or AUTHFILE), then `GIMLET_PROXY_AUTH`.
+fn option_credentials(
+    user: Option<String>,
+    auth_file: Option<(std::path::PathBuf, Source)>,
+    env: &impl Fn(&str) -> Option<OsString>,
+) -> anyhow::Result<Spec> {
+    Ok(if let Some(user) = user {
+        Spec::from_user_arg(user)
+            .context("parsing --proxy-user")?
+            .from_source(Source::UserOption)
+    } else if let Some((path, source)) = auth_file {
+        let read = match source {
+            Source::AuthFileArgument(_) => credentials::read_corkscrew_auth_file(&path),
+            _ => credentials::read_auth_file(&path),
+        };
+        Spec::Known(read?.from_source(source))
+    } else if let Some(pair) = env(AUTH_ENV) {
+        let pair = pair
+            .into_string()
+            .map_err(|_| anyhow!("{AUTH_ENV} is not valid UTF-8"))?;
+        Spec::Known(
+            Credentials::parse_pair(&pair)
+                .with_context(|| format!("parsing {AUTH_ENV}"))?
+                .from_source(Source::Environment),
+        )
+    } else {
+        Spec::None
+    })
+}
+
+/// The netrc entry for one hop's host; a missing `~/.netrc` is no error (`--netrc` is
+/// optional, as with curl), a missing `--netrc-file` is.
+fn netrc_credentials(path: &std::path::Path, optional: bool, host: &Host) -> anyhow::Result<Spec> {
+    let machine = match host {
+        Host::Name(name) => name.clone(),
+        Host::Ip(ip) => ip.to_string(),
+        Host::Scoped(ip, zone) => format!("{ip}%{}", zone.name),
+    };
+    match credentials::read_netrc(path, &machine) {
+        Ok(found) => Ok(found
+            .unwrap_or_default()
+            .from_source(Source::Netrc(path.to_owned()))),
+        Err(e) if optional && !path.exists() => {
+            drop(e);
+            Ok(Spec::None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// What the positional arguments say, once their form is known.
 #[derive(Debug, PartialEq, Eq)]
 struct Positional {
-    proxy: String,
+    /// The hops in order; empty for `HOST PORT` (the proxy from the environment).
+    proxies: Vec<String>,
     /// corkscrew's AUTHFILE.
     auth_file: Option<String>,
     host: String,
@@ -444,20 +556,17 @@ struct Positional {
 }
 
 /// Tells the argument forms apart by the count of positional arguments and `--proxy` options:
-/// the one place that knows the forms, so a new one (HOST PORT with the proxy from the
-/// environment) is one more arm here, and one more entry in `cli::FORMS`.
+/// the one place that knows the forms, so a new one is one more arm here, and one more entry
+/// in `cli::FORMS`.
 fn positional(proxies: Vec<String>, args: Vec<String>) -> anyhow::Result<Positional> {
     let forms = crate::cli::FORMS;
     match (proxies.len(), <[String; 3]>::try_from(args)) {
         (0, Ok([proxy, host, port])) => Ok(Positional {
-            proxy,
+            proxies: vec![proxy],
             auth_file: None,
             host,
             port,
         }),
-        (_, Ok(_)) | (_, Err(_)) if proxies.len() > 1 => {
-            bail!("parsing arguments: proxy chains are not supported yet: give one --proxy")
-        }
         (_, Ok(args)) => bail!(
             "parsing arguments: with --proxy, expected HOST PORT, got 3 arguments{} (see gimlet --help)",
             shown_args(&args)
@@ -472,18 +581,24 @@ fn positional_other(
     args: Vec<String>,
     forms: &str,
 ) -> anyhow::Result<Positional> {
-    let mut proxies = proxies.into_iter();
-    match (proxies.next(), <[String; 2]>::try_from(args)) {
-        (Some(proxy), Ok([host, port])) => Ok(Positional {
-            proxy,
+    match (proxies.is_empty(), <[String; 2]>::try_from(args)) {
+        // -p A [-p B ...] HOST PORT: a route of one or more hops, first one first.
+        (false, Ok([host, port])) => Ok(Positional {
+            proxies,
             auth_file: None,
             host,
             port,
         }),
-        (None, Ok([first, second])) => {
-            bail!("parsing arguments: {}", two_arguments(&first, &second))
-        }
-        (Some(_), Err(args)) => match args.as_slice() {
+        (true, Ok([first, second])) => match two_arguments(&first, &second) {
+            Some(mistake) => bail!("parsing arguments: {mistake}"),
+            None => Ok(Positional {
+                proxies: Vec::new(),
+                auth_file: None,
+                host: first,
+                port: second,
+            }),
+        },
+        (false, Err(args)) => match args.as_slice() {
             [joined] if split_host_port(joined).is_some() => {
                 let (host, port) = split_host_port(joined).unwrap_or_default();
                 bail!(
@@ -498,7 +613,7 @@ fn positional_other(
                 shown_args(&args)
             ),
         },
-        (None, Err(args)) => {
+        (true, Err(args)) => {
             let mut args = args.into_iter();
             match (
                 args.next(),
@@ -525,7 +640,7 @@ fn positional_other(
                         );
                     }
                     Ok(Positional {
-                        proxy: format!("{}:{proxy_port}", bracket_if_v6(&proxy_host)),
+                        proxies: vec![format!("{}:{proxy_port}", bracket_if_v6(&proxy_host))],
                         auth_file,
                         host,
                         port,
@@ -548,26 +663,22 @@ fn positional_other(
     }
 }
 
-/// Two positional arguments and no `--proxy`: a proxy that is missing (an unset variable),
-/// or `PROXY HOST:PORT`.
-fn two_arguments(first: &str, second: &str) -> String {
+/// Two positional arguments and no `--proxy`: `HOST PORT` with the proxy from the environment
+/// (`None`), or a mistake worth naming: `PROXY HOST:PORT`, or no port at all.
+fn two_arguments(first: &str, second: &str) -> Option<String> {
     let forms = crate::cli::FORMS;
     match split_host_port(second) {
-        Some((host, port)) if has_port(first) => format!(
+        Some((host, port)) if has_port(first) => Some(format!(
             "the destination is HOST PORT, two arguments: did you mean {} {} {}?",
             shell_word(&without_password(first)),
             shell_word(host),
             shell_word(port)
-        ),
-        _ if parse_port(second).is_ok() => format!(
-            "got HOST PORT ({} {}) but no proxy (an unset variable?): give it first, as PROXY HOST PORT, or with --proxy URL",
-            shell_word(first),
-            shell_word(second)
-        ),
-        _ => format!(
+        )),
+        _ if parse_port(second).is_ok() => None,
+        _ => Some(format!(
             "expected {forms}; got 2 arguments{} (see gimlet --help)",
             shown_args(&[first.to_owned(), second.to_owned()])
-        ),
+        )),
     }
 }
 
@@ -732,11 +843,18 @@ fn without_password(s: &str) -> String {
 pub fn parse_proxy(s: &str) -> anyhow::Result<Proxy> {
     let (scheme, rest) = split_scheme(s);
     let scheme = scheme.map(str::to_ascii_lowercase);
-    let (tls, default_port) = match scheme.as_deref() {
-        None => (false, None),
-        Some("http") => (false, Some(80)),
-        Some("https") => (true, Some(443)),
-        Some(other) => bail!("unsupported proxy scheme {other:?} (expected http:// or https://)"),
+    use crate::hop::socks::{self, Version};
+    let (tls, default_port, socks) = match scheme.as_deref() {
+        None => (false, None, None),
+        Some("http") => (false, Some(80), None),
+        Some("https") => (true, Some(443), None),
+        Some("socks4") => (false, Some(socks::DEFAULT_PORT), Some(Version::V4)),
+        Some("socks4a") => (false, Some(socks::DEFAULT_PORT), Some(Version::V4a)),
+        Some("socks5") => (false, Some(socks::DEFAULT_PORT), Some(Version::V5)),
+        Some("socks5h") => (false, Some(socks::DEFAULT_PORT), Some(Version::V5h)),
+        Some(other) => bail!(
+            "unsupported proxy scheme {other:?} (expected http://, https://, socks4://, socks4a://, socks5:// or socks5h://)"
+        ),
     };
     let (userinfo, rest) = match rest.rsplit_once('@') {
         Some((u, h)) if scheme.is_some() => (Some(u), h),
@@ -773,6 +891,7 @@ pub fn parse_proxy(s: &str) -> anyhow::Result<Proxy> {
         endpoint,
         credentials,
         tls,
+        socks,
     })
 }
 
@@ -1045,7 +1164,10 @@ mod tests {
         let c = config(&["-p", "http://[::1]", "h", "22"]).unwrap();
         assert_eq!(c.proxy().endpoint.to_string(), "[::1]:80");
         assert!(config(&["-p", "p:1", "p:1", "h", "22"]).is_err());
-        assert!(config(&["h", "22"]).is_err());
+        // HOST PORT alone, with no proxy variable set: direct, and -v says why.
+        let c = config(&["h", "22"]).unwrap();
+        assert!(c.proxies.is_empty());
+        assert!(c.route_why.unwrap().contains("none of https_proxy"));
     }
 
     #[test]
@@ -1057,7 +1179,7 @@ mod tests {
             )
         };
         let want = |proxy: &str, auth: Option<&str>| Positional {
-            proxy: proxy.into(),
+            proxies: vec![proxy.into()],
             auth_file: auth.map(Into::into),
             host: "h".into(),
             port: "22".into(),
@@ -1069,12 +1191,19 @@ mod tests {
             want("[::1]:1", Some("f"))
         );
         assert_eq!(p(&["p:1"], &["h", "22"]).unwrap(), want("p:1", None));
+        // HOST PORT alone: the proxy comes from the environment.
+        assert_eq!(p(&[], &["h", "22"]).unwrap().proxies, Vec::<String>::new());
+        // -p repeated: a chain, first one first.
+        assert_eq!(
+            p(&["p:1", "q:1"], &["h", "22"]).unwrap().proxies,
+            vec!["p:1".to_owned(), "q:1".to_owned()]
+        );
         for (opts, args) in [
             (&[][..], &[][..]),
-            (&[], &["h", "22"]),
+            (&[], &["p:1", "h:22"]),
             (&[], &["p:1", "h", "22", "f"]),
             (&["p:1"], &["p:1", "h", "22"]),
-            (&["p:1", "q:1"], &["h", "22"]),
+            (&["p:1", "q:1"], &["h"]),
         ] {
             assert!(p(opts, args).is_err(), "{opts:?} {args:?}");
         }
@@ -1196,7 +1325,7 @@ mod tests {
             "http://al:{}@h:port",
             "http://al:{}@h:0",
             "http://al:{}@h:",
-            "socks5://al:{}@h:1",
+            "gopher://al:{}@h:1",
             "http://al:{}@h:1/x",
             "http://al:{}@h:1?q",
             "http://al:{}@h:1#f",
@@ -1309,7 +1438,7 @@ mod tests {
             "::1:3128",
             "p",
             "p:",
-            "socks5://p:1",
+            "gopher://p:1",
             "http://p:1/x",
             "u:p@h:1",
             "[::1]x",

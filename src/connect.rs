@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
-use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
+use socket2::{Socket, TcpKeepalive};
 
 use crate::config::{Endpoint, Family, Host};
 use crate::diag::info;
 use crate::error::{Error, Kind};
 use crate::handshake::Conn;
 use crate::tls;
+use crate::transport::eyeballs;
 
 /// How to reach the proxy.
 #[derive(Clone, Debug)]
@@ -70,7 +71,7 @@ impl Clock {
         result
     }
 
-    fn timed_out(&self) -> io::Error {
+    pub(crate) fn timed_out(&self) -> io::Error {
         timed_out(self.timeout)
     }
 }
@@ -89,7 +90,7 @@ impl Dialer {
 
     /// Like [`Dialer::connect`], against `clock`: the deadline of a handshake already running.
     pub fn connect_within(&self, endpoint: &Endpoint, clock: &Clock) -> Result<Stream, Error> {
-        let mut tcp = self.connect_tcp(endpoint, clock)?;
+        let mut tcp = self.connect_tcp(endpoint, clock, "proxy ")?;
         let Some((config, name)) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
@@ -104,35 +105,72 @@ impl Dialer {
         Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp))))
     }
 
-    /// Resolves `endpoint` and connects to the first address that answers.
-    fn connect_tcp(&self, endpoint: &Endpoint, clock: &Clock) -> Result<Deadline, Error> {
-        let context = || format!("connecting to proxy {endpoint}");
+    /// Connects to the destination itself (an empty route), within the timeout.
+    pub fn connect_direct(&self, endpoint: &Endpoint, clock: &Clock) -> Result<Stream, Error> {
+        self.connect_tcp(endpoint, clock, "").map(Stream::Plain)
+    }
+
+    /// Resolves `endpoint` and races its addresses (Happy Eyeballs, RFC 8305: IPv6 first,
+    /// a new attempt every 250 ms or as soon as one fails), keeping the first to connect.
+    fn connect_tcp(
+        &self,
+        endpoint: &Endpoint,
+        clock: &Clock,
+        what: &str,
+    ) -> Result<Deadline, Error> {
+        let context = || format!("connecting to {what}{endpoint}");
         let addrs = self
             .resolve(endpoint, clock)
             .map_err(|e| e.context(context()))?;
-        let mut last = None;
-        for addr in &addrs {
-            info!("connecting to proxy {endpoint} at {addr}");
-            match self.connect_addr(*addr, clock) {
-                Ok(stream) => {
-                    return Ok(Deadline {
-                        stream,
-                        clock: clock.clone(),
-                        exact: self.exact,
-                    });
+        let addrs = eyeballs::interleave(addrs);
+        info!(
+            "connecting to {what}{endpoint} at {}",
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let prepare = |socket: &Socket| -> io::Result<()> {
+            socket.set_tcp_nodelay(true)?;
+            if let Some(idle) = self.keepalive {
+                let params = TcpKeepalive::new()
+                    .with_time(idle)
+                    .with_interval(idle.min(Duration::from_secs(15)));
+                socket.set_tcp_keepalive(&params)?;
+            }
+            Ok(())
+        };
+        let deadline = Instant::now() + clock.remaining().unwrap_or_default();
+        match eyeballs::race(&addrs, eyeballs::STAGGER, deadline, &prepare) {
+            Ok((stream, addr)) => {
+                if addrs.len() > 1 {
+                    info!("connected to {what}{endpoint} at {addr}");
                 }
-                Err(e) => {
-                    info!("connecting to {addr}: {e}");
-                    last = Some((addr, e));
-                }
+                Ok(Deadline {
+                    stream,
+                    clock: clock.clone(),
+                    exact: self.exact,
+                })
+            }
+            Err(eyeballs::Failure { addr: None, error }) => {
+                let e = match error.kind() {
+                    io::ErrorKind::TimedOut => clock.timed_out(),
+                    _ => error,
+                };
+                Err(Error::new(Kind::Unreachable, e).context(context()))
+            }
+            Err(eyeballs::Failure {
+                addr: Some(addr),
+                error,
+            }) => {
+                let at = match (&endpoint.host, addrs.len()) {
+                    (Host::Ip(_) | Host::Scoped(..), 1) => String::new(),
+                    _ => format!(" (at {addr})"),
+                };
+                Err(Error::new(Kind::Unreachable, error).context(format!("{}{at}", context())))
             }
         }
-        let (addr, e) = last.expect("resolve returns at least one address");
-        let at = match (&endpoint.host, addrs.len()) {
-            (Host::Ip(_) | Host::Scoped(..), 1) => String::new(),
-            _ => format!(" (at {addr})"),
-        };
-        Err(Error::new(Kind::Unreachable, e).context(format!("{}{at}", context())))
     }
 
     fn resolve(&self, endpoint: &Endpoint, clock: &Clock) -> Result<Vec<SocketAddr>, Error> {
@@ -168,28 +206,9 @@ impl Dialer {
         }
         Ok(addrs)
     }
-
-    fn connect_addr(&self, addr: SocketAddr, clock: &Clock) -> io::Result<TcpStream> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_tcp_nodelay(true)?;
-        if let Some(idle) = self.keepalive {
-            let params = TcpKeepalive::new()
-                .with_time(idle)
-                .with_interval(idle.min(Duration::from_secs(15)));
-            socket.set_tcp_keepalive(&params)?;
-        }
-        let left = clock.remaining().ok_or_else(|| clock.timed_out())?;
-        socket
-            .connect_timeout(&SockAddr::from(addr), left)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => clock.timed_out(),
-                _ => e,
-            })?;
-        Ok(socket.into())
-    }
 }
 
-fn resolve_name(name: &str, port: u16, clock: &Clock) -> Result<Vec<SocketAddr>, Error> {
+pub(crate) fn resolve_name(name: &str, port: u16, clock: &Clock) -> Result<Vec<SocketAddr>, Error> {
     let (tx, rx) = mpsc::channel();
     let query = (name.to_owned(), port);
     // getaddrinfo has no timeout of its own; if it hangs, the thread is left behind and the

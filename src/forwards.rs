@@ -378,7 +378,7 @@ mod tests {
             ),
             (
                 "2222 h 22 socks5://p:1080",
-                "error: parsing the proxy: unsupported proxy scheme \"socks5\" (expected http:// or https://)",
+                "127.0.0.1:2222 h:22 via proxy p:1080",
             ),
             (
                 "2222 h 22 color=blue",

@@ -27,19 +27,18 @@ pub mod serve;
 mod sys;
 pub mod tls;
 pub mod transport;
+pub mod tunnel;
 
 use std::os::fd::AsFd;
 
-use config::{Config, Endpoint, Proxy};
-use connect::Dialer;
-use credentials::Spec;
+use config::Config;
 use diag::info;
 use error::{Error, Kind, ResultExt};
-use handshake::{Established, Negotiation, Request};
+use handshake::Established;
 use relay::{RelayError, Stats, Tunnel};
-use tls::TlsTunnel;
 
 pub use diag::init as init_diagnostics;
+pub use tunnel::{Upstream, establish};
 
 /// Prints the one error line (nothing with `-q`).
 pub fn report(e: &Error) {
@@ -55,12 +54,19 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     if config.listen.is_some() {
         return serve::run(&config);
     }
-    let credentials = take_credentials(&mut config);
+    if let Some(why) = &config.route_why {
+        info!("{why}");
+    }
+    // Every copy of the credentials moves into the upstream (each hop's own), then goes.
+    let proxies = std::mem::take(&mut config.proxies);
+    drop(std::mem::take(&mut config.credentials));
     let config = &config;
-    let proxy = config.proxy();
-    let proxy_name = proxy.endpoint.to_string();
-    let upstream = Upstream::new(config, Some(proxy), &credentials, true)?;
-    drop(credentials);
+    let upstream = Upstream::route(config, &proxies, true)?;
+    drop(proxies);
+    let via = match upstream.proxy_name() {
+        Some(name) => format!("via proxy {name}"),
+        None => "directly".to_owned(),
+    };
     let target_tls = match &config.target_tls {
         Some(opts) => Some(tls_leg(
             &config.target.host.to_string(),
@@ -96,7 +102,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         info!("passed the connection to ssh");
         return Ok(());
     }
-    let relaying = || format!("relaying to {} via proxy {proxy_name}", config.target);
+    let relaying = || format!("relaying to {} {via}", config.target);
     let Established {
         mut stream,
         leftover,
@@ -110,7 +116,10 @@ pub fn run(mut config: Config) -> Result<(), Error> {
                 prefix: std::io::Cursor::new(leftover.as_slice()),
                 stream: &mut stream,
             };
-            let peer = format!("{} through proxy {proxy_name}", config.target);
+            let peer = match via.strip_prefix("via ") {
+                Some(proxy) => format!("{} through {proxy}", config.target),
+                None => config.target.to_string(),
+            };
             let mut conn = tls::start(tls_config, &name, &mut prefixed, &peer)?;
             let mut rest = prefixed.prefix;
             while (rest.position() as usize) < leftover.len() {
@@ -123,8 +132,8 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         }
         None => None,
     };
-    let (tcp, outer) = stream
-        .into_parts()
+    let (tcp, mut sessions) = stream
+        .into_layers()
         .and_then(|(s, c)| s.set_nonblocking(true).map(|()| (s, c)))
         .kind_ctx(Kind::Tunnel, relaying)?;
     let socket = mio::net::TcpStream::from_std(tcp);
@@ -138,13 +147,15 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         idle_timeout: config.idle_timeout,
         splice: config.splice,
     };
-    let stats = match (outer, inner) {
-        (None, None) => relay_stdio(socket, first, opts),
-        (Some(o), None) => relay_stdio(TlsTunnel::new(o, socket), first, opts),
-        (None, Some(i)) => relay_stdio(TlsTunnel::new(i, socket), first, opts),
-        (Some(o), Some(i)) => {
-            relay_stdio(TlsTunnel::new(i, TlsTunnel::new(o, socket)), first, opts)
-        }
+    // Every TLS session of the route, and the destination's innermost; none: plain socket.
+    sessions.extend(inner);
+    let stats = match sessions.len() {
+        0 => relay_stdio(socket, first, opts),
+        _ => relay_stdio(
+            transport::stream::Layers::new(socket, sessions),
+            first,
+            opts,
+        ),
     }
     .kind_ctx(Kind::Tunnel, relaying)?;
     info!(
@@ -154,202 +165,9 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Moves every copy of the credentials out of `config`: the chosen ones, and those each proxy
-/// URL carried.
-fn take_credentials(config: &mut Config) -> Spec {
-    for proxy in &mut config.proxies {
-        proxy.credentials = Spec::None;
-    }
-    std::mem::take(&mut config.credentials)
-}
-
-/// How tunnels are reached, prepared once (credentials asked for, TLS configured) and used for
-/// each tunnel: once in pipe mode, per accepted connection in listen mode, from worker threads.
-/// This is the seam between establishing a tunnel and relaying it: [`establish`] may block (up
-/// to `--connect-timeout`), the relays never do. The route model replaces the single proxy here.
-pub struct Upstream {
-    /// `None`: connect to the target directly.
-    proxy: Option<(Proxy, String)>,
-    dialer: Dialer,
-    credentials: Option<credentials::Credentials>,
-    scheme: Option<auth::Scheme>,
-    headers: Vec<(String, String)>,
-    user_agent: Option<String>,
-    /// Who to ask after a 407; `None` in listen mode, where nobody is there to answer.
-    askers: Option<credentials::Askers>,
-    /// `--proxy-service-name`: the Kerberos service for Negotiate.
-    service_name: Option<String>,
-}
-
-impl Upstream {
-    /// Prepares the way through `proxy` (or direct) with `credentials`. Asks for a missing
-    /// password now, so that no tunnel waits on a prompt.
-    pub fn new(
-        config: &Config,
-        proxy: Option<&config::Proxy>,
-        credentials: &Spec,
-        interactive: bool,
-    ) -> Result<Upstream, Error> {
-        let Some(proxy) = proxy else {
-            return Ok(Upstream {
-                proxy: None,
-                dialer: dialer(config, None),
-                credentials: None,
-                scheme: None,
-                headers: Vec::new(),
-                user_agent: None,
-                askers: None,
-                service_name: None,
-            });
-        };
-        let proxy_name = proxy.endpoint.to_string();
-        let credentials = match credentials {
-            Spec::None => None,
-            Spec::Known(c) => Some(c.clone()),
-            Spec::User(user) => Some(
-                credentials::ask(&proxy_name, Some(user), &config.askers)
-                    .kind_ctx(Kind::Auth, || format!("asking for the password of proxy user \"{user}\""))?
-                    .ok_or_else(|| {
-                        Error::msg(
-                            Kind::Auth,
-                            format_args!(
-                                "asking for the password of proxy user \"{user}\": no terminal and no askpass program (give the password with --proxy-auth-file, {}, --netrc or {})",
-                                config::AUTH_ENV,
-                                config::ASKPASS_ENV
-                            ),
-                        )
-                    })?,
-            ),
-        };
-        match &credentials {
-            Some(c) => info!(
-                "credentials for proxy {proxy_name}: user \"{}\"{}",
-                c.user,
-                c.source.from_phrase()
-            ),
-            None => info!("no credentials given for proxy {proxy_name}"),
-        }
-        let proxy_tls = match proxy.tls {
-            true => Some(tls_leg(
-                &proxy.endpoint.host.to_string(),
-                &config.proxy_tls,
-                &format!("proxy {proxy_name}"),
-                "--proxy-insecure: the proxy's certificate is not verified",
-            )?),
-            false => None,
-        };
-        Ok(Upstream {
-            proxy: Some((proxy.clone(), proxy_name)),
-            dialer: dialer(config, proxy_tls),
-            credentials,
-            scheme: config.auth_scheme,
-            headers: config.headers.clone(),
-            user_agent: config.user_agent.clone(),
-            askers: interactive.then(|| config.askers.clone()),
-            service_name: config.proxy_service_name.clone(),
-        })
-    }
-
-    /// TCP keepalive for this way's sockets (a forward's own `keepalive=`).
-    pub fn set_keepalive(&mut self, keepalive: Option<std::time::Duration>) {
-        self.dialer.keepalive = keepalive;
-    }
-
-    /// The authentication scheme to use (a forward's own `proxy-auth=`); `None` for any.
-    pub fn set_scheme(&mut self, scheme: Option<auth::Scheme>) {
-        self.scheme = scheme;
-    }
-
-    /// The proxy as `host:port`, or `None` for a direct connection.
-    pub fn proxy_name(&self) -> Option<&str> {
-        self.proxy.as_ref().map(|(_, name)| name.as_str())
-    }
-}
-
-fn dialer(
-    config: &Config,
-    tls: Option<(
-        std::sync::Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
-) -> Dialer {
-    Dialer {
-        family: config.family,
-        timeout: config.connect_timeout,
-        keepalive: config.keepalive,
-        tls,
-        exact: config.fdpass,
-    }
-}
-
-/// Opens a tunnel to `target`: connects, and through a proxy negotiates CONNECT (answering
-/// 407s). Blocks for at most the connect timeout per connection. A direct tunnel has an empty
-/// status line.
-pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<connect::Stream>, Error> {
-    let Some((proxy, proxy_name)) = &up.proxy else {
-        let stream = up.dialer.connect(target)?;
-        info!("connected to {target} directly");
-        return Ok(Established {
-            stream,
-            reply: handshake::Reply {
-                version: 1,
-                code: 200,
-                status_line: String::new(),
-                headers: Vec::new(),
-            },
-            leftover: Vec::new(),
-        });
-    };
-    // One deadline for the whole handshake: every connect, reconnect and reply counts against
-    // it; only the time a person takes to answer a prompt does not.
-    let clock = connect::Clock::start(up.dialer.timeout);
-    let stream = up.dialer.connect_within(&proxy.endpoint, &clock)?;
-    info!("connected to proxy {proxy_name}; asking for CONNECT {target}");
-    let no_askers = credentials::Askers::default();
-    let askers = up.askers.as_ref().unwrap_or(&no_askers);
-    let established = handshake::negotiate(
-        stream,
-        Negotiation {
-            request: Request {
-                target,
-                user_agent: up.user_agent.as_deref(),
-                headers: &up.headers,
-            },
-            proxy: proxy_name,
-            credentials: up.credentials.clone(),
-            scheme: up.scheme,
-            reconnect: &mut || up.dialer.connect_within(&proxy.endpoint, &clock),
-            ask: &mut || match up.askers {
-                None => Ok(None),
-                Some(_) => clock
-                    .pause(|| credentials::ask(proxy_name, None, askers))
-                    .kind_ctx(Kind::Auth, || {
-                        format!("asking for credentials for proxy {proxy_name}")
-                    }),
-            },
-            // A fresh setup per connection: the ticket is read each time.
-            negotiate: Some(auth::negotiate::Setup::system(
-                auth::negotiate::service_name(
-                    up.service_name.as_deref(),
-                    &proxy.endpoint.host.to_string(),
-                ),
-            )),
-        },
-    )?;
-    info!(
-        "tunnel to {target} open: {:?}{}",
-        established.reply.status_line,
-        match established.leftover.len() {
-            0 => String::new(),
-            n => format!(" ({n} tunnel bytes came with it)"),
-        }
-    );
-    Ok(established)
-}
-
 /// The configuration and server name of one TLS leg. Failures here come from the user's files
 /// and options, before anything is sent: usage errors.
-fn tls_leg(
+pub(crate) fn tls_leg(
     host: &str,
     opts: &tls::Options,
     what: &str,
@@ -380,9 +198,9 @@ fn relay_stdio<T: Tunnel>(
 }
 
 /// Reads `prefix` first, then the stream: for a handshake whose first bytes were already read.
-struct Prefixed<'a, S> {
-    prefix: std::io::Cursor<&'a [u8]>,
-    stream: &'a mut S,
+pub(crate) struct Prefixed<'a, S> {
+    pub(crate) prefix: std::io::Cursor<&'a [u8]>,
+    pub(crate) stream: &'a mut S,
 }
 
 impl<S: std::io::Read> std::io::Read for Prefixed<'_, S> {

@@ -2,3 +2,4 @@
 //! TLS sessions hops run inside each other. Knows nothing about HTTP or SOCKS.
 
 pub mod eyeballs;
+pub mod stream;

@@ -128,7 +128,7 @@ fn unsupported_proxy_url_scheme_is_a_usage_error() {
     gimlet()
         .args([
             "-p",
-            &format!("socks5://127.0.0.1:{}", proxy.port()),
+            &format!("gopher://127.0.0.1:{}", proxy.port()),
             "example.test",
             "22",
         ])

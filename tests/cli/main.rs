@@ -16,6 +16,7 @@ mod netrc;
 mod ntlm;
 mod reply;
 mod request;
+mod routes;
 mod sources;
 mod stdio;
 mod support;

@@ -75,12 +75,8 @@ fn an_empty_proxy_is_called_empty_and_an_unset_variable_suspected() {
     );
     let line = usage_error(&["--proxy", "", "example.test", "22"]);
     assert!(line.contains("the proxy is empty"), "{line:?}");
-    // Unquoted, an unset variable leaves HOST PORT alone.
-    let line = usage_error(&["example.test", "22"]);
-    assert!(
-        line.contains("but no proxy (an unset variable?)") && line.contains("--proxy URL"),
-        "{line:?}"
-    );
+    // Unquoted, an unset variable leaves HOST PORT alone: that form now takes the proxy from
+    // the environment (tests/cli/routes.rs).
 }
 
 #[test]

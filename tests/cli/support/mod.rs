@@ -5,8 +5,10 @@
 //! check them with their own Basic, Digest and NTLM computations.
 
 mod schemes;
+mod socks;
 
 pub use schemes::*;
+pub use socks::*;
 
 use std::any::Any;
 use std::io::{self, ErrorKind, Read, Write};
@@ -53,7 +55,18 @@ pub const OK: &str = "HTTP/1.1 200 Connection established\r\n\r\n";
 /// credentials or askpass programs inherited from the environment.
 pub fn gimlet_std() -> Command {
     let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("gimlet"));
-    for name in ["GIMLET_PROXY_AUTH", "GIMLET_ASKPASS", "SSH_ASKPASS"] {
+    for name in [
+        "GIMLET_PROXY_AUTH",
+        "GIMLET_ASKPASS",
+        "SSH_ASKPASS",
+        // The proxy environment: HOST PORT would take the machine's proxy.
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
         cmd.env_remove(name);
     }
     // SAFETY: setsid is async-signal-safe and touches no memory of ours.

@@ -1,0 +1,550 @@
+//! Opening a tunnel along a route: dial the first hop, then ask each hop in turn for the next
+//! (HTTP CONNECT or SOCKS) through the tunnel the hops before it opened, with TLS inside that
+//! tunnel for an `https://` hop; the last hop is asked for the destination. An empty route is
+//! a direct connection.
+//!
+//! [`Upstream`] is prepared once (credentials asked for, TLS configured) and is `Sync`:
+//! [`establish`] runs per tunnel, from any thread (listen mode calls it per accepted
+//! connection from its workers). One `--connect-timeout` deadline, set when the first hop is
+//! dialled, covers every hop, since they all run over that one socket.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+
+use crate::auth;
+use crate::config::{self, Config, Endpoint, Family, Host, Proxy};
+use crate::connect::{Clock, Dialer};
+use crate::credentials::{self, Credentials, Spec};
+use crate::diag::info;
+use crate::error::{Error, Kind, ResultExt};
+use crate::handshake::{self, Established, Negotiation, Request};
+use crate::hop::socks::{self, Socks, Step};
+use crate::tls;
+use crate::transport::stream::Stream;
+
+/// One prepared hop.
+struct Hop {
+    proxy: Proxy,
+    /// `host:port` for HTTP, `scheme://host:port` otherwise: what messages call it.
+    name: String,
+    credentials: Option<Credentials>,
+    /// For `https://`: the TLS configuration and the name to verify.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+}
+
+/// How tunnels are reached, prepared once (credentials asked for, TLS configured) and used for
+/// each tunnel: once in pipe mode, per accepted connection in listen mode, from worker threads.
+/// This is the seam between establishing a tunnel and relaying it: [`establish`] may block (up
+/// to `--connect-timeout`), the relays never do.
+pub struct Upstream {
+    /// Empty: connect to the target directly.
+    hops: Vec<Hop>,
+    /// The route as one string for logs; `None` when direct.
+    route_name: Option<String>,
+    dialer: Dialer,
+    scheme: Option<auth::Scheme>,
+    headers: Vec<(String, String)>,
+    user_agent: Option<String>,
+    /// Who to ask after a 407 (or a SOCKS5 proxy that wants a password); `None` in listen
+    /// mode, where nobody is there to answer.
+    askers: Option<credentials::Askers>,
+    /// `--proxy-service-name`: the Kerberos service for Negotiate.
+    service_name: Option<String>,
+}
+
+impl Upstream {
+    /// Prepares the way through `proxy` (or direct) with `credentials`. Asks for a missing
+    /// password now, so that no tunnel waits on a prompt.
+    pub fn new(
+        config: &Config,
+        proxy: Option<&Proxy>,
+        credentials: &Spec,
+        interactive: bool,
+    ) -> Result<Upstream, Error> {
+        let hops: Vec<Proxy> = proxy
+            .map(|p| Proxy {
+                credentials: credentials.clone(),
+                ..p.clone()
+            })
+            .into_iter()
+            .collect();
+        Upstream::route(config, &hops, interactive)
+    }
+
+    /// Prepares the way through `proxies` in order (empty: direct), each with the credentials
+    /// it carries.
+    pub fn route(config: &Config, proxies: &[Proxy], interactive: bool) -> Result<Upstream, Error> {
+        let mut hops = Vec::with_capacity(proxies.len());
+        for proxy in proxies {
+            hops.push(prepare(config, proxy)?);
+        }
+        let route_name = match hops.as_slice() {
+            [] => None,
+            hops => Some(
+                hops.iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" -> "),
+            ),
+        };
+        Ok(Upstream {
+            hops,
+            route_name,
+            dialer: Dialer {
+                family: config.family,
+                timeout: config.connect_timeout,
+                keepalive: config.keepalive,
+                tls: None,
+                exact: config.fdpass,
+            },
+            scheme: config.auth_scheme,
+            headers: config.headers.clone(),
+            user_agent: config.user_agent.clone(),
+            askers: interactive.then(|| config.askers.clone()),
+            service_name: config.proxy_service_name.clone(),
+        })
+    }
+
+    /// TCP keepalive for this way's sockets (a forward's own `keepalive=`).
+    pub fn set_keepalive(&mut self, keepalive: Option<Duration>) {
+        self.dialer.keepalive = keepalive;
+    }
+
+    /// The authentication scheme to use (a forward's own `proxy-auth=`); `None` for any.
+    pub fn set_scheme(&mut self, scheme: Option<auth::Scheme>) {
+        self.scheme = scheme;
+    }
+
+    /// The proxy as `host:port` (hops joined by ` -> ` for a chain), or `None` when direct.
+    pub fn proxy_name(&self) -> Option<&str> {
+        self.route_name.as_deref()
+    }
+
+    /// How many hops the route has.
+    pub fn hops(&self) -> usize {
+        self.hops.len()
+    }
+
+    /// How messages name hop `i`: the proxy alone, or its place in the chain.
+    fn who(&self, i: usize) -> String {
+        match self.hops.len() {
+            1 => format!("proxy {}", self.hops[i].name),
+            n => format!("hop {} of {n} ({})", i + 1, self.hops[i].name),
+        }
+    }
+
+    /// In a chain, says which hop an error came from.
+    fn at(&self, i: usize, e: Error) -> Error {
+        match self.hops.len() {
+            1 => e,
+            _ => e.context(self.who(i)),
+        }
+    }
+}
+
+/// Credentials asked for now when only the user is known; TLS configured for `https://`.
+fn prepare(config: &Config, proxy: &Proxy) -> Result<Hop, Error> {
+    let name = proxy.name();
+    let socks4 = matches!(proxy.socks, Some(socks::Version::V4 | socks::Version::V4a));
+    let credentials = match &proxy.credentials {
+        Spec::None => None,
+        Spec::Known(c) => Some(c.clone()),
+        // SOCKS4 sends a user id and no password: nothing to ask for.
+        Spec::User(user) if socks4 => Some(
+            Credentials::new(user.clone(), String::new())
+                .kind_ctx(Kind::Usage, || format!("checking the SOCKS4 user id for {name}"))?,
+        ),
+        Spec::User(user) => Some(
+            credentials::ask(&name, Some(user), &config.askers)
+                .kind_ctx(Kind::Auth, || format!("asking for the password of proxy user \"{user}\""))?
+                .ok_or_else(|| {
+                    Error::msg(
+                        Kind::Auth,
+                        format_args!(
+                            "asking for the password of proxy user \"{user}\": no terminal and no askpass program (give the password with --proxy-auth-file, {}, --netrc or {})",
+                            config::AUTH_ENV,
+                            config::ASKPASS_ENV
+                        ),
+                    )
+                })?,
+        ),
+    };
+    match &credentials {
+        Some(c) => info!(
+            "credentials for proxy {name}: user \"{}\"{}",
+            c.user,
+            c.source.from_phrase()
+        ),
+        None => info!("no credentials given for proxy {name}"),
+    }
+    let tls = match proxy.tls {
+        true => Some(crate::tls_leg(
+            &proxy.endpoint.host.to_string(),
+            &config.proxy_tls,
+            &format!("proxy {name}"),
+            "--proxy-insecure: the proxy's certificate is not verified",
+        )?),
+        false => None,
+    };
+    Ok(Hop {
+        proxy: proxy.clone(),
+        name,
+        credentials,
+        tls,
+    })
+}
+
+/// Opens a tunnel to `target`: connects, and through each hop negotiates the next (answering
+/// 407s and SOCKS authentication). Blocks for at most the connect timeout. A direct tunnel has
+/// an empty status line.
+pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<Stream>, Error> {
+    // One deadline for the whole route: every connect, reconnect and reply of every hop counts
+    // against it; only the time a person takes to answer a prompt does not.
+    let clock = Clock::start(up.dialer.timeout);
+    let Some(last) = up.hops.len().checked_sub(1) else {
+        let stream = up.dialer.connect_direct(target, &clock)?;
+        info!("connected to {target} directly");
+        return Ok(Established {
+            stream: Stream::from_dialed(stream),
+            reply: granted(String::new()),
+            leftover: Vec::new(),
+        });
+    };
+    let stream = reach(up, last, &clock)?;
+    let established = ask(up, last, stream, target, &clock)?;
+    info!(
+        "tunnel to {target} open: {:?}{}",
+        established.reply.status_line,
+        match established.leftover.len() {
+            0 => String::new(),
+            n => format!(" ({n} tunnel bytes came with it)"),
+        }
+    );
+    Ok(established)
+}
+
+/// A connection on which hop `i` is listening: hop 0 dialled, or hop `i - 1` asked for hop
+/// `i`; TLS with the hop when it is `https://`.
+fn reach(up: &Upstream, i: usize, clock: &Clock) -> Result<Stream, Error> {
+    let hop = &up.hops[i];
+    let (stream, leftover) = if i == 0 {
+        let dialed = up
+            .dialer
+            .connect_within(&hop.proxy.endpoint, clock)
+            .map_err(|e| up.at(0, e))?;
+        (Stream::from_dialed(dialed), Vec::new())
+    } else {
+        let est = ask(
+            up,
+            i - 1,
+            reach(up, i - 1, clock)?,
+            &hop.proxy.endpoint,
+            clock,
+        )?;
+        info!("through {} to {}", up.who(i - 1), hop.name);
+        (est.stream, est.leftover)
+    };
+    match &hop.tls {
+        Some((config, name)) => {
+            tls_over(stream, &leftover, config, name, &up.who(i)).map_err(|e| up.at(i, e))
+        }
+        None if leftover.is_empty() => Ok(stream),
+        // A proxy speaks only when spoken to: bytes before our request are not its reply.
+        None => Err(up.at(
+            i,
+            Error::msg(
+                Kind::Protocol,
+                format_args!(
+                    "{} bytes came through the tunnel before anything was asked of it: {:?}",
+                    leftover.len(),
+                    handshake::printable(&leftover)
+                ),
+            ),
+        )),
+    }
+}
+
+/// Shakes hands over `stream`, the bytes already read (`prefix`) first.
+fn tls_over(
+    mut stream: Stream,
+    prefix: &[u8],
+    config: &Arc<ClientConfig>,
+    name: &ServerName<'static>,
+    who: &str,
+) -> Result<Stream, Error> {
+    let mut prefixed = crate::Prefixed {
+        prefix: std::io::Cursor::new(prefix),
+        stream: &mut stream,
+    };
+    let mut conn = tls::start(config.clone(), name, &mut prefixed, who)?;
+    let mut rest = prefixed.prefix;
+    while (rest.position() as usize) < prefix.len() {
+        conn.read_tls(&mut rest)
+            .kind_ctx(Kind::Tls, || format!("TLS with {who}"))?;
+    }
+    conn.process_new_packets()
+        .map_err(|e| Error::new(Kind::Tls, e).context(format!("TLS with {who}")))?;
+    info!(
+        "TLS with {who}: {}, {}",
+        conn.protocol_version()
+            .map_or_else(String::new, |v| format!("{v:?}")),
+        conn.negotiated_cipher_suite()
+            .map_or_else(String::new, |c| format!("{:?}", c.suite()))
+    );
+    Ok(stream.wrap(conn))
+}
+
+/// Asks hop `i`, listening on `stream`, to connect to `next`.
+fn ask(
+    up: &Upstream,
+    i: usize,
+    stream: Stream,
+    next: &Endpoint,
+    clock: &Clock,
+) -> Result<Established<Stream>, Error> {
+    let hop = &up.hops[i];
+    match hop.proxy.socks {
+        Some(version) => socks_hop(up, i, version, stream, next, clock),
+        None => http_hop(up, i, stream, next, clock).map_err(|e| up.at(i, e)),
+    }
+}
+
+fn http_hop(
+    up: &Upstream,
+    i: usize,
+    stream: Stream,
+    next: &Endpoint,
+    clock: &Clock,
+) -> Result<Established<Stream>, Error> {
+    let hop = &up.hops[i];
+    let proxy_name = hop.proxy.endpoint.to_string();
+    info!("connected to proxy {}; asking for CONNECT {next}", hop.name);
+    let no_askers = credentials::Askers::default();
+    let askers = up.askers.as_ref().unwrap_or(&no_askers);
+    handshake::negotiate(
+        stream,
+        Negotiation {
+            request: Request {
+                target: next,
+                user_agent: up.user_agent.as_deref(),
+                headers: &up.headers,
+            },
+            proxy: &proxy_name,
+            credentials: hop.credentials.clone(),
+            scheme: up.scheme,
+            reconnect: &mut || reach(up, i, clock),
+            ask: &mut || match up.askers {
+                None => Ok(None),
+                Some(_) => clock
+                    .pause(|| credentials::ask(&proxy_name, None, askers))
+                    .kind_ctx(Kind::Auth, || {
+                        format!("asking for credentials for proxy {proxy_name}")
+                    }),
+            },
+            // A fresh setup per connection: the ticket is read each time.
+            negotiate: Some(auth::negotiate::Setup::system(
+                auth::negotiate::service_name(
+                    up.service_name.as_deref(),
+                    &hop.proxy.endpoint.host.to_string(),
+                ),
+            )),
+        },
+    )
+}
+
+/// SOCKS4/4a/5 with hop `i`. A SOCKS5 proxy that accepts no method without a password gets
+/// one, asked for when there is a way to ask, on a new connection.
+fn socks_hop(
+    up: &Upstream,
+    i: usize,
+    version: socks::Version,
+    mut stream: Stream,
+    next: &Endpoint,
+    clock: &Clock,
+) -> Result<Established<Stream>, Error> {
+    let hop = &up.hops[i];
+    let who = up.who(i);
+    let target = match (version.proxy_resolves(), &next.host) {
+        (false, Host::Name(name)) => {
+            let ip =
+                resolve_for(version, name, next.port, up.dialer.family, clock).map_err(|e| {
+                    e.context(format!(
+                        "resolving {name} for {who} ({version} sends addresses)"
+                    ))
+                })?;
+            info!("{name} is {ip}; {version} gets the address");
+            Endpoint {
+                host: Host::Ip(ip),
+                port: next.port,
+            }
+        }
+        _ => next.clone(),
+    };
+    info!("connected to {who}; asking for {version} CONNECT {target}");
+    let mut credentials = hop.credentials.clone();
+    let mut asked = false;
+    loop {
+        let mut s = Socks::new(version, &target, credentials.clone())
+            .map_err(|e| e.context(format!("asking {who} for {next}")))?;
+        match drive(&mut s, &mut stream, up, &who, clock) {
+            Ok(done) => {
+                let status = match &done.bound {
+                    Some(bound) => format!("{version} request granted (bound {bound})"),
+                    None => format!("{version} request granted"),
+                };
+                return Ok(Established {
+                    stream,
+                    reply: granted(status),
+                    leftover: done.leftover,
+                });
+            }
+            Err(e) if s.wants_credentials() && !asked && credentials.is_none() => {
+                let Some(askers) = &up.askers else {
+                    return Err(e.context(format!("authenticating to {who}")));
+                };
+                asked = true;
+                match clock
+                    .pause(|| credentials::ask(&hop.name, None, askers))
+                    .kind_ctx(Kind::Auth, || format!("asking for credentials for {who}"))?
+                {
+                    Some(c) => credentials = Some(c),
+                    None => return Err(e.context(format!("authenticating to {who}"))),
+                }
+                // The proxy closes after refusing every method: start again.
+                stream = reach(up, i, clock)?;
+            }
+            Err(e) => {
+                let what = match e.kind() {
+                    Kind::Refused => format!("{who} refused CONNECT {next}"),
+                    Kind::Auth => format!("authenticating to {who}"),
+                    _ => format!("reading the SOCKS reply from {who}"),
+                };
+                return Err(e.context(what));
+            }
+        }
+    }
+}
+
+/// Runs one SOCKS exchange over `stream`. With `--fdpass` every read takes at most what the
+/// reply still lacks, so the tunnel's first bytes stay in the socket for ssh.
+fn drive(
+    s: &mut Socks,
+    stream: &mut Stream,
+    up: &Upstream,
+    who: &str,
+    clock: &Clock,
+) -> Result<socks::Done, Error> {
+    let send = |stream: &mut Stream, bytes: &[u8]| {
+        stream
+            .write_all(bytes)
+            .and_then(|()| stream.flush())
+            .map_err(|e| {
+                Error::new(io_kind(&e), e).context(format!("sending the SOCKS request to {who}"))
+            })
+    };
+    send(stream, &s.start())?;
+    let mut buf = [0u8; 1024];
+    let mut step = Step::Need(1);
+    loop {
+        match step {
+            Step::Need(_) => {
+                let want = if up.dialer.exact {
+                    s.wanted().min(buf.len())
+                } else {
+                    buf.len()
+                };
+                let n = loop {
+                    match stream.read(&mut buf[..want]) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(Error::new(io_kind(&e), e)),
+                    }
+                };
+                if n == 0 {
+                    return Err(s.eof());
+                }
+                step = s.feed(&buf[..n])?;
+            }
+            Step::Send(bytes) => {
+                send(stream, &bytes)?;
+                step = s.feed(&[])?;
+            }
+            Step::NeedCredentials => {
+                let Some(askers) = &up.askers else {
+                    return Err(Error::msg(
+                        Kind::Auth,
+                        "the proxy wants a user name and password and none was given",
+                    ));
+                };
+                let c = clock
+                    .pause(|| credentials::ask(who, None, askers))
+                    .kind_ctx(Kind::Auth, || format!("asking for credentials for {who}"))?
+                    .ok_or_else(|| {
+                        Error::msg(
+                            Kind::Auth,
+                            "the proxy wants a user name and password and there is no way to ask for them",
+                        )
+                    })?;
+                step = s.authenticate(c)?;
+            }
+            Step::Done(done) => return Ok(done),
+        }
+    }
+}
+
+fn io_kind(e: &std::io::Error) -> Kind {
+    if tls::is_tls_error(e) {
+        Kind::Tls
+    } else {
+        Kind::Unreachable
+    }
+}
+
+/// The address a `socks4://` or `socks5://` hop is given for `name`: resolved here, within the
+/// timeout, IPv4 for SOCKS4, `-4`/`-6` respected.
+fn resolve_for(
+    version: socks::Version,
+    name: &str,
+    port: u16,
+    family: Family,
+    clock: &Clock,
+) -> Result<IpAddr, Error> {
+    let addrs = crate::connect::resolve_name(name, port, clock)?;
+    let fits = |a: &SocketAddr| match (version, family) {
+        (socks::Version::V4, _) | (_, Family::V4) => a.is_ipv4(),
+        (_, Family::V6) => a.is_ipv6(),
+        _ => true,
+    };
+    addrs
+        .iter()
+        .find(|a| fits(a))
+        .map(SocketAddr::ip)
+        .ok_or_else(|| {
+            Error::msg(
+                Kind::Unreachable,
+                format_args!(
+                    "{name} has no {} address",
+                    if version == socks::Version::V4 || family == Family::V4 {
+                        "IPv4"
+                    } else {
+                        "IPv6"
+                    }
+                ),
+            )
+        })
+}
+
+/// The reply a direct connection or a SOCKS grant stands in for.
+fn granted(status_line: String) -> handshake::Reply {
+    handshake::Reply {
+        version: 1,
+        code: 200,
+        status_line,
+        headers: Vec::new(),
+    }
+}
