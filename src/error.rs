@@ -53,19 +53,19 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     ),
     (
         Kind::Unreachable.code(),
-        "The proxy could not be reached: name resolution failed, the connection was refused or timed out, or no reply came within --connect-timeout.",
+        "The proxy (or, on a direct route, the destination) could not be reached: name resolution failed, the connection was refused or timed out, or no reply came within --connect-timeout.",
     ),
     (
         Kind::Refused.code(),
-        "The proxy refused the CONNECT with a non-2xx status (other than 407); the message quotes its status line.",
+        "The proxy refused the CONNECT with a non-2xx status (other than 407), or a SOCKS proxy refused the request (SOCKS5 replies 0x01 to 0x08, SOCKS4 reply 91); the message quotes the status line or names the reply, and in a chain names the hop.",
     ),
     (
         Kind::Auth.code(),
-        "Proxy authentication failed: credentials were required and none were available, or the proxy rejected them.",
+        "Proxy authentication failed: credentials were required and none were available, or the proxy rejected them (for SOCKS: no acceptable method 0xff, a rejected RFC 1929 user name and password, SOCKS4 replies 92 and 93 about identd).",
     ),
     (
         Kind::Protocol.code(),
-        "The proxy's reply was malformed: not HTTP, truncated, or over the 64 KiB / 100 header limit.",
+        "The proxy's reply was malformed: not HTTP (or not SOCKS for a SOCKS hop, with a hint when it is the other), truncated, or over the 64 KiB / 100 header limit.",
     ),
     (
         Kind::Tunnel.code(),

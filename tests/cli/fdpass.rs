@@ -137,3 +137,46 @@ fn fdpass_refuses_tls_legs() {
         assert!(stderr.contains("TLS"), "{stderr:?}");
     }
 }
+
+#[test]
+fn fdpass_through_socks_and_a_chain_leaves_the_tunnel_bytes_in_the_socket() {
+    for scheme in ["socks4a", "socks5h"] {
+        let socks = FakeSocks::start(move |s| {
+            let reply: &[u8] = if scheme == "socks5h" {
+                read_greeting(s);
+                s.write_all(&[5, 0]).unwrap();
+                read_request5(s);
+                &SOCKS5_OK
+            } else {
+                read_request4(s);
+                &[0, 90, 0, 0, 0, 0, 0, 0]
+            };
+            // The reply and the server's banner in one segment.
+            s.write_all(&[reply, b"SSH-2.0-early\r\n"].concat())
+                .unwrap();
+            echo(s);
+        });
+        let http = forwarding_proxy();
+        let (child, ours) = spawn_fdpass(&[
+            "-p",
+            &http.addr(),
+            "-p",
+            &socks.url(scheme),
+            "example.test",
+            "22",
+        ]);
+        let fd = receive_fd(&ours).expect("no descriptor received");
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+        let mut tunnel = std::net::TcpStream::from(fd);
+        let mut early = [0u8; 15];
+        tunnel.read_exact(&mut early).unwrap();
+        assert_eq!(&early, b"SSH-2.0-early\r\n", "{scheme}");
+        tunnel.write_all(b"ping").unwrap();
+        tunnel.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = String::new();
+        tunnel.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "ping", "{scheme}");
+        socks.check();
+    }
+}

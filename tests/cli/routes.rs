@@ -463,3 +463,50 @@ fn a_bad_proxy_variable_is_a_usage_error_naming_the_variable() {
     assert!(line.contains("parsing https_proxy"), "{line}");
     assert!(!line.contains("secret"), "{line}");
 }
+
+#[test]
+fn tls_nests_three_deep_behind_an_http_hop() {
+    use crate::support_tls::{Pki, TlsProxy, TlsStream};
+    let pki = Pki::new();
+    let dest = pki.ca.issue(&["dest.example"]).server_config();
+    // Hop 2 is an https proxy reached through hop 1's tunnel; the destination's TLS runs
+    // inside hop 2's: TCP, then TLS with hop 2, then TLS with the destination.
+    let https = TlsProxy::start(pki.server.server_config(), move |s| {
+        s.send(OK);
+        let mut inner = TlsStream::inside(dest.clone(), &mut s.tls)
+            .expect("destination handshake inside hop 2's TLS");
+        inner.echo();
+    });
+    let http = forwarding_proxy();
+    let ca = pki.ca.file().to_str().unwrap().to_owned();
+    let mut cmd = gimlet();
+    cmd.env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .args([
+            "--proxy-cacert",
+            &ca,
+            "--tls",
+            "--cacert",
+            &ca,
+            "-p",
+            &http.addr(),
+            "-p",
+            &https.url_as("localhost"),
+            "dest.example",
+            "443",
+        ])
+        .write_stdin("deep inside");
+    let out = cmd.output().unwrap();
+    assert_echoed(&out, b"deep inside");
+    assert!(
+        http.finish()
+            .only_request()
+            .starts_with(&format!("CONNECT localhost:{} ", https.port())),
+    );
+    assert!(
+        https
+            .finish()
+            .only_request()
+            .starts_with("CONNECT dest.example:443 ")
+    );
+}

@@ -226,7 +226,9 @@ pub fn forwarding_proxy() -> FakeProxy {
             .expect("CONNECT target")
             .to_owned();
         assert!(
-            target.starts_with("127.0.0.1:") || target.starts_with("[::1]:"),
+            ["127.0.0.1:", "[::1]:", "localhost:"]
+                .iter()
+                .any(|p| target.starts_with(p)),
             "a fake must stay on the loopback: {target}"
         );
         let upstream = TcpStream::connect(&target).expect("forwarding proxy connect");
