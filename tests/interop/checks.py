@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -422,7 +423,9 @@ def check_kerberos(t: Tunnel) -> str:
     the credential cache's time offset), and, as root, with libgssapi_krb5
     hidden (/dev/null bound over it in a mount namespace of gimlet's own):
     exit 5 naming the package. Where the row has a password too, no ticket or
-    no library means the next scheme (the log names that user)."""
+    no library means the next scheme (the log names that user). gimlet -L
+    started without a ticket fails a connection, and after a kinit the next
+    one works without a restart."""
     argv = [LOOPBACK["inet"], str(t.target.port)]
     log = t.dir / "access.log"
     reaches_sshd(t, t.gimlet_argv(*argv))
@@ -447,6 +450,7 @@ def check_kerberos(t: Tunnel) -> str:
         kdc.ticket_with_clock_offset(t.env(), ccache, offset)
         notes.append(f"{name}: " + refuses(bare.gimlet_argv(*argv), bare.env(
             KRB5CCNAME=f"FILE:{ccache}"), AUTH_EXIT, address, text))
+    notes.append(listen_picks_up_kinit(t, bare))
     if hidden := without_gssapi():
         # A machine without MIT Kerberos: only a run that needs Negotiate notices.
         argv_hidden = hidden + bare.gimlet_argv(*argv)
@@ -468,6 +472,46 @@ def check_kerberos(t: Tunnel) -> str:
         wait_logged(log, f" {t.credentials.user.replace(chr(92), chr(92) * 2)} ")
         notes.append(f"no ticket: fell back to {t.credentials.user}")
     return "; ".join(notes)
+
+
+def banner_via(port: int) -> bytes:
+    """What a connection to the listener on `port` reads first ('' when it is closed)."""
+    deadline = time.monotonic() + REFUSED_TIMEOUT
+    while True:
+        try:
+            with socket.create_connection((LOOPBACK["inet"], port), timeout=REFUSED_TIMEOUT) as s:
+                return s.recv(64)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise Failed(f"gimlet -L not listening on port {port}") from None
+            time.sleep(0.05)
+
+
+def listen_picks_up_kinit(t: Tunnel, bare: Tunnel) -> str:
+    """gimlet -L started without a ticket: a connection fails; after the
+    ticket appears in the cache (a kinit), the next one reaches sshd, with no
+    restart: the ticket is read per connection."""
+    port = t.sandbox.free_port()
+    cache = t.scratch / "late-ccache"
+    forward = f"{LOOPBACK['inet']}:{port}:{LOOPBACK['inet']}:{t.target.port}"
+    *_, proxy, _, _ = bare.gimlet_argv("h", "p", joined=True)
+    argv = [t.gimlet, *t.proxy.gimlet_args, "-L", forward, proxy]
+    with tempfile.TemporaryFile() as err, Child(
+        argv, bulk_timeout(0), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+        env=bare.env(KRB5CCNAME=f"FILE:{cache}"),
+    ):
+        before = banner_via(port)
+        shutil.copy(t.env()["KRB5CCNAME"].removeprefix("FILE:"), cache)
+        after = banner_via(port)
+        err.seek(0)
+        log = err.read()
+    if before:
+        raise Failed(f"gimlet -L without a ticket passed {before!r}")
+    if not after.startswith(b"SSH-2.0-"):
+        raise Failed(f"gimlet -L after kinit: no sshd banner ({after!r}): {tail(log)}")
+    if NO_TICKET.encode() not in log:
+        raise Failed(f"gimlet -L's log lacks {NO_TICKET!r}: {tail(log)}")
+    return "-L: kinit after start picked up"
 
 
 def without_gssapi() -> list[str]:
