@@ -279,7 +279,7 @@ impl Authenticator {
     pub fn negotiate(setup: &mut negotiate::Setup) -> anyhow::Result<(Authenticator, Secret)> {
         let ticket = setup.ticket()?;
         let (context, token) = setup.start()?;
-        let value = Secret::new(format!("{} {}", negotiate::NAME, b64(&token)));
+        let value = negotiate_value(token);
         let state = State::Negotiate { context, legs: 1 };
         let (scheme, credentials, user) = (Scheme::Negotiate, None, ticket.principal);
         Ok((
@@ -439,11 +439,7 @@ impl Authenticator {
             return Ok(None);
         }
         *legs += 1;
-        Ok(Some(Secret::new(format!(
-            "{} {}",
-            negotiate::NAME,
-            b64(&step.token)
-        ))))
+        Ok(Some(negotiate_value(step.token)))
     }
 
     /// True while the scheme's state lives on the current connection: the NTLM authenticate
@@ -456,6 +452,13 @@ impl Authenticator {
             _ => false,
         }
     }
+}
+
+/// `Negotiate <token>`; the token and its base64 are credentials, zeroed once copied.
+fn negotiate_value(token: Vec<u8>) -> Secret {
+    let token = zeroize::Zeroizing::new(token);
+    let encoded = zeroize::Zeroizing::new(b64(&token));
+    Secret::new(format!("{} {}", negotiate::NAME, encoded.as_str()))
 }
 
 fn b64(bytes: &[u8]) -> String {
