@@ -605,7 +605,11 @@ fn spawn_as_job_on_terminal(pty: &Pty, args: &[&str]) -> Child {
                 libc::close(fd);
             }
             let mut status = 0;
-            while libc::waitpid(job, &mut status, 0) != job {}
+            while libc::waitpid(job, &mut status, 0) != job {
+                if *libc::__errno_location() != libc::EINTR {
+                    libc::_exit(127);
+                }
+            }
             if libc::WIFEXITED(status) {
                 libc::_exit(libc::WEXITSTATUS(status));
             }
