@@ -198,15 +198,24 @@ impl std::fmt::Display for ReplyError {
                 f,
                 "the proxy's reply is not HTTP but looks like TLS (use an https:// proxy URL): {line:?}"
             ),
-            ReplyError::NotHttp(line) => write!(f, "the proxy's reply is not HTTP: {line:?}"),
+            ReplyError::NotHttp(line) => match crate::hop::socks::looks_like_socks(line.as_bytes())
+            {
+                Some(socks) => write!(
+                    f,
+                    "the proxy's reply is not HTTP but looks like {socks} (give it as socks5h:// or socks4a://): {line:?}"
+                ),
+                None => write!(f, "the proxy's reply is not HTTP: {line:?}"),
+            },
             ReplyError::Malformed(why, line) => write!(f, "malformed reply ({why}): {line:?}"),
             ReplyError::TooLarge => write!(f, "reply head is larger than {MAX_HEAD} bytes"),
             ReplyError::TooManyHeaders => {
                 write!(f, "reply has more than {MAX_HEADERS} header fields")
             }
-            ReplyError::ClosedBeforeReply => {
-                write!(f, "the proxy closed the connection without replying")
-            }
+            // What a SOCKS5 server such as dante does with an HTTP request.
+            ReplyError::ClosedBeforeReply => write!(
+                f,
+                "the proxy closed the connection without replying (if it is a SOCKS proxy, give it as socks5h://HOST:PORT)"
+            ),
             ReplyError::Truncated(n) => write!(
                 f,
                 "the proxy closed the connection in the middle of its reply head (after {n} bytes)"

@@ -462,6 +462,12 @@ fn drive(
                     match stream.read(&mut buf[..want]) {
                         Ok(n) => break n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        // An HTTP proxy waits for a request line that never comes.
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            return Err(Error::new(Kind::Unreachable, e).context(
+                                "no SOCKS reply (an HTTP proxy given as socks:// waits like this: if it is one, give it as http://HOST:PORT)",
+                            ));
+                        }
                         Err(e) => return Err(Error::new(io_kind(&e), e)),
                     }
                 };

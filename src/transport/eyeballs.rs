@@ -175,7 +175,6 @@ fn connect_one(
             error: io::ErrorKind::TimedOut.into(),
         });
     }
-    info!("connecting to {addr}");
     match socket.connect_timeout(&SockAddr::from(addr), left) {
         Ok(()) => Ok(socket.into()),
         Err(e)

@@ -510,3 +510,55 @@ fn tls_nests_three_deep_behind_an_http_hop() {
             .starts_with("CONNECT dest.example:443 ")
     );
 }
+
+#[test]
+fn socks_proxy_given_as_http_is_named_in_a_hint() {
+    // A SOCKS4 server refuses the CONNECT line with 00 5b; dante-like SOCKS5 servers close.
+    let socks4 = FakeSocks::start(|s| {
+        read_head(s);
+        let _ = s.write_all(&[0, 91, 0, 0, 0, 0, 0, 0]);
+    });
+    let out = run(&[&socks4.addr(), "127.0.0.1", "22"], &[], b"");
+    let line = assert_failure(&out, 6, Some(&socks4.addr()));
+    assert!(
+        line.contains("looks like SOCKS4 (give it as socks5h:// or socks4a://)"),
+        "{line}"
+    );
+
+    let socks5 = FakeSocks::start(|s| {
+        // Read it all, so that closing sends FIN, not RST.
+        read_head(s);
+    });
+    let out = run(&[&socks5.addr(), "127.0.0.1", "22"], &[], b"");
+    let line = assert_failure(&out, 6, Some(&socks5.addr()));
+    assert!(
+        line.contains("if it is a SOCKS proxy, give it as socks5h://"),
+        "{line}"
+    );
+}
+
+#[test]
+fn http_proxy_given_as_socks_that_waits_times_out_with_a_hint() {
+    let http = FakeSocks::start(|s| {
+        // Waits for a request line, as an HTTP server does, until gimlet gives up.
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    });
+    let out = run(
+        &[
+            "--connect-timeout",
+            "0.3",
+            "-p",
+            &http.url("socks5h"),
+            "127.0.0.1",
+            "22",
+        ],
+        &[],
+        b"",
+    );
+    let line = assert_failure(&out, 3, Some(&http.addr()));
+    assert!(
+        line.contains("if it is one, give it as http://HOST:PORT"),
+        "{line}"
+    );
+}
