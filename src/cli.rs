@@ -383,6 +383,63 @@ pub struct Cli {
     pub log: Option<PathBuf>,
 }
 
+impl Cli {
+    /// The common ProxyCommand line, `gimlet PROXY HOST PORT` (or corkscrew's form): positional
+    /// arguments only, no option among them. It means what clap would make of it, every option
+    /// at its default, but without building clap's `Command` for some thirty options first,
+    /// which was half the instructions of a whole tunnel's start-up. `None` sends everything else
+    /// to clap: any argument starting with `-` (options, `--`, `-` itself), and non-UTF-8.
+    /// A test checks the defaults against clap's.
+    pub fn positional_only<I: IntoIterator<Item = std::ffi::OsString>>(argv: I) -> Option<Cli> {
+        let args = argv
+            .into_iter()
+            .skip(1)
+            .map(|a| a.into_string().ok().filter(|s| !s.starts_with('-')))
+            .collect::<Option<Vec<String>>>()?;
+        if args.is_empty() {
+            return None;
+        }
+        Some(Cli {
+            args,
+            proxy: Vec::new(),
+            noproxy: None,
+            proxy_user: None,
+            proxy_auth_file: None,
+            proxy_auth: "any".into(),
+            proxy_service_name: None,
+            netrc: false,
+            netrc_file: None,
+            headers: Vec::new(),
+            user_agent: None,
+            proxy_cacert: None,
+            proxy_insecure: false,
+            proxy_pinnedpubkey: None,
+            proxy_servername: None,
+            proxy_cert: None,
+            proxy_key: None,
+            tls: false,
+            cacert: None,
+            insecure: false,
+            servername: None,
+            pinnedpubkey: None,
+            connect_timeout: "30".into(),
+            idle_timeout: None,
+            keepalive: "60".into(),
+            fdpass: false,
+            ipv4: false,
+            ipv6: false,
+            verbose: 0,
+            quiet: false,
+            generate: None,
+            local_forward: Vec::new(),
+            forwards: None,
+            max_tunnels: None,
+            drain_timeout: "30".into(),
+            log: None,
+        })
+    }
+}
+
 /// The help text: clap's (`-h` the summaries, `--help` everything), then with `--help` the
 /// examples, unwrapped (clap would break a long command at the terminal's width).
 pub fn help(long: bool) -> String {
@@ -419,5 +476,130 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn argv(args: &[&str]) -> Vec<std::ffi::OsString> {
+        std::iter::once("gimlet")
+            .chain(args.iter().copied())
+            .map(Into::into)
+            .collect()
+    }
+
+    #[test]
+    fn positional_only_means_what_clap_makes_of_it() {
+        for args in [
+            &["proxy.corp:3128", "git.example.com", "22"][..],
+            &[
+                "proxy.corp",
+                "3128",
+                "git.example.com",
+                "22",
+                "/home/a/.ssh/auth",
+            ],
+            &["http://u:p@[::1]:8080", "::1", "443"],
+            &["", "x"],
+            &["git.example.com", "22"],
+        ] {
+            let fast = Cli::positional_only(argv(args)).expect("positional only");
+            let clap = Cli::try_parse_from(argv(args)).expect("clap parses it");
+            // Every field by name, so that a new option fails to compile here until its
+            // default is added to `positional_only` and compared.
+            let Cli {
+                args,
+                proxy,
+                noproxy,
+                proxy_user,
+                proxy_auth_file,
+                proxy_auth,
+                proxy_service_name,
+                netrc,
+                netrc_file,
+                headers,
+                user_agent,
+                proxy_cacert,
+                proxy_insecure,
+                proxy_pinnedpubkey,
+                proxy_servername,
+                proxy_cert,
+                proxy_key,
+                tls,
+                cacert,
+                insecure,
+                servername,
+                pinnedpubkey,
+                connect_timeout,
+                idle_timeout,
+                keepalive,
+                fdpass,
+                ipv4,
+                ipv6,
+                verbose,
+                quiet,
+                generate,
+                local_forward,
+                forwards,
+                max_tunnels,
+                drain_timeout,
+                log,
+            } = fast;
+            assert_eq!(args, clap.args);
+            assert_eq!(proxy, clap.proxy);
+            assert_eq!(noproxy, clap.noproxy);
+            assert_eq!(proxy_user, clap.proxy_user);
+            assert_eq!(proxy_auth_file, clap.proxy_auth_file);
+            assert_eq!(proxy_auth, clap.proxy_auth);
+            assert_eq!(proxy_service_name, clap.proxy_service_name);
+            assert_eq!(netrc, clap.netrc);
+            assert_eq!(netrc_file, clap.netrc_file);
+            assert_eq!(headers, clap.headers);
+            assert_eq!(user_agent, clap.user_agent);
+            assert_eq!(proxy_cacert, clap.proxy_cacert);
+            assert_eq!(proxy_insecure, clap.proxy_insecure);
+            assert_eq!(proxy_pinnedpubkey, clap.proxy_pinnedpubkey);
+            assert_eq!(proxy_servername, clap.proxy_servername);
+            assert_eq!(proxy_cert, clap.proxy_cert);
+            assert_eq!(proxy_key, clap.proxy_key);
+            assert_eq!(tls, clap.tls);
+            assert_eq!(cacert, clap.cacert);
+            assert_eq!(insecure, clap.insecure);
+            assert_eq!(servername, clap.servername);
+            assert_eq!(pinnedpubkey, clap.pinnedpubkey);
+            assert_eq!(connect_timeout, clap.connect_timeout);
+            assert_eq!(idle_timeout, clap.idle_timeout);
+            assert_eq!(keepalive, clap.keepalive);
+            assert_eq!(fdpass, clap.fdpass);
+            assert_eq!(ipv4, clap.ipv4);
+            assert_eq!(ipv6, clap.ipv6);
+            assert_eq!(verbose, clap.verbose);
+            assert_eq!(quiet, clap.quiet);
+            assert_eq!(generate, clap.generate);
+            assert_eq!(local_forward, clap.local_forward);
+            assert_eq!(forwards, clap.forwards);
+            assert_eq!(max_tunnels, clap.max_tunnels);
+            assert_eq!(drain_timeout, clap.drain_timeout);
+            assert_eq!(log, clap.log);
+        }
+    }
+
+    #[test]
+    fn anything_but_positional_arguments_goes_to_clap() {
+        for args in [
+            &[][..],
+            &["-v", "proxy:3128", "h", "22"],
+            &["proxy:3128", "h", "22", "--fdpass"],
+            &["--", "proxy:3128", "h", "22"],
+            &["-", "h", "22"],
+            &["--help"],
+            &["-V"],
+        ] {
+            assert!(Cli::positional_only(argv(args)).is_none(), "{args:?}");
+        }
+        use std::os::unix::ffi::OsStringExt;
+        let not_utf8 = vec![
+            "gimlet".into(),
+            std::ffi::OsString::from_vec(vec![0xff]),
+            "h".into(),
+        ];
+        assert!(Cli::positional_only(not_utf8).is_none());
     }
 }

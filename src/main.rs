@@ -10,7 +10,8 @@ use gimlet::config::Config;
 use gimlet::error::{Error, Kind};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // The plain ProxyCommand line skips building clap's parser: start-up is paid per connection.
+    let cli = match Cli::positional_only(std::env::args_os()).map_or_else(Cli::try_parse, Ok) {
         Ok(cli) => cli,
         Err(e) if e.kind() == ErrorKind::DisplayHelp => {
             // Asked for: help goes to stdout, as everywhere, with the examples unwrapped.
