@@ -91,7 +91,10 @@ pub(crate) fn transfer(
     let reader = {
         let progress = Arc::clone(&out_progress);
         let target = if dir == Dir::Down { n } else { 0 };
-        thread::spawn(move || drain_stdout(stdout_r, target, full, progress, out_done_tx))
+        let read_size = opts.read_size;
+        thread::spawn(move || {
+            drain_stdout(stdout_r, read_size, target, full, progress, out_done_tx)
+        })
     };
 
     // Wait for the last byte at the far end, watching for stalls and early exits.
@@ -317,7 +320,7 @@ pub(crate) fn capacity(ep: &Endpoint, n: u64, stall: Duration) -> Capacity {
         let t0 = Instant::now();
         let writer = thread::spawn(move || feed_stdin(w, n));
         let progress = Arc::new(AtomicU64::new(0));
-        let reader = thread::spawn(move || drain_stdout(r, n, false, progress, done_tx));
+        let reader = thread::spawn(move || drain_stdout(r, IO_CHUNK, n, false, progress, done_tx));
         let t1 = done.recv().ok();
         let _ = writer.join();
         let _ = reader.join();

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::stream::IO_CHUNK;
+
 pub(crate) const USAGE: &str =
     "usage: benches/run [OPTIONS]   (or: cargo bench --bench peers -- [OPTIONS])";
 
@@ -16,6 +18,8 @@ Options:
                   gimlet-copy, corkscrew, proxytunnel, connect-proxy, nc.openbsd, socat,
                   ncat                                                      [default all]
   --timeout SECS  give up on a run when no byte moved for SECS              [default 10]
+  --read-size SIZE  the stdout reader's read(2) size, at most 1M; small reads (cat: 128K,
+                  dd's default: 512) keep the pipe near full, as a slow reader does  [default 1M]
   --verify        compare every byte (default: count every byte, compare the first MiB)
   --smoke         quick run for CI: --size 8M --reps 1 --spawns 20 --verify --timeout 5
 
@@ -34,6 +38,8 @@ pub(crate) struct Opts {
     pub(crate) stall: Duration,
     /// Compare every byte, not only the first period of the stream.
     pub(crate) verify: bool,
+    /// The stdout reader's read(2) size (at most `IO_CHUNK`).
+    pub(crate) read_size: usize,
     pub(crate) smoke: bool,
     /// The arguments as given, for the header.
     pub(crate) args: Vec<String>,
@@ -73,6 +79,7 @@ pub(crate) fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let mut tools = None;
     let mut stall = None;
     let mut verify = false;
+    let mut read_size = None;
     let mut smoke = false;
     let mut shown = Vec::new();
     let mut it = args.into_iter();
@@ -133,6 +140,15 @@ pub(crate) fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
                     .ok_or(format!("bad --timeout {v:?}"))?;
                 stall = Some(Duration::from_secs_f64(secs));
             }
+            "--read-size" => {
+                let v = value("a size")?;
+                read_size = Some(
+                    parse_size(&v)
+                        .filter(|&n| n <= IO_CHUNK as u64)
+                        .ok_or(format!("bad --read-size {v:?} (e.g. 4K, 64K, at most 1M)"))?
+                        as usize,
+                );
+            }
             "--verify" => verify = true,
             "--smoke" => smoke = true,
             "-h" | "--help" => {
@@ -149,6 +165,7 @@ pub(crate) fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
         tools,
         stall: stall.unwrap_or(Duration::from_secs(if smoke { 5 } else { 10 })),
         verify: verify || smoke,
+        read_size: read_size.unwrap_or(IO_CHUNK),
         smoke,
         args: shown,
     })

@@ -91,16 +91,18 @@ pub(crate) struct Drained {
     pub(crate) error: Option<String>,
 }
 
-/// Reads the tool's stdout to EOF, checking the stream. Sends the time the `target`-th byte
-/// arrived on `done` (when `target` > 0); drops `done` at EOF either way.
+/// Reads the tool's stdout to EOF, `read_size` bytes at most per read, checking the stream.
+/// Sends the time the `target`-th byte arrived on `done` (when `target` > 0); drops `done` at
+/// EOF either way.
 pub(crate) fn drain_stdout(
     mut r: File,
+    read_size: usize,
     target: u64,
     full: bool,
     progress: Arc<AtomicU64>,
     done: Sender<Instant>,
 ) -> Drained {
-    let mut buf = vec![0u8; IO_CHUNK];
+    let mut buf = vec![0u8; read_size.clamp(1, IO_CHUNK)];
     let mut check = Checker::new(full);
     let mut done = Some(done);
     let mut bytes = 0u64;
