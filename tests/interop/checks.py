@@ -26,6 +26,7 @@ import kdc
 from harness import LOOPBACK, Child, Failed, Sandbox, run, run_ok, tail, tool
 from pki import certificate, pki_dir
 from proxies import Credentials, Proxy
+import readme
 from target import Target, checkout_manifest
 
 # Timeouts only catch hangs; a healthy run takes a small fraction of them.
@@ -647,6 +648,77 @@ def check_tls_echo(t: Tunnel) -> str:
     return throughput(len(data), time.monotonic() - started)
 
 
+def localized(t: Tunnel, command: str) -> str:
+    """A README ProxyCommand aimed at the row: its gimlet, its proxy port on
+    127.0.0.1 (the example proxy's name and port swapped, nothing else)."""
+    program, rest = command.split(" ", 1)
+    if program != "gimlet":
+        raise Failed(f"README recipe runs {program!r}, not gimlet: {command!r}")
+    host, port = readme.EXAMPLE_PROXY, readme.EXAMPLE_PORT
+    rest = (rest.replace(f"{host}:{port}", f"{LOOPBACK['inet']}:{t.port}")
+            .replace(f"{host} {port}", f"{LOOPBACK['inet']} {t.port}"))
+    return f"{shlex.quote(t.gimlet)} {rest}"
+
+
+def readme_home(t: Tunnel) -> Path:
+    """A HOME with the files the README's recipes name, holding its example
+    credentials: ~/.ssh/proxyauth, ~/.config/gimlet/proxyauth, ~/.netrc."""
+    home = t.scratch / "readme-home"
+    pair = f"{readme.EXAMPLE_USER}:{readme.EXAMPLE_PASSWORD}\n"
+    netrc = (f"machine {LOOPBACK['inet']} login {readme.EXAMPLE_USER} "
+             f"password {readme.EXAMPLE_PASSWORD}\n")
+    for relative, text in ((".ssh/proxyauth", pair), (".config/gimlet/proxyauth", pair),
+                           (".netrc", netrc)):
+        path = home / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(text)
+    return home
+
+
+def check_readme(t: Tunnel) -> str:
+    """Every ProxyCommand in README.md's code blocks (readme.py) through a real
+    ssh, as written there but for the example proxy's address: those with
+    credentials on a row that asks for the README's (alice, p@ss), the others
+    on a row that asks for none; https:// ones are left to the TLS rows'
+    checks. A recipe with %% must also fail, with the ssh message the README's
+    troubleshooting quotes, when written with a single %."""
+    asks = t.credentials is not None
+    if asks and (t.credentials.user, t.credentials.password) != (readme.EXAMPLE_USER,
+                                                                   readme.EXAMPLE_PASSWORD):
+        raise Failed("the row's credentials are not the README's example ones")
+    home = readme_home(t)
+    text = readme.README.read_text()
+    ran = 0
+    for recipe in readme.recipes(text):
+        if recipe.tls or recipe.credentials != asks:
+            continue
+        fdpass = ["-o", "ProxyUseFdpass=yes"] if recipe.fdpass else []
+
+        def ssh(command: str) -> subprocess.CompletedProcess:
+            argv = ["ssh", "-F", str(t.target.ssh_config), "-o",
+                    f"ProxyCommand={localized(t, command)}", *fdpass,
+                    "-p", str(t.target.port), LOOPBACK["inet"], "echo", "ok"]
+            return run(argv, LOGIN_TIMEOUT, env=t.env(HOME=str(home), **recipe.env))
+
+        result = ssh(recipe.command)
+        if result.returncode != 0 or result.stdout != b"ok\n":
+            raise Failed(f"README recipe {recipe.line.strip()!r}: ssh exited with status "
+                         f"{result.returncode}: {tail(result.stderr)}")
+        ran += 1
+        if "%%" in recipe.command:
+            wrong = ssh(readme.undoubled(recipe.command))
+            message = re.search(rb"percent_expand: unknown key %\w", wrong.stderr)
+            if wrong.returncode == 0 or not message:
+                raise Failed(f"{readme.undoubled(recipe.command)!r} did not fail with ssh's "
+                             f"percent_expand message: {tail(wrong.stderr)}")
+            if message.group().decode() not in text:
+                raise Failed(f"README.md does not quote ssh's {message.group().decode()!r}")
+    if not ran:
+        raise Failed("README.md has no ssh recipe for this row")
+    return f"{ran} recipes"
+
+
 CHECKS = [
     Check("ssh", check_ssh),
     Check("ssh-v6", check_ssh_v6, needs=frozenset({"inet6"})),
@@ -661,4 +733,5 @@ CHECKS = [
     Check("tls-verify", check_tls_verify, needs=frozenset({"inet", "tls"})),
     Check("kerberos", check_kerberos, needs=frozenset({"inet", "kerberos"})),
     Check("tls-echo", check_tls_echo, packages=("stunnel4", "openssl")),
+    Check("readme", check_readme, needs=frozenset({"inet", "readme"})),
 ]

@@ -137,15 +137,18 @@ class Proxy:
     skip: Mapping[str, str] = field(default_factory=dict)
     host: str | None = None
     kerberos: bool = False
+    readme: bool = False
 
     @property
     def features(self) -> frozenset:
         """What checks can ask of the row (Check.needs): its address
         families, "auth" with credentials, "tls" for an https:// proxy and
-        "plain" for the others."""
+        "plain" for the others; "readme" on the rows that run the README's
+        ssh recipes."""
         return (self.families | ({"auth"} if self.credentials else set())
                 | ({"tls"} if self.tls else {"plain"})
-                | ({"kerberos"} if self.kerberos else set()))
+                | ({"kerberos"} if self.kerberos else set())
+                | ({"readme"} if self.readme else set()))
 
 
 def htpasswd(path: Path, user: str, password: str) -> None:
@@ -378,13 +381,17 @@ def launch_stunnel(site: Site, backend: Callable[[Site], None] = launch_squid,
     site.spawn("stunnel", [tool("stunnel"), str(d / "stunnel.conf")])
 
 
+README_PASSWORD = "p@ss"
+README_SKIP = {check: "squid-basic covers it; this row is for the README's recipes"
+               for check in ("ssh-v6", "coalesced", "git-push", "bulk-down", "bulk-up",
+                             "refused", "fdpass", "tls-echo")}
 SQUID_USER_LOG = ("access.log", f" {USER} ")
 APACHE_USER_LOG = ("access.log", f" {USER} CONNECT ")
 SQUID_TLS = ("squid", "stunnel4", "openssl")
 KERBEROS_SKIP = {"ssh-v6": "the service principal names the proxy localhost, 127.0.0.1 only"}
 
 PROXIES = [
-    Proxy("squid", ("squid",), launch_squid, refused_status=503),
+    Proxy("squid", ("squid",), launch_squid, refused_status=503, readme=True),
     Proxy("tinyproxy", ("tinyproxy",), launch_tinyproxy, refused_status=500),
     Proxy("apache", ("apache2",), launch_apache, refused_status=503),
     Proxy("privoxy", ("privoxy",), launch_privoxy, refused_status=503),
@@ -405,6 +412,12 @@ PROXIES = [
           partial(launch_squid, auth=(("basic", "only-basic-knows-this"), ("digest", PASSWORD))),
           refused_status=503, credentials=Credentials(USER, PASSWORD, "netrc"),
           auth_log=SQUID_USER_LOG),
+    # The README's example credentials, for its recipes (the readme check) as
+    # written: alice / p@ss, p%%40ss in a ProxyCommand's URL.
+    Proxy("squid-readme", ("squid", "apache2-utils"),
+          partial(launch_squid, auth=(("basic", README_PASSWORD),)), refused_status=503,
+          credentials=Credentials(USER, README_PASSWORD, "url"), auth_log=SQUID_USER_LOG,
+          readme=True, skip=README_SKIP),
     # tinyproxy answers wrong credentials with 401 (and closes after its 407).
     Proxy("tinyproxy-basic", ("tinyproxy",),
           partial(launch_tinyproxy, basic_auth=(USER, TINYPROXY_PASSWORD)), refused_status=500,
