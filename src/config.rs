@@ -249,7 +249,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
     let headers = cli
         .headers
         .iter()
-        .map(|h| parse_header(h).with_context(|| format!("parsing header {h:?}")))
+        .map(|h| parse_header(h).with_context(|| format!("parsing header {}", header_shown(h))))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let user_agent = match cli.user_agent {
         None => Some(concat!("gimlet/", env!("CARGO_PKG_VERSION")).to_owned()),
@@ -760,7 +760,8 @@ fn proxy_hint(arg: &str) -> Option<String> {
 
 /// The destination, with a "did you mean" for `host:port` as HOST and for HOST and PORT swapped.
 fn parse_target(host: &str, port: &str) -> anyhow::Result<Endpoint> {
-    if let Some((h, p)) = split_host_port(host) {
+    // An '@' means a URL with credentials landed here: no hint, which would quote it whole.
+    if let Some((h, p)) = split_host_port(host).filter(|_| !host.contains('@')) {
         if parse_port(port).is_ok() || port.is_empty() {
             bail!(
                 "parsing target host: {host:?} includes a port; HOST and PORT are two arguments: did you mean {} {}?",
@@ -1021,9 +1022,28 @@ pub fn parse_port(s: &str) -> anyhow::Result<u16> {
     match s.parse::<u16>() {
         Ok(p) if p != 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
         _ => bail!(
-            "invalid port {:?}: expected a number from 1 to 65535",
-            without_password(s)
+            "invalid port {}: expected a number from 1 to 65535",
+            quoted(s)
         ),
+    }
+}
+
+/// `s` quoted for a message, a password in it hidden: a proxy URL pasted where a host or port
+/// goes must not be echoed whole.
+fn quoted(s: &str) -> String {
+    format!("{:?}", without_password(s))
+}
+
+/// A `-H` argument as messages show it: the value of a credential header hidden.
+fn header_shown(h: &str) -> String {
+    match h.split_once(':') {
+        Some((name, _))
+            if ["proxy-authorization", "authorization", "cookie"]
+                .contains(&name.trim().to_ascii_lowercase().as_str()) =>
+        {
+            format!("{:?}", format!("{name}: <redacted>"))
+        }
+        _ => format!("{h:?}"),
     }
 }
 
@@ -1383,6 +1403,39 @@ mod tests {
         }
     }
 
+    /// A proxy URL given where the target goes (arguments swapped or shifted): the host and
+    /// port messages never show its password either.
+    #[test]
+    fn target_errors_never_show_a_password_pasted_there() {
+        let urls = [
+            "http://al:Zq9Xk7@h:1",
+            "http://al:Zq9/Xk7@h:1",
+            "al:Zq9Xk7@h",
+            "al:Zq9Xk7@h:22",
+            "[al:Zq9Xk7@h]",
+            "al:Zq9Xk7@[::1]:22",
+            "https://al:Zq9#Xk7@h",
+            "al:Zq9\u{e4}Xk7@h:1",
+        ];
+        for url in urls {
+            for args in [
+                ["p:1", url, "22"],
+                ["p:1", "h", url],
+                ["p:1", "22", url],
+                ["p:1", url, ""],
+            ] {
+                let err = match config(&args) {
+                    Ok(_) => panic!("{args:?} accepted"),
+                    Err(e) => format!("{e:#}"),
+                };
+                assert!(
+                    !err.contains("Zq9") && !err.contains("Xk7"),
+                    "{args:?} leaks: {err}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn passwords_may_hold_what_a_url_would_percent_encode() {
         for password in ["Zq9/w", "Zq9?w", "Zq9#w", "Zq9@w", "Zq9/@w", "a://b"] {
@@ -1474,6 +1527,15 @@ mod tests {
             );
         }
         assert!(config(&["-A", "x\ny", "p:1", "h", "1"]).is_err());
+        for bad in [
+            "Proxy-Authorization: Basic Zq9Xk7\r\nX: y",
+            "proxy-authorization : Basic Zq9Xk7\0",
+            "Authorization: Zq9Xk7\n",
+        ] {
+            let err = format!("{:#}", config(&["-H", bad, "p:1", "h", "1"]).unwrap_err());
+            assert!(!err.contains("Zq9Xk7"), "{err}");
+            assert!(err.contains("<redacted>"), "{err}");
+        }
         assert_eq!(
             config(&["-A", "", "p:1", "h", "1"]).unwrap().user_agent,
             None
