@@ -14,6 +14,7 @@ mod listen;
 mod negotiate;
 mod netrc;
 mod ntlm;
+mod readme;
 mod reply;
 mod request;
 mod routes;

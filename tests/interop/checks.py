@@ -648,16 +648,20 @@ def check_tls_echo(t: Tunnel) -> str:
     return throughput(len(data), time.monotonic() - started)
 
 
+def aimed(t: Tunnel, text: str) -> str:
+    """README text aimed at the row: the example proxy's name and port
+    swapped for the row's proxy on 127.0.0.1, nothing else."""
+    host, port = readme.EXAMPLE_PROXY, readme.EXAMPLE_PORT
+    return (text.replace(f"{host}:{port}", f"{LOOPBACK['inet']}:{t.port}")
+            .replace(f"{host} {port}", f"{LOOPBACK['inet']} {t.port}"))
+
+
 def localized(t: Tunnel, command: str) -> str:
-    """A README ProxyCommand aimed at the row: its gimlet, its proxy port on
-    127.0.0.1 (the example proxy's name and port swapped, nothing else)."""
+    """A README ProxyCommand aimed at the row, running the row's gimlet."""
     program, rest = command.split(" ", 1)
     if program != "gimlet":
         raise Failed(f"README recipe runs {program!r}, not gimlet: {command!r}")
-    host, port = readme.EXAMPLE_PROXY, readme.EXAMPLE_PORT
-    rest = (rest.replace(f"{host}:{port}", f"{LOOPBACK['inet']}:{t.port}")
-            .replace(f"{host} {port}", f"{LOOPBACK['inet']} {t.port}"))
-    return f"{shlex.quote(t.gimlet)} {rest}"
+    return f"{shlex.quote(t.gimlet)} {aimed(t, rest)}"
 
 
 def readme_home(t: Tunnel) -> Path:
@@ -680,8 +684,9 @@ def check_readme(t: Tunnel) -> str:
     """Every ProxyCommand in README.md's code blocks (readme.py) through a real
     ssh, as written there but for the example proxy's address: those with
     credentials on a row that asks for the README's (alice, p@ss), the others
-    on a row that asks for none; https:// ones are left to the TLS rows'
-    checks. A recipe with %% must also fail, with the ssh message the README's
+    on a row that asks for none; `gimlet %h %p` with HTTPS_PROXY naming the
+    row's proxy. Recipes through another proxy (https://, socks5h://) are left
+    to the rows of their kind. A recipe with %% must also fail, with the ssh message the README's
     troubleshooting quotes, when written with a single %."""
     asks = t.credentials is not None
     if asks and (t.credentials.user, t.credentials.password) != (readme.EXAMPLE_USER,
@@ -691,7 +696,7 @@ def check_readme(t: Tunnel) -> str:
     text = readme.README.read_text()
     ran = 0
     for recipe in readme.recipes(text):
-        if recipe.tls or recipe.credentials != asks:
+        if recipe.tls or not recipe.example_proxy or recipe.credentials != asks:
             continue
         fdpass = ["-o", "ProxyUseFdpass=yes"] if recipe.fdpass else []
 
@@ -699,7 +704,8 @@ def check_readme(t: Tunnel) -> str:
             argv = ["ssh", "-F", str(t.target.ssh_config), "-o",
                     f"ProxyCommand={localized(t, command)}", *fdpass,
                     "-p", str(t.target.port), LOOPBACK["inet"], "echo", "ok"]
-            return run(argv, LOGIN_TIMEOUT, env=t.env(HOME=str(home), **recipe.env))
+            env = {name: aimed(t, value) for name, value in recipe.environment().items()}
+            return run(argv, LOGIN_TIMEOUT, env=t.env(HOME=str(home), **env))
 
         result = ssh(recipe.command)
         if result.returncode != 0 or result.stdout != b"ok\n":

@@ -41,6 +41,25 @@ class Recipe:
         return "https://" in self.command
 
     @property
+    def from_environment(self) -> bool:
+        """`gimlet %h %p`: the proxy comes from HTTPS_PROXY and the like."""
+        words = shlex.split(self.command.replace("%", ""))
+        return len([w for w in words if not w.startswith("-")]) == 3
+
+    @property
+    def example_proxy(self) -> bool:
+        """Through the README's example HTTP proxy, proxy.corp:3128 (a SOCKS or
+        https:// recipe names another)."""
+        return (f"{EXAMPLE_PROXY}:{EXAMPLE_PORT}" in self.command
+                or f"{EXAMPLE_PROXY} {EXAMPLE_PORT}" in self.command or self.from_environment)
+
+    def environment(self) -> dict[str, str]:
+        """What the line sets, and for the environment form the example proxy
+        in HTTPS_PROXY, as the README's text around it says."""
+        proxy = {"HTTPS_PROXY": f"http://{EXAMPLE_PROXY}:{EXAMPLE_PORT}"}
+        return {**(proxy if self.from_environment else {}), **self.env}
+
+    @property
     def fdpass(self) -> bool:
         return "--fdpass" in self.command
 
@@ -96,5 +115,6 @@ def undoubled(command: str) -> str:
 
 if __name__ == "__main__":
     for r in recipes():
-        flags = ",".join(f for f in ("credentials", "tls", "fdpass") if getattr(r, f))
+        flags = ",".join(f for f in ("credentials", "tls", "fdpass", "from_environment",
+                                     "example_proxy") if getattr(r, f))
         print(f"{flags or '-':20} {r.env or ''} {r.command}")
