@@ -283,24 +283,30 @@ const SOURCES: [Source; 2] = [
 ];
 
 /// Runs gimlet with credentials from `source` against `proxy` (which must grant them and
-/// then echo), waits until the tunnel carries bytes, and asserts that no secret is left
-/// anywhere in gimlet's memory while it relays.
+/// then echo), and checks its memory while it relays.
 fn assert_no_secret_in_memory_while_relaying(
     proxy: &FakeProxy,
     source: Source,
     user: &str,
     password: &str,
 ) {
-    use std::io::{Read, Write};
     let (option, contents) = source;
     let file = scratch_file("mem-auth", contents(user, password).as_bytes(), 0o600);
     let mut cmd = gimlet_std();
     cmd.arg(option)
         .arg(&file)
-        .args([&proxy.addr(), "example.test", "22"])
-        .stdin(std::process::Stdio::piped())
+        .args([&proxy.addr(), "example.test", "22"]);
+    assert_no_secret_in_memory(&mut cmd, user, password);
+}
+
+/// Runs `cmd` (gimlet through a proxy that grants the credentials and then echoes), waits
+/// until the tunnel carries bytes, and asserts that neither the password nor the Basic
+/// encoding of `user:password` is left anywhere in gimlet's memory while it relays.
+pub fn assert_no_secret_in_memory(cmd: &mut std::process::Command, user: &str, password: &str) {
+    use std::io::{Read, Write};
+    cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
-    let mut running = spawn(&mut cmd);
+    let mut running = spawn(cmd);
     let pid = running.pid() as u32;
     let mut stdin = running.stdin.take().unwrap();
     let mut stdout = running.stdout.take().unwrap();
@@ -317,7 +323,7 @@ fn assert_no_secret_in_memory_while_relaying(
         for secret in secrets {
             assert!(
                 !bytes.windows(secret.len()).any(|w| w == secret),
-                "{option}: {:?} found in gimlet's memory while relaying, in {mapping}",
+                "{:?} found in gimlet's memory while relaying, in {mapping}",
                 String::from_utf8_lossy(secret)
             );
         }
@@ -328,8 +334,8 @@ fn assert_no_secret_in_memory_while_relaying(
     running.wait(HANG).assert_code(0);
 }
 
-const USER: &str = "mallory";
-const PASSWORD: &str = "Qx7-unique-Passw0rd-Zk";
+pub const USER: &str = "mallory";
+pub const PASSWORD: &str = "Qx7-unique-Passw0rd-Zk";
 
 #[test]
 fn no_copy_of_a_basic_password_outlives_the_handshake() {

@@ -1724,3 +1724,37 @@ fn certificate_names_with_escape_and_newline_are_escaped_in_the_error() {
     assert!(stderr.contains("forged.example"), "{stderr:?}");
     assert_handshake_abandoned(&proxy.finish());
 }
+
+#[test]
+fn no_copy_of_the_password_outlives_a_handshake_inside_tls() {
+    use crate::input::{PASSWORD, USER, assert_no_secret_in_memory};
+    let pki = Pki::new();
+    let proxy = TlsProxy::start(pki.server.server_config(), |s| {
+        s.send(
+            "HTTP/1.1 407 Proxy Authentication Required\r\n\
+             Proxy-Authenticate: Basic realm=\"tls\"\r\nContent-Length: 0\r\n\r\n",
+        );
+        let second = s.read_request().expect("the retry");
+        assert_eq!(
+            header(&second, "Proxy-Authorization"),
+            Some(basic(&format!("{USER}:{PASSWORD}")))
+        );
+        s.send(OK);
+        s.echo();
+    });
+    let file = scratch_file(
+        "tls-mem-auth",
+        format!("{USER}:{PASSWORD}\n").as_bytes(),
+        0o600,
+    );
+    let ca = path(&pki.ca.file());
+    assert_no_secret_in_memory(
+        &mut gimlet_tls_std(
+            &["--proxy-auth-file", &path(&file), "--proxy-cacert", &ca],
+            &proxy.url(),
+        ),
+        USER,
+        PASSWORD,
+    );
+    proxy.finish();
+}
