@@ -222,13 +222,16 @@ impl Socks {
 
     /// The proxy closed the connection: say how far it got.
     pub fn eof(&self) -> Error {
-        let msg = match (self.state, self.buf.len()) {
-            (State::Method, 0) => "the proxy closed the connection without answering the SOCKS5 greeting".to_owned(),
-            (State::Auth, 0) => "the proxy closed the connection after the user name and password (it probably rejected them)".to_owned(),
-            (_, 0) => "the proxy closed the connection without replying".to_owned(),
-            (_, n) => format!("the proxy closed the connection in the middle of its reply (after {n} bytes)"),
+        let (kind, msg) = match (self.state, self.buf.len()) {
+            (State::Method, 0) => (Kind::Protocol, "the proxy closed the connection without answering the SOCKS5 greeting".to_owned()),
+            (State::Auth, 0) => (Kind::Protocol, "the proxy closed the connection after the user name and password (it probably rejected them)".to_owned()),
+            // The request was read and not granted: OpenSSH's `ssh -D` says "refused" this
+            // way when the destination does not answer or refuses.
+            (State::Reply4 | State::Reply5, 0) => (Kind::Refused, "the proxy closed the connection without replying to the request".to_owned()),
+            (_, 0) => (Kind::Protocol, "the proxy closed the connection without replying".to_owned()),
+            (_, n) => (Kind::Protocol, format!("the proxy closed the connection in the middle of its reply (after {n} bytes)")),
         };
-        Error::msg(Kind::Protocol, msg)
+        Error::msg(kind, msg)
     }
 
     /// Credentials for the RFC 1929 subnegotiation, after [`Step::NeedCredentials`].
@@ -675,9 +678,10 @@ mod tests {
                 }
             }
         }
+        let e = s.eof();
         Outcome {
             sent,
-            result: Err((Kind::Protocol, s.eof().to_string())),
+            result: Err((e.kind(), e.to_string())),
         }
     }
 
@@ -940,6 +944,14 @@ mod tests {
                 Err((
                     Kind::Protocol,
                     "closed the connection without answering the SOCKS5 greeting".into(),
+                )),
+            ),
+            // Closed after reading the request: how `ssh -D` refuses.
+            (
+                vec![5, 0],
+                Err((
+                    Kind::Refused,
+                    "closed the connection without replying to the request".into(),
                 )),
             ),
             (

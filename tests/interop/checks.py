@@ -62,6 +62,7 @@ class Tunnel:
     dir: Path  # the proxy's directory (config, logs)
     credentials: Credentials | None = None  # None: the row's own
     fdpass: bool = False  # ProxyCommand gimlet --fdpass with ssh's ProxyUseFdpass yes
+    hops: tuple[str, ...] = ()  # chain rows: the URLs of the hops after the row's proxy
 
     def __post_init__(self):
         if self.credentials is None:
@@ -127,14 +128,20 @@ class Tunnel:
         `trusted=False` leaves the row's TLS trust options out."""
         address = (self.proxy.host or LOOPBACK[family]) if family == "inet" \
             else f"[{LOOPBACK[family]}]"
-        if self.proxy.tls or self.userinfo is not None:
-            scheme = "https" if self.proxy.tls else "http"
+        if self.proxy.from_env:
+            proxy = []  # HOST PORT alone: the proxy comes from the row's environment
+        elif self.proxy.tls or self.userinfo is not None or self.proxy.scheme:
+            scheme = self.proxy.scheme or ("https" if self.proxy.tls else "http")
             userinfo = f"{self.userinfo}@" if self.userinfo is not None else ""
             proxy = [f"{scheme}://{userinfo}{address}:{self.port}"]
         elif family == "inet6" or joined:
             proxy = [f"{address}:{self.port}"]
         else:
             proxy = [address, str(self.port)]
+        if self.hops:
+            # A chain: every hop with -p, the row's own proxy first.
+            first = proxy[0] if len(proxy) == 1 else f"{address}:{self.port}"
+            proxy = [arg for url in (first, *self.hops) for arg in ("-p", url)]
         return [self.gimlet, *self.proxy.gimlet_args, *self.auth_args, *self.tls_args(trusted),
                 *options, *proxy, host, port]
 
@@ -160,7 +167,7 @@ class Tunnel:
         ssh agent are dropped, the row's gimlet_env and credentials are added."""
         env = {k: v for k, v in self.target.git_env.items()
                if not k.startswith("GIMLET") and k not in ("SSH_AUTH_SOCK", "GIT_SSH", "GIT_SSH_COMMAND")}
-        env.update({k: v.replace("{sandbox}", str(self.sandbox.root))
+        env.update({k: v.replace("{sandbox}", str(self.sandbox.root)).replace("{port}", str(self.port))
                     for k, v in self.proxy.gimlet_env.items()})
         env.update(self.auth_env)
         env.update(extra)
@@ -318,8 +325,9 @@ def check_refused(t: Tunnel) -> None:
         raise Failed(f"exited with status {code}, expected {REFUSED_EXIT}: {tail(stderr)}")
     if stdout:
         raise Failed(f"wrote {len(stdout)} bytes to stdout: {stdout[:60]!r}")
-    if not re.search(rf"HTTP/1\.[01] {status}\b", stderr.decode(errors="replace")):
-        raise Failed(f"stderr does not quote the proxy's {status} status line: {tail(stderr)}")
+    wanted = t.proxy.refused_text or rf"HTTP/1\.[01] {status}\b"
+    if not re.search(wanted, stderr.decode(errors="replace")):
+        raise Failed(f"stderr does not say {wanted!r}: {tail(stderr)}")
 
 
 def session(argv: list[str], env: dict[str, str], banner: bool) -> tuple[int, bytes, str, float]:
@@ -397,7 +405,8 @@ def check_auth(t: Tunnel) -> str:
     wrong = replace(t, credentials=t.credentials.refused())
     return "wrong credentials: " + refuses(
         wrong.gimlet_argv(*argv), wrong.env(), AUTH_EXIT,
-        f"{LOOPBACK['inet']}:{t.port}", f"{t.proxy.auth_refused_status} ",
+        f"{LOOPBACK['inet']}:{t.port}",
+        t.proxy.auth_refused_text or f"{t.proxy.auth_refused_status} ",
         secrets=(t.credentials.password, wrong.credentials.password))
 
 
@@ -725,6 +734,26 @@ def check_readme(t: Tunnel) -> str:
     return f"{ran} recipes"
 
 
+def check_environment(t: Tunnel) -> str:
+    """Rows taking the proxy from the environment (HTTPS_PROXY, NO_PROXY=localhost):
+    gimlet -v %h %p to `localhost` goes direct and says which NO_PROXY entry
+    matched; to 127.0.0.1 it goes through the proxy, and the proxy's access
+    log shows the CONNECT to 127.0.0.1 and none to localhost."""
+    log = t.dir / "access.log"
+    port = str(t.target.port)
+    direct = reaches_sshd(t, t.gimlet_argv("localhost", port, options=("-v",)))
+    if "direct: NO_PROXY entry localhost matches localhost" not in direct:
+        raise Failed(f"-v does not say NO_PROXY sent localhost direct: {tail(direct)}")
+    proxied = reaches_sshd(t, t.gimlet_argv(LOOPBACK["inet"], port, options=("-v",)))
+    if "from HTTPS_PROXY" not in proxied:
+        raise Failed(f"-v does not name HTTPS_PROXY: {tail(proxied)}")
+    wait_logged(log, f"CONNECT {LOOPBACK['inet']}:{port}")
+    logged = log.read_text(errors="replace")
+    if f"localhost:{port}" in logged:
+        raise Failed(f"the proxy saw the NO_PROXY host: {tail(logged, 2)}")
+    return "localhost direct, 127.0.0.1 through the proxy (access.log)"
+
+
 CHECKS = [
     Check("ssh", check_ssh),
     Check("ssh-v6", check_ssh_v6, needs=frozenset({"inet6"})),
@@ -740,4 +769,5 @@ CHECKS = [
     Check("kerberos", check_kerberos, needs=frozenset({"inet", "kerberos"})),
     Check("tls-echo", check_tls_echo, packages=("stunnel4", "openssl")),
     Check("readme", check_readme, needs=frozenset({"inet", "readme"})),
+    Check("environment", check_environment, needs=frozenset({"inet", "env"})),
 ]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import kdc
-from harness import BOTH_FAMILIES, IS_ROOT, Sandbox, run_ok, tool
+from harness import BOTH_FAMILIES, IS_ROOT, Failed, Sandbox, run_ok, tool
 from pki import certificate
 from target import Target
 
@@ -52,6 +52,8 @@ class Site:
     port: int
     target: Target
     families: frozenset
+    # Hops after this row's own proxy, as URLs, for chain rows (gimlet gets `-p` for each).
+    hops: list[str] = field(default_factory=list)
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         """Start the daemon (with `env` added to its environment) and wait
@@ -138,6 +140,14 @@ class Proxy:
     host: str | None = None
     kerberos: bool = False
     readme: bool = False
+    # SOCKS rows: the URL scheme of the row's proxy ("socks5h", ...).
+    scheme: str | None = None
+    # What gimlet's stderr must match for the refused check instead of the HTTP status line.
+    refused_text: str | None = None
+    # What the refusal of wrong credentials must say instead of f"{auth_refused_status} ".
+    auth_refused_text: str | None = None
+    # The proxy comes from the environment (gimlet_env), not the command line: gimlet %h %p.
+    from_env: bool = False
 
     @property
     def features(self) -> frozenset:
@@ -148,7 +158,8 @@ class Proxy:
         return (self.families | ({"auth"} if self.credentials else set())
                 | ({"tls"} if self.tls else {"plain"})
                 | ({"kerberos"} if self.kerberos else set())
-                | ({"readme"} if self.readme else set()))
+                | ({"readme"} if self.readme else set())
+                | ({"env"} if self.from_env else set()))
 
 
 def htpasswd(path: Path, user: str, password: str) -> None:
@@ -186,13 +197,15 @@ def squid_auth(d: Path, scheme: str, password: str | None) -> list[str]:
 
 
 def launch_squid(site: Site, auth: tuple[tuple[str, str | None], ...] = (), user: str = USER,
-                 https: str | None = None, env: Mapping[str, str] | None = None) -> None:
+                 https: str | None = None, env: Mapping[str, str] | None = None,
+                 extra_ports: tuple[int, ...] = ()) -> None:
     """squid on plain HTTP, or with `https` (a pki.py certificate name) on
     https_port. `auth` is ((scheme, password), ...) in the order squid offers
     them; only `user` (space-separated names) is let through. `env` is added
     to its environment (and so its helpers')."""
     d, port = site.dir, site.port
-    ports = " ".join(map(str, site.target.tunnel_ports))
+    # extra_ports: the next hop of a chain, which CONNECT must reach too.
+    ports = " ".join(map(str, [*site.target.tunnel_ports, *extra_ports]))
     owner = site.run_as("proxy")
     if https:
         cert, key = certificate(site.sandbox, https)
@@ -255,7 +268,8 @@ def kerberos_env(row: str) -> dict[str, str]:
             "KRB5CCNAME": f"FILE:{{sandbox}}/kdc-{row}/ccache"}
 
 
-def launch_tinyproxy(site: Site, basic_auth: tuple[str, str] | None = None) -> None:
+def launch_tinyproxy(site: Site, basic_auth: tuple[str, str] | None = None,
+                     extra_ports: tuple[int, ...] = ()) -> None:
     d = site.dir
     lines = [
         f"Port {site.port}",
@@ -266,7 +280,7 @@ def launch_tinyproxy(site: Site, basic_auth: tuple[str, str] | None = None) -> N
         # address once an IPv4 client has connected (tinyproxy issue #495) and
         # answers 403. Listening on loopback only keeps other hosts out.
         "Allow ::/0",
-        *(f"ConnectPort {p}" for p in site.target.tunnel_ports),
+        *(f"ConnectPort {p}" for p in [*site.target.tunnel_ports, *extra_ports]),
         "Timeout 600",
         "MaxClients 16",
         "DisableViaHeader Yes",
@@ -385,6 +399,99 @@ README_PASSWORD = "p@ss"
 README_SKIP = {check: "squid-basic covers it; this row is for the README's recipes"
                for check in ("ssh-v6", "coalesced", "git-push", "bulk-down", "bulk-up",
                              "refused", "fdpass", "tls-echo")}
+# dante's username method checks system accounts (getpwnam, crypt against the
+# shadow entry). The suite makes one throwaway account for the row, marked in
+# its GECOS field, with no home and no login shell, and deletes it when the
+# row's daemons stop (also on failure and Ctrl-C: the Sandbox stops them).
+SOCKS_USER = "gimletsocks"
+SOCKS_GECOS = "gimlet interop throwaway SOCKS user"
+SOCKS_PASSWORD = "ope:n@$ sesame-1"
+
+
+class _RemoveUser:
+    """Stands in the sandbox's daemon list so that the account goes with the row."""
+
+    name = "userdel"
+
+    def __init__(self, user: str):
+        self.user = user
+
+    def stop(self) -> None:
+        run_ok(["userdel", self.user], 30, "userdel")
+
+
+def throwaway_user(site: Site, user: str, password: str) -> None:
+    if not IS_ROOT:
+        raise Failed("dante's username method checks system accounts: run as root")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        entry = None
+    if entry and entry.pw_gecos != SOCKS_GECOS:
+        raise Failed(f"a user {user} exists and is not the suite's: not touching it")
+    if entry is None:
+        run_ok(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                "--comment", SOCKS_GECOS, user], 30, "useradd")
+    site.sandbox.daemons.append(_RemoveUser(user))
+    run_ok(["chpasswd"], 30, "chpasswd", input=f"{user}:{password}\n".encode())
+
+
+def launch_dante(site: Site, user: tuple[str, str] | None = None) -> None:
+    """danted in the foreground on both loopbacks; with `user` (name, password),
+    socksmethod username against a throwaway system account."""
+    d, port = site.dir, site.port
+    if user:
+        throwaway_user(site, *user)
+    method = "username" if user else "none"
+    lines = [
+        "logoutput: stderr",
+        f"internal: 127.0.0.1 port = {port}",
+        f"internal: ::1 port = {port}",
+        "external: lo",
+        "clientmethod: none",
+        f"socksmethod: {method}",
+        *(["user.privileged: root", "user.unprivileged: nobody"] if IS_ROOT else []),
+        *(f"client pass {{ from: {src} to: {dst} }}"
+          for src in ("127.0.0.0/8", "::1/128") for dst in ("0.0.0.0/0", "::/0")),
+        # Either family of client to either family of destination (a chain's next hop is
+        # on 127.0.0.1 whichever loopback gimlet came from).
+        *(f"socks pass {{ from: {src} to: {dst} command: connect }}"
+          for src in ("127.0.0.0/8", "::1/128") for dst in ("0.0.0.0/0", "::/0")),
+    ]
+    (d / "danted.conf").write_text("\n".join(lines) + "\n")
+    site.spawn("danted", [tool("danted"), "-f", str(d / "danted.conf"), "-p", str(d / "danted.pid")])
+
+
+def launch_ssh_dynamic(site: Site) -> None:
+    """ssh -D on both loopbacks, logged in to the suite's sshd: OpenSSH's own SOCKS proxy."""
+    t = site.target
+    site.spawn("ssh-D", ["ssh", "-F", str(t.ssh_config), "-N", "-o", "ExitOnForwardFailure=yes",
+                         "-D", f"127.0.0.1:{site.port}", "-D", f"[::1]:{site.port}",
+                         "-p", str(t.port), "127.0.0.1"])
+
+
+def launch_chain(site: Site, first: Callable[..., None], then: Callable[..., None],
+                 then_url: str) -> None:
+    """Two proxies in a chain: `then` on a port of its own (its URL `then_url`
+    with "{port}"), `first` on the row's port, allowed to CONNECT to `then`."""
+    back = replace(site, port=site.sandbox.free_port(), dir=site.sandbox.mkdir(f"{site.dir.name}-2"))
+    then(back)
+    first(site, extra_ports=(back.port,))
+    site.hops.append(then_url.format(port=back.port))
+
+
+def launch_stunnel_chain(site: Site) -> None:
+    """A TLS front (stunnel, test CA) before squid, then apache as hop 2."""
+    back = replace(site, port=site.sandbox.free_port(), dir=site.sandbox.mkdir(f"{site.dir.name}-2"))
+    launch_apache(back)
+    launch_stunnel(site, backend=partial(launch_squid, extra_ports=(back.port,)))
+    site.hops.append(f"http://127.0.0.1:{back.port}")
+
+
+def launch_dante_chain(site: Site, extra_ports: tuple[int, ...] = ()) -> None:
+    launch_dante(site)
+
+
 SQUID_USER_LOG = ("access.log", f" {USER} ")
 APACHE_USER_LOG = ("access.log", f" {USER} CONNECT ")
 SQUID_TLS = ("squid", "stunnel4", "openssl")
@@ -464,4 +571,37 @@ PROXIES = [
           skip={**KERBEROS_SKIP,
                 "auth": "a ticket gets through whatever the password; the kerberos check "
                         "covers refusals and the fall-back to NTLM"}),
+    # Routes: SOCKS hops, chains and the proxy from the environment.
+    Proxy("dante", ("dante-server",), launch_dante, refused_status=0, scheme="socks5h",
+          refused_text=r"connection refused by destination host \(SOCKS5 reply 0x05\)",
+          skip={"coalesced": "coalesce.py splits HTTP reply heads"}),
+    Proxy("dante-socks4a", ("dante-server",), launch_dante, refused_status=0, scheme="socks4a",
+          refused_text=r"request rejected or failed \(SOCKS4 reply 91\)",
+          skip={"coalesced": "coalesce.py splits HTTP reply heads",
+                "ssh-v6": "SOCKS4 carries IPv4 addresses only"}),
+    Proxy("dante-user", ("dante-server", "passwd"),
+          partial(launch_dante, user=(SOCKS_USER, SOCKS_PASSWORD)), refused_status=0,
+          scheme="socks5", refused_text=r"SOCKS5 reply 0x05",
+          credentials=Credentials(SOCKS_USER, SOCKS_PASSWORD, "url"),
+          auth_refused_text="rejected the user name and password for",
+          skip={"coalesced": "coalesce.py splits HTTP reply heads"}),
+    # OpenSSH closes the SOCKS connection without a reply when the destination refuses.
+    Proxy("ssh-D", (), launch_ssh_dynamic, refused_status=0, scheme="socks5h",
+          refused_text=r"closed the connection without replying to the request",
+          skip={"coalesced": "coalesce.py splits HTTP reply heads"}),
+    Proxy("squid>tinyproxy", ("squid", "tinyproxy"),
+          partial(launch_chain, first=launch_squid, then=launch_tinyproxy,
+                  then_url="http://127.0.0.1:{port}"), refused_status=500,
+          skip={"coalesced": "coalesce.py holds hop 1's 200 until the server speaks, but "
+                             "hop 2 waits for gimlet's CONNECT"}),
+    Proxy("dante>squid", ("dante-server", "squid"),
+          partial(launch_chain, first=launch_dante_chain, then=launch_squid,
+                  then_url="http://127.0.0.1:{port}"),
+          refused_status=503, scheme="socks5h",
+          skip={"coalesced": "coalesce.py splits HTTP reply heads"}),
+    Proxy("stunnel-squid>apache", (*SQUID_TLS, "apache2"), launch_stunnel_chain,
+          refused_status=503, tls=VERIFIED, skip=NOT_THROUGH_TLS),
+    # gimlet %h %p: HTTPS_PROXY names squid, NO_PROXY sends localhost direct.
+    Proxy("env-squid", ("squid",), launch_squid, refused_status=503, from_env=True,
+          gimlet_env={"HTTPS_PROXY": "http://127.0.0.1:{port}", "NO_PROXY": "localhost"}),
 ]
