@@ -562,3 +562,32 @@ fn http_proxy_given_as_socks_that_waits_times_out_with_a_hint() {
         "{line}"
     );
 }
+
+#[test]
+fn socks5_proxy_refusing_no_auth_gets_asked_credentials_on_a_new_connection() {
+    let askpass = Askpass::answering(&["alice", "s3cret"]);
+    let socks = FakeSocks::socks5_with_password("alice", "s3cret");
+    let out = {
+        let mut cmd = gimlet();
+        cmd.env("GIMLET_ASKPASS", askpass.program())
+            .args(["-p", &socks.url("socks5h"), "h.example.test", "22"])
+            .write_stdin("after asking");
+        cmd.output().unwrap()
+    };
+    assert_echoed(&out, b"after asking");
+    // The first connection offered no authentication and was refused; the second one
+    // authenticated with what askpass gave.
+    assert_eq!(socks.connections(), 2);
+    let prompts = askpass.prompts();
+    assert!(
+        prompts.iter().all(|p| p.contains(&socks.addr())),
+        "{prompts:?}"
+    );
+    socks.check();
+}
+
+#[test]
+fn upstream_is_shareable_with_worker_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<gimlet::Upstream>();
+}
