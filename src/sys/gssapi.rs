@@ -7,6 +7,10 @@
 //! before. The handful of functions used are declared below with the ABI of MIT's
 //! `<gssapi/gssapi.h>` (RFC 2744 §3 C bindings); the OIDs are static data, not `dlsym`ed.
 //!
+//! In the static-PIE build (glibc Linux, see .cargo/config.toml) this goes through glibc's static
+//! dlopen: the library and the shared libc it depends on are mapped beside the static one, which
+//! works when both are the same glibc, as for the NSS modules.
+//!
 //! The safe surface: [`ticket`] (is there a usable Kerberos ticket, and whose), [`default_realm`],
 //! and [`Context`], one security context stepped token by token.
 

@@ -435,7 +435,8 @@ def check_kerberos(t: Tunnel) -> str:
     exit 5 naming the package. Where the row has a password too, no ticket or
     no library means the next scheme (the log names that user). gimlet -L
     started without a ticket fails a connection, and after a kinit the next
-    one works without a restart."""
+    one works without a restart. A chain of two hops through this proxy
+    authenticates at both."""
     argv = [LOOPBACK["inet"], str(t.target.port)]
     log = t.dir / "access.log"
     reaches_sshd(t, t.gimlet_argv(*argv))
@@ -461,6 +462,14 @@ def check_kerberos(t: Tunnel) -> str:
         notes.append(f"{name}: " + refuses(bare.gimlet_argv(*argv), bare.env(
             KRB5CCNAME=f"FILE:{ccache}"), AUTH_EXIT, address, text))
     notes.append(listen_picks_up_kinit(t, bare))
+    # A chain of two hops, both this proxy: Negotiate at the first, and again at the second
+    # through the first's tunnel.
+    log.write_text("")
+    hop = f"http://{t.proxy.host}:{t.port}"
+    reaches_sshd(bare, [t.gimlet, *t.proxy.gimlet_args, "-p", hop, "-p", hop, *argv])
+    wait_logged(log, f"CONNECT {t.proxy.host}:{t.port} {kdc.PRINCIPAL} ")
+    wait_logged(log, f"CONNECT {LOOPBACK['inet']}:{t.target.port} {kdc.PRINCIPAL} ")
+    notes.append("chain: Negotiate at both hops")
     if hidden := without_gssapi():
         # A machine without MIT Kerberos: only a run that needs Negotiate notices.
         argv_hidden = hidden + bare.gimlet_argv(*argv)

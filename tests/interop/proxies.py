@@ -253,12 +253,13 @@ def launch_squid_kerberos(site: Site, auth: tuple[tuple[str, str | None], ...] =
                           user: str = kdc.PRINCIPAL) -> None:
     """A realm of its own from kdc.py (in the sandbox's kdc-ROW directory, see
     kerberos_env), then squid offering Negotiate with negotiate_kerberos_auth
-    and the proxy's keytab, before the schemes in `auth`."""
+    and the proxy's keytab, before the schemes in `auth`; CONNECT may reach its
+    own port, to be both hops of a chain."""
     owner = site.run_as("proxy")
     ids = (pwd.getpwnam(owner[0]).pw_uid, grp.getgrnam(owner[1]).gr_gid) if owner else None
     realm = kdc.start_realm(site.sandbox, f"kdc-{site.dir.name}", ids)
     launch_squid(site, auth=(("negotiate", str(realm.keytab)), *auth), user=user,
-                 env=realm.env())
+                 env=realm.env(), extra_ports=(site.port,))
 
 
 def kerberos_env(row: str) -> dict[str, str]:
