@@ -671,7 +671,7 @@ fn two_arguments(first: &str, second: &str) -> Option<String> {
         Some((host, port)) if has_port(first) => Some(format!(
             "the destination is HOST PORT, two arguments: did you mean {} {} {}?",
             shell_word(&without_password(first)),
-            shell_word(host),
+            shell_word(&without_password(host)),
             shell_word(port)
         )),
         _ if parse_port(second).is_ok() => None,
@@ -1384,6 +1384,21 @@ mod tests {
                 let debug = format!("{:?}", without_password(&arg));
                 assert!(!debug.contains("Zq9") && !debug.contains("Xk7"), "{debug}");
             }
+        }
+    }
+
+    /// Two arguments, one a proxy URL with a password: the hint shows it redacted.
+    #[test]
+    fn the_two_argument_hints_never_show_a_password() {
+        for args in [
+            ["http://al:Zq9/w@proxy:3128", "22"],
+            ["p:1", "http://al:Zq9@h:22"],
+        ] {
+            let err = format!("{:#}", config(&args).unwrap_err());
+            assert!(
+                !err.contains("Zq9") && err.contains("al:<redacted>@"),
+                "{err}"
+            );
         }
     }
 
