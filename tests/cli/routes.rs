@@ -591,3 +591,37 @@ fn upstream_is_shareable_with_worker_threads() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<gimlet::Upstream>();
 }
+
+#[test]
+fn netrc_gives_each_hop_the_entry_for_its_own_host() {
+    let netrc = scratch_file(
+        "routes-netrc",
+        b"machine 127.0.0.1 login alice password one\nmachine localhost login bob password two\n",
+        0o600,
+    );
+    let second = FakeProxy::basic_challenge();
+    let first = forwarding_proxy();
+    let out = run(
+        &[
+            "--netrc-file",
+            netrc.to_str().unwrap(),
+            "-p",
+            &first.addr(),
+            "-p",
+            &format!("http://localhost:{}", second.port()),
+            "example.test",
+            "22",
+        ],
+        &[],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let record = second.finish();
+    record.assert_requests(2);
+    assert_eq!(
+        proxy_authorization(&record.request(1)).as_deref(),
+        Some(basic("bob:two").as_str())
+    );
+    // Hop 1 never asked, so its entry was never sent.
+    assert_eq!(proxy_authorization(&first.finish().request(0)), None);
+}
