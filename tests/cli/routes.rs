@@ -625,3 +625,34 @@ fn netrc_gives_each_hop_the_entry_for_its_own_host() {
     // Hop 1 never asked, so its entry was never sent.
     assert_eq!(proxy_authorization(&first.finish().request(0)), None);
 }
+
+#[test]
+fn connect_timeout_covers_the_whole_chain_and_names_the_silent_hop() {
+    let silent = FakeSocks::start(|s| {
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    });
+    let first = forwarding_proxy();
+    let out = run(
+        &[
+            "--connect-timeout",
+            "0.5",
+            "-p",
+            &first.addr(),
+            "-p",
+            &silent.url("socks5h"),
+            "example.test",
+            "22",
+        ],
+        &[],
+        b"",
+    );
+    let line = assert_failure(&out, 3, None);
+    assert!(
+        line.starts_with(&format!(
+            "gimlet: reading the SOCKS reply from hop 2 of 2 (socks5h://{})",
+            silent.addr()
+        )) && line.contains("timed out after 0.5s (--connect-timeout)"),
+        "{line}"
+    );
+}
