@@ -55,7 +55,12 @@ impl Log {
 
     /// Writes one timestamped line. A failing log never stops the forwards.
     pub fn line(&mut self, msg: std::fmt::Arguments<'_>) {
-        let text = format!("{} gimlet: {msg}\n", timestamp(SystemTime::now()));
+        // Escaped as every diagnostic is: a proxy's text in an error must not start a line.
+        let text = format!(
+            "{} gimlet: {}\n",
+            timestamp(SystemTime::now()),
+            crate::diag::escape(&msg.to_string())
+        );
         match &mut self.held {
             Some(held) => held.push(text),
             None => self.write(&text),
@@ -111,6 +116,22 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn each_event_stays_one_inert_line() {
+        let mut log = Log::open(None, true).unwrap();
+        log.line(format_args!(
+            "proxy said: {}",
+            "a\r\n2026 gimlet: forged\u{202e}"
+        ));
+        let held = log.held.take().unwrap();
+        assert_eq!(held.len(), 1);
+        assert!(
+            held[0].ends_with(" gimlet: proxy said: a\\r\\n2026 gimlet: forged\\u{202e}\n"),
+            "{:?}",
+            held[0]
+        );
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
