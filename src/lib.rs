@@ -1,7 +1,9 @@
-//! gimlet: a stdio tunnel through HTTP proxies.
+//! gimlet: a stdio tunnel through HTTP and SOCKS proxies.
 //!
-//! The data path reads top to bottom: `cli` → `config` → `connect` → `handshake` → `relay`,
-//! with `error` mapping every failure to an exit status. [`run`] wires those steps.
+//! The data path reads top to bottom: `cli` → `config` (with `route`: the hops, from the
+//! arguments or the environment) → `tunnel` (dial with `connect`/`transport`, then each hop's
+//! sans-IO handshake: `handshake` for CONNECT, `hop::socks`) → `relay`, with `error` mapping
+//! every failure to an exit status. [`run`] wires those steps.
 
 #![deny(unsafe_code)]
 

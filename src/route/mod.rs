@@ -1,10 +1,12 @@
-//! Routes: the ordered hops from here to the destination, and choosing one.
+//! Routes: the ordered hops from here to the destination, and choosing them.
 //!
-//! A [`Route`] is a list of [`Hop`]s ending at the target; the empty route is a direct TCP
-//! connection. Each hop is reached through the tunnel the previous one opened (the first by
-//! TCP from here), optionally wrapped in TLS, and asked by its own protocol (HTTP CONNECT or
-//! SOCKS) to connect onwards. Choosing a route from the environment lives in [`env`]. Nothing
-//! here opens a socket.
+//! A route is the list of proxies (`config::Proxy`, one per hop: HTTP, HTTPS or SOCKS, each
+//! with its own credentials) ending at the target; the empty route is a direct TCP
+//! connection. Hop 1 is reached by TCP from here, every later hop through the tunnel the hop
+//! before it opened, optionally wrapped in TLS, and each is asked by its own protocol to
+//! connect onwards. `config` builds the list from the command line, or from the environment
+//! with `env`; `tunnel::Upstream` is a route prepared for use and `tunnel::establish` walks it.
+//! Nothing here opens a socket.
 
 pub mod env;
 
