@@ -61,7 +61,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     ),
     (
         Kind::Auth.code(),
-        "Proxy authentication failed: credentials were required and none were available, or the proxy rejected them (for SOCKS: no acceptable method 0xff, a rejected RFC 1929 user name and password, SOCKS4 replies 92 and 93 about identd).",
+        "Proxy authentication failed: credentials were required and none were available, or the proxy rejected them (for Negotiate: no usable Kerberos ticket, or GSSAPI failed; for SOCKS: no acceptable method 0xff, a rejected RFC 1929 user name and password, SOCKS4 replies 92 and 93 about identd).",
     ),
     (
         Kind::Protocol.code(),

@@ -377,6 +377,21 @@ mod tests {
     }
 
     #[test]
+    fn mutated_negotiate_headers_never_panic() {
+        let seeds: [&[u8]; 2] = [
+            b"Negotiate YIIBhQYGKwYBBQUCoIIBeTCCAXWgMDAuBgkqhkiC9xIBAgIGCSqGSIb3EgECAgYKKwYBBAGCNwICHgYKKwYBBAGCNwICCg==",
+            b"Negotiate oRQwEqADCgEAoQsGCSqGSIb3EgECAg==, Basic realm=\"r\"",
+        ];
+        let mut rng = super::super::robustness::Rng::new(13);
+        for round in 0..20_000 {
+            let input = rng.mutate(seeds[round % 2]);
+            let challenges = super::super::parse_challenges([input.as_slice()]);
+            let _ = token(&challenges);
+            let _ = final_token(&[("Proxy-Authentication-Info".into(), input)]);
+        }
+    }
+
+    #[test]
     fn start_sends_the_first_token_to_the_named_service() {
         let provider = FakeProvider::new(ticket(), vec![(None, step(b"first", false))]);
         let targets = provider.targets.clone();
