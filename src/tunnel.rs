@@ -323,7 +323,7 @@ fn http_hop(
 ) -> Result<Established<Stream>, Error> {
     let hop = &up.hops[i];
     let proxy_name = hop.proxy.endpoint.to_string();
-    info!("connected to proxy {}; asking for CONNECT {next}", hop.name);
+    info!("connected to {}; asking for CONNECT {next}", up.who(i));
     let no_askers = credentials::Askers::default();
     let askers = up.askers.as_ref().unwrap_or(&no_askers);
     handshake::negotiate(
