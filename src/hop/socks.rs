@@ -1096,6 +1096,42 @@ mod tests {
         assert_eq!(looks_like_socks(b"HTTP/1.1 200"), None);
     }
 
+    /// A tiny xorshift generator: reproducible inputs without a dependency.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn random_replies_never_panic_and_every_split_agrees() {
+        let mut seed = 0x5eed_50c5_0000_0001u64;
+        // Plausible starts, so that the random tail reaches the deeper states.
+        let prefixes: [&[u8]; 6] = [
+            &[],
+            &[5, 0],
+            &[5, 2, 1, 0],
+            &[5, 0, 5, 0, 0],
+            &[0, 90],
+            b"HTTP/",
+        ];
+        for round in 0..1500 {
+            let prefix = prefixes[round % prefixes.len()];
+            let len = (xorshift(&mut seed) % 24) as usize;
+            let mut reply = prefix.to_vec();
+            reply.extend((0..len).map(|_| xorshift(&mut seed) as u8));
+            for version in [Version::V4a, Version::V5h] {
+                let make = || Socks::new(version, &ep("h.example", 22), creds("u", "p")).unwrap();
+                if reply.is_empty() {
+                    let _ = drive(make(), &[], None);
+                } else {
+                    let _ = every_split(make, &reply);
+                }
+            }
+        }
+    }
+
     #[test]
     fn debug_output_hides_the_password() {
         let s = Socks::new(Version::V5h, &ep("h.example", 22), creds("u", "hunter2")).unwrap();
