@@ -361,6 +361,24 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", help_heading = LISTEN)]
     pub forwards: Option<PathBuf>,
 
+    /// Serve SOCKS4, SOCKS4a, SOCKS5 and HTTP CONNECT on [BIND:]PORT, like ssh -D
+    ///
+    /// A local proxy for every program: each client names its destination, and gimlet opens
+    /// the tunnel through PROXY or --proxy, with its own credentials,
+    /// or directly where --noproxy or no_proxy/NO_PROXY says. With no proxy given, the proxy
+    /// comes from https_proxy, HTTPS_PROXY, all_proxy or ALL_PROXY, as for the pipe mode.
+    /// BIND is 127.0.0.1 unless given; any other address needs --allow. In a forwards file:
+    /// dynamic [BIND:]PORT [ROUTE] [key=value ...]. Repeatable.
+    #[arg(short = 'D', long = "dynamic", value_name = "[BIND:]PORT", help_heading = LISTEN)]
+    pub dynamic: Vec<String>,
+
+    /// Let clients from CIDR use a -D port (repeatable; loopback is always allowed)
+    ///
+    /// 10.0.0.0/8, fd00::/8 or one address. Needed for a -D port bound to anything but
+    /// loopback, so that gimlet never becomes an open proxy by accident.
+    #[arg(long, value_name = "CIDR", help_heading = LISTEN)]
+    pub allow: Vec<String>,
+
     /// Refuse connections while N tunnels are open or being set up
     ///
     /// Default: half the open-file limit, which gimlet raises to its hard limit at start.
@@ -433,6 +451,8 @@ impl Cli {
             generate: None,
             local_forward: Vec::new(),
             forwards: None,
+            dynamic: Vec::new(),
+            allow: Vec::new(),
             max_tunnels: None,
             drain_timeout: "30".into(),
             log: None,
@@ -538,6 +558,8 @@ mod tests {
                 generate,
                 local_forward,
                 forwards,
+                dynamic,
+                allow,
                 max_tunnels,
                 drain_timeout,
                 log,
@@ -575,6 +597,8 @@ mod tests {
             assert_eq!(generate, clap.generate);
             assert_eq!(local_forward, clap.local_forward);
             assert_eq!(forwards, clap.forwards);
+            assert_eq!(dynamic, clap.dynamic);
+            assert_eq!(allow, clap.allow);
             assert_eq!(max_tunnels, clap.max_tunnels);
             assert_eq!(drain_timeout, clap.drain_timeout);
             assert_eq!(log, clap.log);

@@ -136,6 +136,11 @@ pub struct Listen {
     pub max_tunnels: Option<usize>,
     pub drain_timeout: Duration,
     pub log: Option<std::path::PathBuf>,
+    /// `--allow`: the networks a `-D` port serves besides loopback, as (address, prefix).
+    pub allow: Vec<(std::net::IpAddr, u8)>,
+    /// The exclusion list a `-D` port applies per request: `--noproxy`, else `no_proxy` /
+    /// `NO_PROXY`.
+    pub noproxy: Option<String>,
 }
 
 /// The environment variable holding `user:password`.
@@ -174,7 +179,7 @@ impl Config {
 }
 
 fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Config> {
-    let listen = listen_mode(&cli)?;
+    let listen = listen_mode(&cli, &env)?;
     let Positional {
         proxies: proxy_args,
         auth_file: auth_file_arg,
@@ -194,6 +199,10 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
     };
     // Listen mode without a proxy goes direct; the pipe mode takes the environment's.
     let (mut proxies, route_why) = match listen {
+        // -D with no proxy given: the environment's, as the pipe mode takes it.
+        Some(ref l) if proxy_args.is_empty() && l.local.iter().any(|f| f.dynamic) => {
+            env_route(&env)?
+        }
         Some(_) => (parse_proxies(&proxy_args)?, None),
         None => choose_route(&proxy_args, &target, &env, cli.noproxy.as_deref())?,
     };
@@ -337,17 +346,37 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
 }
 
 /// Listen mode's settings, when `-L` or `--forwards` is given.
-fn listen_mode(cli: &Cli) -> anyhow::Result<Option<Listen>> {
-    if cli.local_forward.is_empty() && cli.forwards.is_none() {
+fn listen_mode(
+    cli: &Cli,
+    env: &impl Fn(&str) -> Option<OsString>,
+) -> anyhow::Result<Option<Listen>> {
+    if cli.local_forward.is_empty() && cli.forwards.is_none() && cli.dynamic.is_empty() {
         return Ok(None);
     }
-    let local = cli
+    let mut local = cli
         .local_forward
         .iter()
         .map(|spec| {
             crate::forwards::parse_local(spec).with_context(|| format!("parsing -L {spec}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for spec in &cli.dynamic {
+        local.push(
+            crate::forwards::parse_dynamic(spec).with_context(|| format!("parsing -D {spec}"))?,
+        );
+    }
+    let allow = cli
+        .allow
+        .iter()
+        .map(|a| parse_cidr(a).with_context(|| format!("parsing --allow {a:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let noproxy = match &cli.noproxy {
+        Some(list) => Some(list.clone()),
+        None => crate::route::env::NO_PROXY_VARS
+            .iter()
+            .find_map(|v| env(v).filter(|s| !s.is_empty()))
+            .map(|s| s.to_string_lossy().into_owned()),
+    };
     let max_tunnels = match cli.max_tunnels {
         Some(0) => bail!("parsing --max-tunnels: expected at least 1"),
         n => n,
@@ -362,7 +391,45 @@ fn listen_mode(cli: &Cli) -> anyhow::Result<Option<Listen>> {
         max_tunnels,
         drain_timeout,
         log: cli.log.clone(),
+        allow,
+        noproxy,
     }))
+}
+
+/// `ADDR/BITS` or one address, for `--allow`.
+fn parse_cidr(s: &str) -> anyhow::Result<(IpAddr, u8)> {
+    let (addr, bits) = match s.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| anyhow!("expected an IP address or ADDR/BITS"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        None => max,
+        Some(b) => match b.parse::<u8>() {
+            Ok(n) if n <= max && b.bytes().all(|c| c.is_ascii_digit()) => n,
+            _ => bail!("the prefix length must be a number from 0 to {max}"),
+        },
+    };
+    Ok((addr, bits))
+}
+
+/// Listen mode's proxy from the environment (`-D` without PROXY): the first set of curl's
+/// proxy variables, none of the exclusion list (that applies per request).
+fn env_route(
+    env: &impl Fn(&str) -> Option<OsString>,
+) -> anyhow::Result<(Vec<Proxy>, Option<String>)> {
+    let anywhere = Host::Name(String::new());
+    match crate::route::env::choose(&anywhere, env, Some("")).map_err(|e| anyhow!(e))? {
+        crate::route::env::Choice::Direct { why } => Ok((Vec::new(), Some(why))),
+        crate::route::env::Choice::Proxy { var, value, why } => {
+            let proxy = parse_env_proxy(&value)
+                .with_context(|| format!("parsing {var} {:?}", without_password(&value)))?;
+            Ok((vec![proxy], Some(why)))
+        }
+    }
 }
 
 /// Listen mode's positional arguments: none (direct, or `--proxy`), or one PROXY.

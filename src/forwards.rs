@@ -34,6 +34,9 @@ pub struct Forward {
     pub options: Options,
     /// Where it was written: `-L 2222:host:22` or `FILE:LINE`, for the log.
     pub origin: String,
+    /// `-D` / a `dynamic` line: the client names each destination (SOCKS or HTTP CONNECT);
+    /// `target` is then unused.
+    pub dynamic: bool,
 }
 
 /// How a forward reaches its target.
@@ -91,7 +94,10 @@ impl Forward {
         if let Some(f) = &o.proxy_auth_file {
             extra += &format!(" proxy-auth-file={}", f.display());
         }
-        format!("{} {via}{extra}", self.target)
+        match self.dynamic {
+            true => format!("dynamic (SOCKS, HTTP CONNECT) {via}{extra}"),
+            false => format!("{} {via}{extra}", self.target),
+        }
     }
 }
 
@@ -149,6 +155,9 @@ fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
     if words.is_empty() {
         return Ok(None);
     }
+    if words[0] == "dynamic" {
+        return parse_dynamic_line(&words[1..], origin).map(Some);
+    }
     let split = words
         .iter()
         .position(|w| w.contains('=') && !w.contains("://"))
@@ -178,7 +187,55 @@ fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
         route,
         options: parse_options(opts)?,
         origin: origin.to_owned(),
+        dynamic: false,
     }))
+}
+
+/// `dynamic [BIND:]PORT [ROUTE] [key=value ...]`: a `-D` port.
+fn parse_dynamic_line(words: &[&str], origin: &str) -> anyhow::Result<Forward> {
+    let split = words
+        .iter()
+        .position(|w| w.contains('=') && !w.contains("://"))
+        .unwrap_or(words.len());
+    let (fields, opts) = words.split_at(split);
+    if let Some(w) = opts.iter().find(|w| !w.contains('=')) {
+        bail!("{w:?} after key=value options (options come last)");
+    }
+    let (bind, route) = match fields {
+        [bind] => (*bind, RouteSpec::Default),
+        [bind, route] => (*bind, parse_route(route)?),
+        _ => bail!(
+            "expected dynamic [BIND:]PORT [ROUTE] [key=value ...], got {} field(s) after dynamic",
+            fields.len()
+        ),
+    };
+    Ok(Forward {
+        bind: parse_bind(bind)?,
+        target: unused_target(),
+        route,
+        options: parse_options(opts)?,
+        origin: origin.to_owned(),
+        dynamic: true,
+    })
+}
+
+/// `-D [BIND:]PORT`.
+pub fn parse_dynamic(spec: &str) -> anyhow::Result<Forward> {
+    Ok(Forward {
+        bind: parse_bind(spec)?,
+        target: unused_target(),
+        route: RouteSpec::Default,
+        options: Options::default(),
+        origin: format!("-D {spec}"),
+        dynamic: true,
+    })
+}
+
+fn unused_target() -> Endpoint {
+    Endpoint {
+        host: config::Host::Name(String::new()),
+        port: 0,
+    }
 }
 
 fn parse_target(host: &str, port: &str) -> anyhow::Result<Endpoint> {
@@ -274,6 +331,7 @@ pub fn parse_local(spec: &str) -> anyhow::Result<Forward> {
         route: RouteSpec::Default,
         options: Options::default(),
         origin: format!("-L {spec}"),
+        dynamic: false,
     })
 }
 
@@ -336,6 +394,26 @@ mod tests {
                 "127.0.0.1:2222 git.lan:22 via the default route",
             ),
             ("*:2222 git.lan 22 direct", "0.0.0.0:2222 git.lan:22 direct"),
+            (
+                "dynamic 1080",
+                "127.0.0.1:1080 dynamic (SOCKS, HTTP CONNECT) via the default route",
+            ),
+            (
+                "dynamic [::1]:0 http://u:p@proxy:8080 idle-timeout=5",
+                "[::1]:0 dynamic (SOCKS, HTTP CONNECT) via proxy proxy:8080 idle-timeout=5",
+            ),
+            (
+                "dynamic 1080 direct",
+                "127.0.0.1:1080 dynamic (SOCKS, HTTP CONNECT) direct",
+            ),
+            (
+                "dynamic",
+                "error: expected dynamic [BIND:]PORT [ROUTE] [key=value ...], got 0 field(s) after dynamic",
+            ),
+            (
+                "dynamic 1080 direct extra",
+                "error: expected dynamic [BIND:]PORT [ROUTE] [key=value ...], got 3 field(s) after dynamic",
+            ),
             (
                 "[::1]:2222 git.lan 22 DIRECT",
                 "[::1]:2222 git.lan:22 direct",

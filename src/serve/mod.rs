@@ -10,6 +10,8 @@
 //!
 //! Nothing here runs in the pipe mode: `run` is only called with `-L` or `--forwards`.
 
+pub mod dynamic;
+pub mod front;
 pub mod log;
 pub mod session;
 pub mod workers;
@@ -66,6 +68,8 @@ struct Plan {
     keepalive: Option<Duration>,
     /// `HOST:PORT via proxy P` / `HOST:PORT direct`, for the log.
     route: String,
+    /// A `-D` port: each client names its destination.
+    dynamic: Option<Arc<dynamic::Dynamic>>,
 }
 
 struct Listening {
@@ -98,6 +102,8 @@ struct Opened {
     tls: Option<rustls::ClientConnection>,
     leftover: Vec<u8>,
     status: String,
+    /// A `-D` port's tunnel: its destination and route, for the log.
+    route: Option<String>,
 }
 
 struct Engine<'a> {
@@ -300,15 +306,70 @@ impl Engine<'_> {
             }
         };
         let route = match upstream.proxy_name() {
+            Some(p) if forward.dynamic => format!("dynamic, via proxy {p} unless no-proxy"),
+            None if forward.dynamic => "dynamic, direct".to_owned(),
             Some(p) => format!("{} via proxy {p}", forward.target),
             None => format!("{} direct", forward.target),
         };
+        let dynamic = match forward.dynamic {
+            true => Some(self.dynamic(&forward, upstream.clone())?),
+            false => None,
+        };
         Ok(Arc::new(Plan {
+            dynamic,
             idle_timeout: o.idle_timeout.unwrap_or(config.idle_timeout),
             keepalive: o.keepalive.unwrap_or(config.keepalive),
             forward,
             upstream,
             route,
+        }))
+    }
+
+    /// What a `-D` port needs per request. Refuses a port that would serve other machines
+    /// without `--allow`, and a route whose proxy is the port itself.
+    fn dynamic(
+        &self,
+        forward: &Forward,
+        proxied: Arc<Upstream>,
+    ) -> Result<Arc<dynamic::Dynamic>, Error> {
+        let bind = forward.bind;
+        if !bind.ip().is_loopback() && self.listen.allow.is_empty() {
+            return Err(Error::msg(
+                Kind::Usage,
+                format_args!(
+                    "{}: {bind} is not a loopback address: give --allow CIDR for the clients it may serve (gimlet is never an open proxy by accident)",
+                    forward.origin
+                ),
+            ));
+        }
+        let first = match &forward.route {
+            RouteSpec::Default => self.config.proxies.first(),
+            RouteSpec::Direct => None,
+            RouteSpec::Proxy(p) => Some(p),
+        };
+        if let Some(p) = first {
+            let me = match &p.endpoint.host {
+                crate::config::Host::Ip(ip) => ip.is_loopback() || *ip == bind.ip(),
+                crate::config::Host::Name(n) => n.eq_ignore_ascii_case("localhost"),
+                crate::config::Host::Scoped(..) => false,
+            };
+            if me && p.endpoint.port == bind.port() {
+                return Err(Error::msg(
+                    Kind::Usage,
+                    format_args!(
+                        "{}: the proxy {} is this -D port itself (a loop; is https_proxy set to it?)",
+                        forward.origin, p.endpoint
+                    ),
+                ));
+            }
+        }
+        let direct = Upstream::new(self.config, None, &Spec::None, false)?;
+        Ok(Arc::new(dynamic::Dynamic {
+            proxied,
+            direct: Arc::new(direct),
+            noproxy: self.listen.noproxy.clone(),
+            allow: self.listen.allow.clone(),
+            timeout: self.config.connect_timeout,
         }))
     }
 
@@ -592,7 +653,24 @@ impl Engine<'_> {
             "accepted #{id} from {peer} on {local}: {}",
             plan.route
         ));
-        let (upstream, target) = (plan.upstream.clone(), plan.forward.target.clone());
+        let work: Box<dyn FnOnce() -> Result<Opened, Error> + Send> = match &plan.dynamic {
+            Some(d) => {
+                // The worker reads the request on a second handle; this one waits here.
+                let handle = socket2::SockRef::from(&client)
+                    .try_clone()
+                    .map(std::net::TcpStream::from);
+                let d = d.clone();
+                Box::new(move || {
+                    let handle = handle.kind_ctx(Kind::Tunnel, || "serving the client")?;
+                    let served = dynamic::serve(handle, peer, local, &d)?;
+                    hand_over(served.established, Some(served.route))
+                })
+            }
+            None => {
+                let (upstream, target) = (plan.upstream.clone(), plan.forward.target.clone());
+                Box::new(move || open(&upstream, &target))
+            }
+        };
         self.pending.insert(
             id,
             Pending {
@@ -602,10 +680,7 @@ impl Engine<'_> {
                 accepted: Instant::now(),
             },
         );
-        self.workers.submit(Job {
-            id,
-            work: Box::new(move || open(&upstream, &target)),
-        });
+        self.workers.submit(Job { id, work });
         if self.workers.spawned() == 0 {
             self.pending.remove(&id);
             self.log.line(format_args!(
@@ -649,6 +724,7 @@ impl Engine<'_> {
             tls,
             leftover,
             status,
+            route,
         } = opened;
         let socket = TcpStream::from_std(tcp);
         let tunnel: Box<dyn Tunnel> = match tls {
@@ -677,7 +753,7 @@ impl Engine<'_> {
         self.log.line(format_args!(
             "established #{id} from {} to {} in {:.3}s{}",
             p.peer,
-            p.plan.route,
+            route.as_deref().unwrap_or(&p.plan.route),
             p.accepted.elapsed().as_secs_f64(),
             match status.is_empty() {
                 true => String::new(),
@@ -687,7 +763,7 @@ impl Engine<'_> {
         self.sessions[slot] = Some(Live {
             id,
             session,
-            route: p.plan.route.clone(),
+            route: route.unwrap_or_else(|| p.plan.route.clone()),
             idle_timeout: p.plan.idle_timeout,
         });
         self.drive(slot);
@@ -880,19 +956,25 @@ impl Engine<'_> {
 
 /// Establishes one tunnel on a worker thread and readies its socket for the loop.
 fn open(upstream: &Upstream, target: &crate::config::Endpoint) -> Result<Opened, Error> {
-    let established = establish(upstream, target)?;
+    hand_over(establish(upstream, target)?, None)
+}
+
+/// Readies an established tunnel's socket for the loop.
+fn hand_over(
+    established: crate::handshake::Established<crate::transport::stream::Stream>,
+    route: Option<String>,
+) -> Result<Opened, Error> {
     let (tcp, tls) = established
         .stream
         .into_parts()
         .and_then(|(s, c)| s.set_nonblocking(true).map(|()| (s, c)))
-        .kind_ctx(Kind::Tunnel, || {
-            format!("handing over the tunnel to {target}")
-        })?;
+        .kind_ctx(Kind::Tunnel, || "handing over the tunnel")?;
     Ok(Opened {
         tcp,
         tls,
         leftover: established.leftover,
         status: established.reply.status_line,
+        route,
     })
 }
 

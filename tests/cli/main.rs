@@ -6,6 +6,7 @@ mod askpass;
 mod auth;
 mod corkscrew;
 mod digest;
+mod dynamic;
 mod errors;
 mod fdpass;
 mod generated;
