@@ -732,8 +732,9 @@ fn secret_ranges(prev: Option<&str>, arg: &str) -> Vec<std::ops::Range<usize>> {
     }
     let url = arg.strip_prefix("--proxy=").map_or(arg, |u| u);
     let offset = arg.len() - url.len();
+    // RFC 3986 §3.1: a scheme starts with a letter (an option such as `--x://…` is none).
     let scheme_len = url.find("://").filter(|&i| {
-        i > 0
+        url.starts_with(|c: char| c.is_ascii_alphabetic())
             && url[..i]
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
@@ -945,6 +946,10 @@ mod tests {
             &[]
         ));
         assert!(!markers_are_secrets(&args(&["-U", &format!("{m}:p")]), &[]));
+        assert!(!markers_are_secrets(
+            &args(&[&format!("--x://u:{m}@h")]),
+            &[]
+        ));
         let env = [(crate::config::AUTH_ENV.to_owned(), format!("u:{m}"))];
         assert!(markers_are_secrets(&[], &env));
     }
