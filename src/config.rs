@@ -288,7 +288,9 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         key: cli.proxy_key,
     };
     let any_tls_hop = proxies.iter().any(|p| p.tls);
-    if !any_tls_hop && proxy_tls_given(&proxy_tls) {
+    // In listen mode without a proxy here, they apply to the https:// proxies of --forwards.
+    let tls_proxy_possible = any_tls_hop || (listen.is_some() && proxies.is_empty());
+    if !tls_proxy_possible && proxy_tls_given(&proxy_tls) {
         bail!(
             "checking the TLS options: --proxy-cacert, --proxy-insecure, --proxy-pinnedpubkey, --proxy-servername and --proxy-cert need an https:// proxy"
         );

@@ -129,6 +129,8 @@ struct Engine<'a> {
     file: Option<Watched>,
     /// The upstream every line without its own route uses: the command line's proxy or direct.
     default_route: Option<Arc<Upstream>>,
+    /// The command line's credentials, a password asked for once at start (never on reload).
+    credentials: Spec,
 }
 
 struct Watched {
@@ -170,6 +172,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         .register(&mut SourceFd(&signals.fd()), SIGNALS, Interest::READABLE)
         .kind_ctx(Kind::Usage, starting)?;
     let (workers, done) = Workers::new(waker);
+    let credentials = ask_once(config)?;
     let reserve = FD_RESERVE.min(fd_limit / 4);
     let max_tunnels = listen
         .max_tunnels
@@ -194,6 +197,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         draining: None,
         file: None,
         default_route: None,
+        credentials,
     };
     engine.log.line(format_args!(
         "starting: open-file limit {fd_limit}, at most {max_tunnels} tunnels"
@@ -266,7 +270,7 @@ impl Engine<'_> {
                     format!("{}: reading proxy-auth-file", forward.origin)
                 })?)
             }
-            None => config.credentials.clone(),
+            None => self.credentials.clone(),
         };
         let proxy = match &forward.route {
             RouteSpec::Default => config.proxies.first(),
@@ -407,7 +411,7 @@ impl Engine<'_> {
     /// Starts listening for `plan`; the error is a log-ready sentence.
     fn bind(&mut self, plan: Arc<Plan>, pinned: bool) -> Result<(), String> {
         let addr = plan.forward.bind;
-        let mut listener = TcpListener::bind(addr)
+        let mut listener = listen_on(addr)
             .map_err(|e| format!("{}: listening on {addr}: {e}", plan.forward.origin))?;
         let local = listener.local_addr().unwrap_or(addr);
         let slot = self
@@ -954,6 +958,30 @@ impl Engine<'_> {
     }
 }
 
+/// The command line's credentials with the password asked for now if it is missing: a reload
+/// or a connection must never wait on a prompt.
+fn ask_once(config: &Config) -> Result<Spec, Error> {
+    let Spec::User(user) = &config.credentials else {
+        return Ok(config.credentials.clone());
+    };
+    let proxy = config
+        .proxies
+        .first()
+        .map_or_else(|| "of the forwards".to_owned(), |p| p.endpoint.to_string());
+    let asking = || format!("asking for the password of proxy user \"{user}\"");
+    match credentials::ask(&proxy, Some(user), &config.askers).kind_ctx(Kind::Auth, asking)? {
+        Some(c) => Ok(Spec::Known(c)),
+        None => Err(Error::msg(
+            Kind::Auth,
+            format_args!(
+                "{}: no terminal and no askpass program (give the password with --proxy-auth-file or {})",
+                asking(),
+                crate::config::AUTH_ENV
+            ),
+        )),
+    }
+}
+
 /// Establishes one tunnel on a worker thread and readies its socket for the loop.
 fn open(upstream: &Upstream, target: &crate::config::Endpoint) -> Result<Opened, Error> {
     hand_over(establish(upstream, target)?, None)
@@ -976,6 +1004,25 @@ fn hand_over(
         status: established.reply.status_line,
         route,
     })
+}
+
+/// Queue of connections not yet accepted. Many clients arriving at once (a build farm, a
+/// benchmark's 1,000 connects) overflow a short queue, and the kernel then answers with SYN
+/// cookies and resets: measured with 1,000 simultaneous connects, mio's default of 1024
+/// reset some of them; the kernel caps this at net.core.somaxconn.
+const BACKLOG: i32 = 8192;
+
+fn listen_on(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 fn set_keepalive(s: &TcpStream, keepalive: Option<Duration>) {

@@ -652,3 +652,65 @@ fn listen_mode_refuses_pipe_only_options() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_password_asked_at_start_serves_lines_added_by_a_reload() {
+    let proxy = FakeProxy::echo();
+    let askpass = scratch_file("askpass.sh", b"#!/bin/sh\necho 's3cret'\n", 0o700);
+    let (a, b) = (free_port(), free_port());
+    let file = forwards_file(&format!("{a} one.example 22 127.0.0.1 {}\n", proxy.port()));
+    let mut cmd = gimlet_std();
+    cmd.args([
+        "--forwards",
+        file.to_str().unwrap(),
+        "-U",
+        "alice",
+        "--proxy-auth",
+        "basic",
+    ])
+    .env("GIMLET_ASKPASS", &askpass);
+    let mut d = Daemon::start_with(&mut cmd);
+    d.wait_for(&format!("listening on 127.0.0.1:{a}"));
+    save(
+        &file,
+        &format!(
+            "{a} one.example 22 127.0.0.1 {p}\n{b} two.example 22 127.0.0.1 {p}\n",
+            p = proxy.port()
+        ),
+    );
+    d.wait_for(&format!("listening on 127.0.0.1:{b}"));
+    let mut s = connect(b);
+    round_trip(&mut s, b"through the new line");
+    drop(s);
+    d.wait_for("closed #1");
+    let head = proxy.finish().only_request();
+    assert!(head.starts_with("CONNECT two.example:22 "), "{head}");
+    let basic = base64(b"alice:s3cret");
+    assert!(
+        head.contains(&format!("Proxy-Authorization: Basic {basic}")),
+        "{head}"
+    );
+}
+
+#[test]
+fn proxy_tls_options_apply_to_https_proxies_in_the_forwards_file() {
+    // No proxy on the command line: --proxy-cacert is for the file's https:// lines. The
+    // check passes start-up; the CA file is then read when the line's TLS is set up.
+    let file = forwards_file("0 h.example 22 https://proxy.example:8443\n");
+    let ca = scratch_file("not-a-ca.pem", b"not PEM\n", 0o644);
+    let out = gimlet()
+        .args([
+            "--forwards",
+            file.to_str().unwrap(),
+            "--proxy-cacert",
+            ca.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = assert_failure(&out, 2, None);
+    assert!(!stderr.contains("need an https:// proxy"), "{stderr}");
+    assert!(
+        stderr.contains("setting up TLS for proxy proxy.example:8443"),
+        "{stderr}"
+    );
+}
