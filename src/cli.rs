@@ -344,9 +344,9 @@ pub struct Cli {
     /// Listen on [BIND:]PORT and forward each connection to HOST:HOSTPORT, like ssh -L
     ///
     /// Through the proxy given as PROXY or --proxy, or directly when none is. BIND is
-    /// 127.0.0.1 unless given: an IP address ([v6] in brackets), localhost, or * for every
-    /// interface; PORT 0 picks a free port, which the log names. Repeatable. gimlet stays in
-    /// the foreground until SIGTERM or SIGINT.
+    /// 127.0.0.1 unless given: an IP address ([v6] in brackets, [::] for every IPv6
+    /// interface), localhost, or * for every IPv4 interface; PORT 0 picks a free port, which
+    /// the log names. Repeatable. gimlet stays in the foreground until SIGTERM or SIGINT.
     #[arg(short = 'L', long = "local-forward", value_name = "[BIND:]PORT:HOST:HOSTPORT",
           help_heading = LISTEN)]
     pub local_forward: Vec<String>,

@@ -11,8 +11,8 @@
 //! ROUTE is a proxy URL (`http://`, `https://`, userinfo allowed), `host:port`, or `direct`;
 //! a comma-separated chain is recognised and refused until routes of several hops exist. With
 //! no route a line uses the command line's proxy, or goes direct when there is none (the
-//! seed's rule). BIND is an IP address (`[v6]` in brackets), `localhost` or `*`; it defaults
-//! to 127.0.0.1. PORT 0 asks the kernel for a free port (the log names it).
+//! seed's rule). BIND is an IP address (`[v6]` in brackets), `localhost` or `*` (every IPv4
+//! interface; `[::]` for IPv6); it defaults to 127.0.0.1. PORT 0 asks the kernel for a free port (the log names it).
 
 use std::collections::HashSet;
 use std::fmt;

@@ -6,9 +6,11 @@
 //! Why threads and not non-blocking handshake state machines on the loop: every protocol,
 //! authentication round trip, reconnect after a 407 and TLS handshake already exists once,
 //! tested, as blocking code with deadlines; a state-machine rewrite would duplicate all of it
-//! for the same observable result. Measured (README, "Listen mode"): with every worker stuck on
-//! a proxy that never answers, new connections are still accepted and logged at once; only
-//! their handshakes queue. Threads start on demand, up to [`MAX_WORKERS`], and stay.
+//! for the same observable result. Measured (README, "Listen mode"): with 200 handshakes stuck
+//! on a proxy that never answers, new connections are still accepted and logged at once, and
+//! a healthy forward's connect-to-first-byte stays at 0.22 ms (p50), because the engine lets
+//! one upstream hold at most a quarter of the workers. Threads start on demand, up to
+//! [`MAX_WORKERS`], and stay.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};

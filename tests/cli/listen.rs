@@ -361,9 +361,11 @@ fn handshakes_never_hold_up_accepting() {
     ]);
     let stuck = d.listening_port();
     let direct = d.listening_port();
-    let _held: Vec<TcpStream> = (0..20).map(|_| connect(stuck)).collect();
-    d.wait_for("accepted #20");
-    // With twenty handshakes stuck, a direct forward still answers at once.
+    // More stuck handshakes than there are worker threads (64): they are all accepted and
+    // logged, and they hold at most a quarter of the workers.
+    let _held: Vec<TcpStream> = (0..100).map(|_| connect(stuck)).collect();
+    d.wait_for("accepted #100");
+    // A direct forward still gets a worker and answers.
     let mut s = connect(direct);
     assert_eq!(read_exact(&mut s, 7), b"direct\n");
     drop(silent);

@@ -666,6 +666,7 @@ def check_tls_echo(t: Tunnel) -> str:
     return throughput(len(data), time.monotonic() - started)
 
 
+<<<<<<< HEAD
 def aimed(t: Tunnel, text: str) -> str:
     """README text aimed at the row: the example proxy's name and port
     swapped for the row's proxy on 127.0.0.1, nothing else."""
@@ -761,6 +762,147 @@ def check_environment(t: Tunnel) -> str:
     if f"localhost:{port}" in logged:
         raise Failed(f"the proxy saw the NO_PROXY host: {tail(logged, 2)}")
     return "localhost direct, 127.0.0.1 through the proxy (access.log)"
+=======
+# -- listen mode: gimlet -L and --forwards as a daemon, ssh and git pointed at its port ---------
+
+LISTEN_WAIT = 20  # seconds gimlet may take to log a reload
+
+
+def listen_argv(t: Tunnel, *options: str) -> list[str]:
+    """gimlet in listen mode through the row's proxy (as PROXY, the same way the pipe mode
+    gets it), with the row's credentials and TLS options."""
+    *argv, _host, _port = t.gimlet_argv("h", "1", joined=True)
+    return [argv[0], *options, *argv[1:]]
+
+
+def direct_ssh(t: Tunnel, port: int) -> list[str]:
+    """ssh to sshd through a forward on 127.0.0.1:PORT, no ProxyCommand."""
+    return ["ssh", "-F", str(t.target.ssh_config), "-p", str(port), "127.0.0.1"]
+
+
+def wait_in_log(log: Path, text: str, after: int = 0) -> int:
+    """Waits for `text` in gimlet's log past offset `after`; returns the offset after it."""
+    deadline = time.monotonic() + LISTEN_WAIT
+    while True:
+        logged = log.read_text(errors="replace") if log.exists() else ""
+        at = logged.find(text, after)
+        if at >= 0:
+            return at + len(text)
+        if time.monotonic() > deadline:
+            raise Failed(f"gimlet's log never said {text!r}: {tail(logged, 3)}")
+        time.sleep(0.05)
+
+
+def check_listen(t: Tunnel) -> str:
+    """gimlet -L PORT:127.0.0.1:SSHD through the proxy: ssh, git clone, git push and the bulk
+    download (sha256) against the forwarded port; then -L without a proxy (direct): ssh."""
+    port, direct = t.sandbox.free_port(), t.sandbox.free_port()
+    argv = listen_argv(t, "-L", f"{port}:127.0.0.1:{t.target.port}")
+    daemon = t.sandbox.spawn("gimlet-listen", argv, port, t.scratch, {"inet"}, env=t.env())
+    try:
+        ssh = direct_ssh(t, port)
+        result = run_ok(ssh + ["echo", "ok"], LOGIN_TIMEOUT, "ssh through -L", env=t.env())
+        if result.stdout != b"ok\n":
+            raise Failed(f"ssh printed {result.stdout[:80]!r}, expected 'ok'")
+        url = f"ssh://{t.target.user}@127.0.0.1:{port}{t.target.repo}"
+        env = t.env(GIT_SSH_COMMAND=shlex.join(["ssh", "-F", str(t.target.ssh_config)]))
+        dest = t.scratch / "listen-clone"
+        run_ok(["git", "clone", "-q", url, str(dest)], GIT_TIMEOUT, "git clone through -L", env=env)
+        verify_checkout(dest, t.target.head, t.target.manifest, env)
+        (dest / f"listen-{t.proxy.name}.bin").write_bytes(os.urandom(PUSH_MIB << 20))
+        git = ["git", "-C", str(dest)]
+        run_ok(git + ["add", "-A"], GIT_TIMEOUT, "git add", env=env)
+        run_ok(git + ["commit", "-q", "-m", "through -L"], GIT_TIMEOUT, "git commit", env=env)
+        run_ok(git + ["push", "-q", "origin", f"HEAD:refs/heads/listen/{t.proxy.name}"],
+               GIT_TIMEOUT, "git push through -L", env=env)
+        size = t.target.blob_size
+        started = time.monotonic()
+        got = run_ok(ssh + ["cat", str(t.target.blob)], bulk_timeout(size), "ssh cat through -L",
+                     env=t.env()).stdout
+        if len(got) != size or hashlib.sha256(got).hexdigest() != t.target.blob_sha256:
+            raise Failed(f"bulk download through -L: {len(got)} of {size} bytes, or wrong sha256")
+        note = throughput(size, time.monotonic() - started)
+        wait_in_log(daemon.log, "closed #")
+        if "Proxy-Authorization" in daemon.log.read_text() or (
+                t.credentials and t.credentials.password in daemon.log.read_text()):
+            raise Failed("gimlet's log shows credentials")
+    finally:
+        t.sandbox.stop(daemon)
+    plain = t.sandbox.spawn("gimlet-direct", [t.gimlet, "-L", f"{direct}:127.0.0.1:{t.target.port}"],
+                            direct, t.scratch, {"inet"}, env=t.env())
+    try:
+        result = run_ok(direct_ssh(t, direct) + ["echo", "ok"], LOGIN_TIMEOUT, "ssh through -L direct",
+                        env=t.env())
+        if result.stdout != b"ok\n":
+            raise Failed(f"ssh (direct -L) printed {result.stdout[:80]!r}")
+    finally:
+        t.sandbox.stop(plain)
+    return note
+
+
+def save_as_editor(path: Path, text: str) -> None:
+    """Writes a temporary file and renames it over `path`, as editors save."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
+def check_listen_reload(t: Tunnel) -> None:
+    """gimlet --forwards FILE, the seed's line format through the row's proxy; an ssh session
+    stays open while the file is edited (a line added, the session's own line changed, the
+    added line removed); the session keeps working after every edit and the new forward
+    works while it exists."""
+    first, second = t.sandbox.free_port(), t.sandbox.free_port()
+    *argv, _h, _p = t.gimlet_argv("h", "1")
+    # The row's proxy as gimlet_argv gives it: a URL (one field), or corkscrew's `HOST PORT`,
+    # which is the seed's `<Proxy address> <Proxy port>`.
+    n = 1 if argv[-1].startswith(("http://", "https://")) else 2
+    proxy_fields, base = argv[-n:], argv[:-n]
+    forwards = t.scratch / "forwards"
+    line = f"{first} 127.0.0.1 {t.target.port} {' '.join(proxy_fields)}\n"
+    forwards.write_text("# the seed's format\n" + line)
+    # netrc is read for the command line's proxy only: give it there too on netrc rows.
+    also = [argv[-1]] if n == 1 else [f"{argv[-2]}:{argv[-1]}"]
+    cmdline_proxy = also if t.credentials and t.credentials.via == "netrc" else []
+    daemon = t.sandbox.spawn("gimlet-forwards",
+                             [base[0], "--forwards", str(forwards), *base[1:], *cmdline_proxy],
+                             first, t.scratch, {"inet"}, env=t.env())
+    ssh = direct_ssh(t, first)
+    script = "while read line; do echo \"got $line\"; done"
+    with Child(ssh + [script], LOGIN_TIMEOUT * 4, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+               stderr=subprocess.PIPE, env=t.env()) as session:
+        def ask(word: str) -> None:
+            session.proc.stdin.write(f"{word}\n".encode())
+            session.proc.stdin.flush()
+            answer = session.proc.stdout.readline()
+            if answer != f"got {word}\n".encode():
+                raise Failed(f"the open ssh session answered {answer[:80]!r} to {word!r}")
+        try:
+            ask("before")
+            at = wait_in_log(daemon.log, "established #")
+            save_as_editor(forwards, line + f"{second} 127.0.0.1 {t.target.port} direct\n")
+            at = wait_in_log(daemon.log, f"listening on 127.0.0.1:{second}", at)
+            ask("after-add")
+            result = run_ok(direct_ssh(t, second) + ["echo", "ok"], LOGIN_TIMEOUT,
+                            "ssh through the added line", env=t.env())
+            if result.stdout != b"ok\n":
+                raise Failed(f"ssh through the added line printed {result.stdout[:80]!r}")
+            save_as_editor(forwards, line.rstrip("\n") + " keepalive=30 idle-timeout=3600\n"
+                           + f"{second} 127.0.0.1 {t.target.port} direct\n")
+            at = wait_in_log(daemon.log, f"changed 127.0.0.1:{first}", at)
+            ask("after-change")
+            save_as_editor(forwards, line)
+            at = wait_in_log(daemon.log, f"stopped listening on 127.0.0.1:{second}", at)
+            save_as_editor(forwards, line + "this line is broken\n")
+            at = wait_in_log(daemon.log, "keeping the previous forwards", at)
+            ask("after-remove-and-typo")
+            session.proc.stdin.close()
+            if session.proc.wait() != 0 or session.timed_out:
+                raise Failed(f"the ssh session ended badly: {tail(session.proc.stderr.read())}")
+            wait_in_log(daemon.log, "closed #", at)
+        finally:
+            t.sandbox.stop(daemon)
+>>>>>>> 17aee7d (Listen mode: one upstream holds at most a quarter of the handshake workers)
 
 
 CHECKS = [
@@ -777,6 +919,11 @@ CHECKS = [
     Check("tls-verify", check_tls_verify, needs=frozenset({"inet", "tls"})),
     Check("kerberos", check_kerberos, needs=frozenset({"inet", "kerberos"})),
     Check("tls-echo", check_tls_echo, packages=("stunnel4", "openssl")),
+<<<<<<< HEAD
     Check("readme", check_readme, needs=frozenset({"inet", "readme"})),
     Check("environment", check_environment, needs=frozenset({"inet", "env"})),
+=======
+    Check("listen", check_listen),
+    Check("listen-reload", check_listen_reload),
+>>>>>>> 17aee7d (Listen mode: one upstream holds at most a quarter of the handshake workers)
 ]

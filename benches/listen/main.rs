@@ -1,0 +1,777 @@
+//! The listen-mode benchmark: `gimlet -L` beside the daemons people use for the same job, on
+//! loopback, in one run, through a CONNECT endpoint of our own (every tool talks to the same
+//! far side) and directly where a tool has no proxy support (rinetd).
+//!
+//! Usage:
+//!   benches/run-listen [OPTIONS]                 (builds gimlet --release first)
+//!   GIMLET=target/release/gimlet cargo bench --bench listen -- [OPTIONS]
+//!
+//! Options:
+//!   --size SIZE     bytes per single-tunnel transfer (K, M, G suffixes)      [default 512M]
+//!   --active N      concurrent tunnels in the many-tunnels test              [default 1000]
+//!   --each SIZE     bytes each of them echoes                                [default 1M]
+//!   --idle N        idle tunnels held open for the memory test               [default 9900]
+//!   --connects N    connections for the latency test                         [default 200]
+//!   --tools LIST    gimlet,gimlet-direct,socat,proxytunnel,rinetd           [default all found]
+//!   --smoke         --size 16M --active 50 --each 256K --idle 500 --connects 20
+//!
+//! What is measured, per tool (MB = 10^6 bytes):
+//! - up / down: one tunnel, `--size` bytes client → far side (the far side answers with the
+//!   count it received) and far side → client (every byte checked), MB/s;
+//! - active: `--active` tunnels at once, each echoing `--each` bytes (every byte checked);
+//!   aggregate MB/s of payload one way, and the wall time;
+//! - latency: connect to the forward → first byte from the far side (which sends it as soon as
+//!   its connection is up), p50 / p95, beside a client doing the CONNECT itself;
+//! - idle (single-process daemons only): `--idle` tunnels opened and left silent; the daemon's
+//!   RSS (VmRSS) before and after, and per tunnel.
+//!
+//! The far side runs in a child process (`--far-side`), so the harness's own file descriptors
+//! (one per client socket) and the far side's (one per accepted socket) have a limit each.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Far-side behaviour, chosen by the port offset (CONNECT target port or direct listener).
+const SINK: u16 = 0;
+const SOURCE: u16 = 1;
+const ECHO: u16 = 2;
+const HOLD: u16 = 3;
+const EARLY: u16 = 4;
+const MODES: u16 = 5;
+
+const REPLY: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+/// The CONNECT target's port base: target port = BASE + mode.
+const BASE: u16 = 10_000;
+
+struct Opts {
+    size: u64,
+    active: usize,
+    each: u64,
+    idle: usize,
+    connects: usize,
+    tools: Vec<String>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--far-side") {
+        return far_side();
+    }
+    raise_nofile();
+    let opts = parse(&args);
+    let gimlet =
+        std::env::var("GIMLET").expect("GIMLET=path/to/gimlet (benches/run-listen sets it)");
+    let mut far = FarSide::start();
+    println!("# Listen-mode benchmark\n");
+    println!(
+        "loopback; {} per single transfer, {} tunnels x {} echoed, {} idle tunnels, {} connects",
+        human(opts.size),
+        opts.active,
+        human(opts.each),
+        opts.idle,
+        opts.connects
+    );
+    let shown: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--bench")
+        .collect();
+    println!("command: benches/run-listen {}\n", shown.join(" "));
+    println!(
+        "| tool | up MB/s | down MB/s | {} tunnels MB/s | latency p50 / p95 ms | idle RSS | RSS per idle tunnel |",
+        opts.active
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let baseline = latency_direct_connect(&far, opts.connects);
+    println!(
+        "| client's own CONNECT (baseline) | | | | {:.3} / {:.3} | | |",
+        baseline.0, baseline.1
+    );
+    // gimlet losing a byte, failing a transfer or hanging fails the run; peers only show it.
+    let mut gimlet_failed = false;
+    for tool in &opts.tools {
+        let Some(mut daemon) = Daemon::start(tool, &gimlet, &far) else {
+            eprintln!("{tool}: not installed, skipped");
+            continue;
+        };
+        eprintln!("{tool}: single tunnel");
+        let up = throughput_up(daemon.port(SINK), opts.size);
+        let down = throughput_down(daemon.port(SOURCE), opts.size);
+        eprintln!("{tool}: {} active tunnels", opts.active);
+        let active = many(daemon.port(ECHO), opts.active, opts.each);
+        eprintln!("{tool}: latency");
+        let lat = latency(daemon.port(EARLY), opts.connects);
+        if tool.starts_with("gimlet") && (up.is_err() || down.is_err() || active.is_err()) {
+            gimlet_failed = true;
+        }
+        let idle = match daemon.single_process() {
+            true => {
+                eprintln!("{tool}: {} idle tunnels", opts.idle);
+                Some(idle(&mut daemon, &mut far, opts.idle))
+            }
+            false => None,
+        };
+        println!(
+            "| {tool} | {} | {} | {} | {:.3} / {:.3} | {} | {} |",
+            up.map_or_else(|e| format!("failed: {e}"), |t| mbs(opts.size, t)),
+            down.map_or_else(|e| format!("failed: {e}"), |t| mbs(opts.size, t)),
+            match active {
+                Ok(t) => format!(
+                    "{} ({:.2} s)",
+                    mbs(opts.active as u64 * opts.each, t),
+                    t.as_secs_f64()
+                ),
+                Err(e) => format!("failed: {e}"),
+            },
+            lat.0,
+            lat.1,
+            idle.as_ref()
+                .map_or("n/a (process per tunnel)".into(), |i| format!(
+                    "{} MiB ({} tunnels)",
+                    i.after / 1024,
+                    i.tunnels
+                )),
+            idle.as_ref().map_or(String::new(), |i| format!(
+                "{:.1} KiB",
+                (i.after.saturating_sub(i.before)) as f64 / i.tunnels.max(1) as f64
+            )),
+        );
+    }
+    if gimlet_failed {
+        eprintln!("gimlet failed a transfer: see the table");
+        std::process::exit(1);
+    }
+}
+
+fn parse(args: &[String]) -> Opts {
+    let mut o = Opts {
+        size: 512 << 20,
+        active: 1000,
+        each: 1 << 20,
+        idle: 9900,
+        connects: 200,
+        tools: ["gimlet", "gimlet-direct", "socat", "proxytunnel", "rinetd"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().expect("option needs a value").clone();
+        match a.as_str() {
+            "--size" => o.size = size(&val()),
+            "--active" => o.active = val().parse().unwrap(),
+            "--each" => o.each = size(&val()),
+            "--idle" => o.idle = val().parse().unwrap(),
+            "--connects" => o.connects = val().parse().unwrap(),
+            "--tools" => o.tools = val().split(',').map(String::from).collect(),
+            "--smoke" => {
+                (o.size, o.active, o.each, o.idle, o.connects) = (16 << 20, 50, 256 << 10, 500, 20)
+            }
+            "--bench" => {}
+            other => panic!("unknown option {other}"),
+        }
+    }
+    o
+}
+
+fn size(s: &str) -> u64 {
+    let (n, mult) = match s.as_bytes().last() {
+        Some(b'K') => (&s[..s.len() - 1], 1 << 10),
+        Some(b'M') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    n.parse::<u64>().unwrap() * mult
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 => format!("{} MiB", n >> 20),
+        n => format!("{} KiB", n >> 10),
+    }
+}
+
+fn mbs(bytes: u64, d: Duration) -> String {
+    format!("{:.0}", bytes as f64 / d.as_secs_f64() / 1e6)
+}
+
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+}
+
+/// The byte stream: a 1 MiB + 7 block of mixed bytes, repeated (its odd length keeps the
+/// repeats from lining up with buffer sizes), so checking is a memcmp.
+const BLOCK: usize = (1 << 20) + 7;
+
+fn block() -> &'static [u8] {
+    static B: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    B.get_or_init(|| {
+        let one: Vec<u8> = (0..BLOCK as u64)
+            .map(|x| (x ^ (x >> 11) ^ (x >> 17)) as u8)
+            .collect();
+        [one.as_slice(), one.as_slice()].concat()
+    })
+}
+
+/// The stream's bytes from `at`, as many as fit `buf` (at most one block).
+fn pattern(at: u64, buf: &mut [u8]) {
+    let from = (at % BLOCK as u64) as usize;
+    buf.copy_from_slice(&block()[from..from + buf.len()]);
+}
+
+fn matches_pattern(at: u64, got: &[u8]) -> bool {
+    let from = (at % BLOCK as u64) as usize;
+    got == &block()[from..from + got.len()]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The far side (a child process): a CONNECT endpoint and direct listeners, one per mode.
+// ---------------------------------------------------------------------------------------------
+
+struct FarSide {
+    child: Child,
+    proxy: u16,
+    direct: u16,
+}
+
+impl FarSide {
+    fn start() -> FarSide {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("--far-side")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("far side");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut ports = line.split_whitespace().map(|p| p.parse::<u16>().unwrap());
+        let (proxy, direct) = (ports.next().unwrap(), ports.next().unwrap());
+        FarSide {
+            child,
+            proxy,
+            direct,
+        }
+    }
+
+    /// How many HOLD connections the far side has accepted so far.
+    fn held(&mut self) -> usize {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"?\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(self.child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim().parse().unwrap()
+    }
+}
+
+impl Drop for FarSide {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn far_side() {
+    raise_nofile();
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Direct listeners on consecutive ports: find a base with MODES free ports.
+    let direct: Vec<TcpListener> = loop {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let rest: Vec<_> = (1..MODES)
+            .map_while(|m| TcpListener::bind(("127.0.0.1", base.checked_add(m)?)).ok())
+            .collect();
+        if rest.len() == (MODES - 1) as usize {
+            break std::iter::once(first).chain(rest).collect();
+        }
+    };
+    println!(
+        "{} {}",
+        proxy.local_addr().unwrap().port(),
+        direct[0].local_addr().unwrap().port()
+    );
+    io::stdout().flush().unwrap();
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let held = held.clone();
+        thread::spawn(move || {
+            for c in proxy.incoming().flatten() {
+                let held = held.clone();
+                thread::Builder::new()
+                    .stack_size(64 << 10)
+                    .spawn(move || {
+                        let mut c = c;
+                        let Some(mode) = read_connect(&mut c) else {
+                            return;
+                        };
+                        if c.write_all(REPLY).is_err() {
+                            return;
+                        }
+                        serve(c, mode, &held);
+                    })
+                    .unwrap();
+            }
+        });
+    }
+    for (mode, l) in direct.into_iter().enumerate() {
+        let held = held.clone();
+        thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let held = held.clone();
+                thread::Builder::new()
+                    .stack_size(64 << 10)
+                    .spawn(move || serve(c, mode as u16, &held))
+                    .unwrap();
+            }
+        });
+    }
+    // Answer "?" with the count of held connections; exit when the harness goes.
+    for line in io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
+        }
+        println!("{}", held.load(std::sync::atomic::Ordering::SeqCst));
+        io::stdout().flush().unwrap();
+    }
+}
+
+/// Reads a CONNECT head; the target port says the mode.
+fn read_connect(c: &mut TcpStream) -> Option<u16> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if c.read(&mut b).ok()? == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let target = line.split_whitespace().nth(1)?;
+    let port: u16 = target.rsplit(':').next()?.parse().ok()?;
+    port.checked_sub(BASE)
+}
+
+fn serve(mut c: TcpStream, mode: u16, held: &std::sync::atomic::AtomicUsize) {
+    let _ = c.set_nodelay(true);
+    let mut buf = vec![0u8; 128 << 10];
+    match mode {
+        SINK => {
+            let mut n = 0u64;
+            while let Ok(k) = c.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                n += k as u64;
+            }
+            let _ = c.write_all(&n.to_be_bytes());
+        }
+        SOURCE => {
+            let mut len = [0u8; 8];
+            if c.read_exact(&mut len).is_err() {
+                return;
+            }
+            let (total, mut at) = (u64::from_be_bytes(len), 0u64);
+            while at < total {
+                let k = (total - at).min(buf.len() as u64) as usize;
+                pattern(at, &mut buf[..k]);
+                if c.write_all(&buf[..k]).is_err() {
+                    return;
+                }
+                at += k as u64;
+            }
+        }
+        ECHO => {
+            while let Ok(k) = c.read(&mut buf) {
+                if k == 0 || c.write_all(&buf[..k]).is_err() {
+                    break;
+                }
+            }
+        }
+        HOLD => {
+            held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = c.read(&mut buf);
+            held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        EARLY => {
+            let _ = c.write_all(b"X");
+            let _ = c.read(&mut buf);
+        }
+        _ => {}
+    }
+    let _ = c.shutdown(Shutdown::Write);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tools
+// ---------------------------------------------------------------------------------------------
+
+struct Daemon {
+    tool: String,
+    children: Vec<Child>,
+    /// Local port per mode.
+    ports: Vec<u16>,
+    _dir: Option<std::path::PathBuf>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn found(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Daemon {
+    fn start(tool: &str, gimlet: &str, far: &FarSide) -> Option<Daemon> {
+        let ports: Vec<u16> = (0..MODES).map(|_| free_port()).collect();
+        let proxy = format!("127.0.0.1:{}", far.proxy);
+        let quiet = Stdio::null;
+        let mut children = Vec::new();
+        let mut dir = None;
+        match tool {
+            "gimlet" | "gimlet-direct" => {
+                let mut cmd = Command::new(gimlet);
+                for (m, p) in ports.iter().enumerate() {
+                    let target = match tool {
+                        "gimlet" => BASE + m as u16,
+                        _ => far.direct + m as u16,
+                    };
+                    cmd.arg("-L").arg(format!("{p}:127.0.0.1:{target}"));
+                }
+                if tool == "gimlet" {
+                    cmd.arg(&proxy);
+                }
+                let log = std::env::var("LISTEN_BENCH_LOG").unwrap_or_else(|_| "/dev/null".into());
+                cmd.args(["--log", &log]);
+                children.push(
+                    cmd.stdout(quiet())
+                        .stderr(Stdio::inherit())
+                        .process_group(0)
+                        .spawn()
+                        .ok()?,
+                );
+            }
+            "socat" if found("socat") => {
+                for (m, p) in ports.iter().enumerate() {
+                    children.push(
+                        Command::new("socat")
+                            .arg(format!(
+                                "TCP-LISTEN:{p},bind=127.0.0.1,reuseaddr,fork,backlog=4096"
+                            ))
+                            .arg(format!(
+                                "PROXY:127.0.0.1:127.0.0.1:{},proxyport={}",
+                                BASE + m as u16,
+                                far.proxy
+                            ))
+                            .stdout(quiet())
+                            .stderr(quiet())
+                            .process_group(0)
+                            .spawn()
+                            .ok()?,
+                    );
+                }
+            }
+            "proxytunnel" if found("proxytunnel") => {
+                for (m, p) in ports.iter().enumerate() {
+                    children.push(
+                        Command::new("proxytunnel")
+                            .args(["-q", "-a", &p.to_string(), "-p", &proxy])
+                            .arg("-d")
+                            .arg(format!("127.0.0.1:{}", BASE + m as u16))
+                            .stdout(quiet())
+                            .stderr(quiet())
+                            .process_group(0)
+                            .spawn()
+                            .ok()?,
+                    );
+                }
+            }
+            "rinetd" if found("rinetd") => {
+                let d = std::env::temp_dir().join(format!("listen-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&d).ok()?;
+                let conf = d.join("rinetd.conf");
+                let mut text = String::new();
+                for (m, p) in ports.iter().enumerate() {
+                    text += &format!("127.0.0.1 {p} 127.0.0.1 {}\n", far.direct + m as u16);
+                }
+                std::fs::write(&conf, text).ok()?;
+                children.push(
+                    Command::new("rinetd")
+                        .arg("-f")
+                        .arg("-c")
+                        .arg(&conf)
+                        .stdout(quiet())
+                        .stderr(quiet())
+                        .process_group(0)
+                        .spawn()
+                        .ok()?,
+                );
+                dir = Some(d);
+            }
+            _ => return None,
+        }
+        // Ready when every port accepts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in &ports {
+            while TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                assert!(Instant::now() < deadline, "{tool} does not listen on {p}");
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Some(Daemon {
+            tool: tool.to_owned(),
+            children,
+            ports,
+            _dir: dir,
+        })
+    }
+
+    fn port(&self, mode: u16) -> u16 {
+        self.ports[mode as usize]
+    }
+
+    fn single_process(&self) -> bool {
+        matches!(self.tool.as_str(), "gimlet" | "gimlet-direct" | "rinetd")
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.children[0].id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // Each tool runs in its own process group: socat and proxytunnel fork a process per
+            // connection, and those go too.
+            // SAFETY: kill(2) on a process group we created.
+            unsafe {
+                libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+        if let Some(d) = &self._dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+// ---------------------------------------------------------------------------------------------
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s
+}
+
+fn throughput_up(port: u16, size: u64) -> Result<Duration, String> {
+    let mut s = connect(port);
+    let buf = vec![7u8; 128 << 10];
+    let start = Instant::now();
+    let mut left = size;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        s.write_all(&buf[..k]).unwrap();
+        left -= k as u64;
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = [0u8; 8];
+    s.read_exact(&mut got)
+        .map_err(|e| format!("no count back after half-close: {e}"))?;
+    let t = start.elapsed();
+    match u64::from_be_bytes(got) {
+        n if n == size => Ok(t),
+        n => Err(format!("{n} of {size} bytes went up")),
+    }
+}
+
+fn throughput_down(port: u16, size: u64) -> Result<Duration, String> {
+    let mut s = connect(port);
+    let start = Instant::now();
+    s.write_all(&size.to_be_bytes()).unwrap();
+    let (mut buf, mut at) = (vec![0u8; 128 << 10], 0u64);
+    loop {
+        let k = s.read(&mut buf).map_err(|e| format!("reading: {e}"))?;
+        if k == 0 {
+            break;
+        }
+        if !matches_pattern(at, &buf[..k]) {
+            return Err(format!("byte {at} differs going down"));
+        }
+        at += k as u64;
+    }
+    let t = start.elapsed();
+    match at == size {
+        true => Ok(t),
+        false => Err(format!("{at} of {size} bytes came down")),
+    }
+}
+
+fn many(port: u16, n: usize, each: u64) -> Result<Duration, String> {
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || -> Result<(), String> {
+                    let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string());
+                    barrier.wait();
+                    let mut s = s?;
+                    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    let mut w = s.try_clone().unwrap();
+                    let writer = thread::Builder::new()
+                        .stack_size(64 << 10)
+                        .spawn(move || {
+                            let mut buf = vec![0u8; 32 << 10];
+                            let mut at = 0;
+                            while at < each {
+                                let k = (each - at).min(buf.len() as u64) as usize;
+                                pattern(at + i as u64, &mut buf[..k]);
+                                w.write_all(&buf[..k])?;
+                                at += k as u64;
+                            }
+                            w.shutdown(Shutdown::Write)
+                        })
+                        .unwrap();
+                    let (mut buf, mut at) = (vec![0u8; 32 << 10], 0u64);
+                    loop {
+                        let k = s.read(&mut buf).map_err(|e| e.to_string())?;
+                        if k == 0 {
+                            break;
+                        }
+                        if !matches_pattern(at + i as u64, &buf[..k]) {
+                            return Err(format!("tunnel {i}: byte {at} differs"));
+                        }
+                        at += k as u64;
+                    }
+                    writer.join().unwrap().map_err(|e| e.to_string())?;
+                    if at != each {
+                        return Err(format!("tunnel {i}: {at} of {each} bytes came back"));
+                    }
+                    Ok(())
+                })
+                .unwrap()
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let mut first_error = None;
+    for h in handles {
+        if let Err(e) = h.join().unwrap() {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        None => Ok(start.elapsed()),
+        Some(e) => Err(e),
+    }
+}
+
+fn percentiles(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    (at(0.5), at(0.95))
+}
+
+fn latency(port: u16, n: usize) -> (f64, f64) {
+    let samples = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            let mut s = connect(port);
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).expect("first byte");
+            start.elapsed()
+        })
+        .collect();
+    percentiles(samples)
+}
+
+fn latency_direct_connect(far: &FarSide, n: usize) -> (f64, f64) {
+    let samples = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            let mut s = connect(far.proxy);
+            s.write_all(
+                format!(
+                    "CONNECT 127.0.0.1:{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+                    BASE + EARLY,
+                    BASE + EARLY
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let mut got = vec![0u8; REPLY.len() + 1];
+            s.read_exact(&mut got).expect("reply and first byte");
+            start.elapsed()
+        })
+        .collect();
+    percentiles(samples)
+}
+
+struct Idle {
+    before: u64,
+    after: u64,
+    tunnels: usize,
+}
+
+fn idle(daemon: &mut Daemon, far: &mut FarSide, n: usize) -> Idle {
+    let before = daemon.rss_kib();
+    let base = far.held();
+    let port = daemon.port(HOLD);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => held.push(s),
+            Err(e) => {
+                eprintln!("{}: connect {} failed: {e}", daemon.tool, held.len());
+                break;
+            }
+        }
+    }
+    // Wait until the far side holds them all (each one an established tunnel).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut tunnels = far.held() - base;
+    while tunnels < held.len() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        tunnels = far.held() - base;
+    }
+    let after = daemon.rss_kib();
+    drop(held);
+    Idle {
+        before,
+        after,
+        tunnels,
+    }
+}
