@@ -354,10 +354,10 @@ pub struct Cli {
     /// Forward the ports listed in FILE; re-read when it changes and on SIGHUP
     ///
     /// One forward per line: [BIND:]PORT HOST PORT [PROXYHOST PROXYPORT | ROUTE] [key=value
-    /// ...], where ROUTE is a proxy URL or direct, and the options are idle-timeout, keepalive,
-    /// proxy-auth and proxy-auth-file; # starts a comment. A line without a route uses the
-    /// command line's proxy, or goes direct. A reload never cuts open tunnels, and a file that
-    /// does not parse keeps the previous forwards.
+    /// ...], where ROUTE is a proxy URL, a comma-separated chain of them, or direct, and the
+    /// options are idle-timeout, keepalive, proxy-auth and proxy-auth-file; # starts a
+    /// comment. A line without a route uses the command line's proxy, or goes direct. A reload
+    /// never cuts open tunnels, and a file that does not parse keeps the previous forwards.
     #[arg(long, value_name = "FILE", help_heading = LISTEN)]
     pub forwards: Option<PathBuf>,
 

@@ -235,10 +235,12 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
             }
         };
     }
-    let credentials = proxies
-        .first()
-        .map(|p| p.credentials.clone())
-        .unwrap_or_default();
+    let credentials = match (proxies.first(), options.take()) {
+        (Some(p), _) => p.credentials.clone(),
+        // Listen mode without a proxy here: they are for the proxies of --forwards.
+        (None, Some((user, file))) if listen.is_some() => option_credentials(user, file, &env)?,
+        (None, _) => Spec::None,
+    };
     let program = |name: &str| {
         env(name)
             .filter(|v| !v.is_empty())
@@ -437,10 +439,10 @@ fn env_route(
 /// Listen mode's positional arguments: none (direct, or `--proxy`), or one PROXY.
 fn listen_positional(proxies: Vec<String>, args: Vec<String>) -> anyhow::Result<Positional> {
     let proxies = match (proxies.len(), args.len()) {
-        (0, 0) => Vec::new(),
-        (0, 1) | (1, 0) => proxies.into_iter().chain(args).collect(),
+        (_, 0) => proxies,
+        (0, 1) => args,
         (_, _) => bail!(
-            "parsing arguments: with -L or --forwards, give at most one PROXY (as an argument or with --proxy)"
+            "parsing arguments: with -L or --forwards, give the proxy as one PROXY argument or with --proxy (repeated for a chain), not both"
         ),
     };
     Ok(Positional {

@@ -8,8 +8,9 @@
 //! [BIND:]PORT HOST PORT [PROXYHOST PROXYPORT | ROUTE] [key=value ...]   # comment
 //! ```
 //!
-//! ROUTE is a proxy URL (`http://`, `https://`, userinfo allowed), `host:port`, or `direct`;
-//! a comma-separated chain is recognised and refused until routes of several hops exist. With
+//! ROUTE is a proxy URL (`http://`, `https://`, `socks4://`, `socks4a://`, `socks5://`,
+//! `socks5h://`; userinfo allowed), `host:port`, a comma-separated chain of them (first dialled
+//! first), or `direct`. With
 //! no route a line uses the command line's proxy, or goes direct when there is none (the
 //! seed's rule). BIND is an IP address (`[v6]` in brackets), `localhost` or `*` (every IPv4
 //! interface; `[::]` for IPv6); it defaults to 127.0.0.1. PORT 0 asks the kernel for a free port (the log names it).
@@ -44,9 +45,10 @@ pub struct Forward {
 pub enum RouteSpec {
     /// No route written: the command line's proxy, else direct.
     Default,
-    /// `direct`, or the seed's line without proxy fields when no proxy is given elsewhere.
+    /// `direct`.
     Direct,
-    Proxy(Proxy),
+    /// One proxy, or a chain (first dialled first).
+    Proxies(Vec<Proxy>),
 }
 
 /// Per-forward settings; `None` keeps the command line's.
@@ -71,10 +73,12 @@ impl Forward {
         let via = match &self.route {
             RouteSpec::Default => "via the default route".to_owned(),
             RouteSpec::Direct => "direct".to_owned(),
-            RouteSpec::Proxy(p) => format!(
-                "via proxy {}{}",
-                if p.tls { "https://" } else { "" },
-                p.endpoint
+            RouteSpec::Proxies(hops) => format!(
+                "via proxy {}",
+                hops.iter()
+                    .map(|p| format!("{}{}", if p.tls { "https://" } else { "" }, p.name()))
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
             ),
         };
         let o = &self.options;
@@ -249,11 +253,17 @@ fn parse_route(s: &str) -> anyhow::Result<RouteSpec> {
     if s.eq_ignore_ascii_case("direct") {
         return Ok(RouteSpec::Direct);
     }
-    if s.contains(',') {
-        bail!("proxy chains ({s:?}) are not supported in listen mode yet: give one proxy");
-    }
-    let proxy = config::parse_proxy(s).map_err(|e| e.context("parsing the proxy"))?;
-    Ok(RouteSpec::Proxy(proxy))
+    let hops = s
+        .split(',')
+        .enumerate()
+        .map(|(i, hop)| {
+            config::parse_proxy(hop).map_err(|e| match s.contains(',') {
+                true => e.context(format!("parsing hop {} of the chain", i + 1)),
+                false => e.context("parsing the proxy"),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(RouteSpec::Proxies(hops))
 }
 
 /// `[BIND:]PORT`: BIND an IP literal (`[v6]`), `localhost` or `*`; 127.0.0.1 by default.
@@ -451,12 +461,16 @@ mod tests {
                 "error: parsing the destination port: invalid port \"0\": expected a number from 1 to 65535",
             ),
             (
-                "2222 h 22 http://a:1,http://b:2",
-                "error: proxy chains (\"http://a:1,http://b:2\") are not supported in listen mode yet: give one proxy",
+                "2222 h 22 http://a:1,socks5h://b",
+                "127.0.0.1:2222 h:22 via proxy a:1 -> socks5h://b:1080",
             ),
             (
-                "2222 h 22 socks5://p:1080",
-                "127.0.0.1:2222 h:22 via proxy p:1080",
+                "2222 h 22 http://a:1,ftp://b:2",
+                "error: parsing hop 2 of the chain: unsupported proxy scheme \"ftp\" (expected http://, https://, socks4://, socks4a://, socks5:// or socks5h://)",
+            ),
+            (
+                "2222 h 22 socks5://p",
+                "127.0.0.1:2222 h:22 via proxy socks5://p:1080",
             ),
             (
                 "2222 h 22 color=blue",

@@ -283,20 +283,36 @@ impl Engine<'_> {
             }
             None => self.credentials.clone(),
         };
-        let proxy = match &forward.route {
-            RouteSpec::Default => config.proxies.first(),
-            RouteSpec::Direct => None,
-            RouteSpec::Proxy(p) => Some(p),
+        // The command line's route (one proxy or a chain) for lines without their own.
+        let mut hops: Vec<crate::config::Proxy> = match &forward.route {
+            RouteSpec::Default => config.proxies.clone(),
+            RouteSpec::Direct => Vec::new(),
+            RouteSpec::Proxies(p) => p.clone(),
         };
-        let credentials = match proxy {
-            Some(p) if !matches!(p.credentials, Spec::None) => p.credentials.clone(),
-            _ => credentials,
-        };
-        if !interactive && matches!(credentials, Spec::User(_)) {
+        // As in the pipe mode: -U, the credential files and GIMLET_PROXY_AUTH belong to the
+        // first hop, unless its URL carries its own; a line's proxy-auth-file comes first.
+        if let Some(first) = hops.first_mut() {
+            if matches!(first.credentials, Spec::None) || o.proxy_auth_file.is_some() {
+                first.credentials = credentials;
+            }
+        }
+        if let Some(user) = hops.iter().find_map(|h| match &h.credentials {
+            // SOCKS4 sends a user id without a password: nothing to ask.
+            Spec::User(u)
+                if !interactive
+                    && !matches!(
+                        h.socks,
+                        Some(crate::hop::socks::Version::V4 | crate::hop::socks::Version::V4a)
+                    ) =>
+            {
+                Some(u.clone())
+            }
+            _ => None,
+        }) {
             return Err(Error::msg(
                 Kind::Auth,
                 format_args!(
-                    "{}: a proxy user without a password cannot be asked for one on reload (give proxy-auth-file=)",
+                    "{}: proxy user \"{user}\" has no password, and none can be asked for on reload (give proxy-auth-file=)",
                     forward.origin
                 ),
             ));
@@ -305,7 +321,8 @@ impl Engine<'_> {
         let upstream = match (&self.default_route, shared) {
             (Some(up), true) => up.clone(),
             _ => {
-                let mut up = Upstream::new(config, proxy, &credentials, false)
+                // Not interactive after a 407: nobody is at a daemon's terminal.
+                let mut up = Upstream::route(config, &hops, false)
                     .map_err(|e| e.context(forward.origin.clone()))?;
                 if let Some(k) = o.keepalive {
                     up.set_keepalive(k);
@@ -360,7 +377,7 @@ impl Engine<'_> {
         let first = match &forward.route {
             RouteSpec::Default => self.config.proxies.first(),
             RouteSpec::Direct => None,
-            RouteSpec::Proxy(p) => Some(p),
+            RouteSpec::Proxies(p) => p.first(),
         };
         if let Some(p) = first {
             let me = match &p.endpoint.host {

@@ -716,3 +716,30 @@ fn proxy_tls_options_apply_to_https_proxies_in_the_forwards_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_forwards_line_may_name_a_chain_of_http_then_socks5h() {
+    let socks = FakeSocks::socks5_echo();
+    let http = forwarding_proxy();
+    let file = forwards_file(&format!(
+        "0 h.example.test 22 http://{},{}\n",
+        http.addr(),
+        socks.url("socks5h")
+    ));
+    let mut d = Daemon::start(&["--forwards", file.to_str().unwrap()]);
+    let line = d.wait_for("listening on 127.0.0.1:");
+    assert!(
+        line.contains(&format!("via proxy {} -> socks5h://", http.addr())),
+        "{line}"
+    );
+    let port = port_after(&line, "listening on 127.0.0.1:");
+    let mut s = connect(port);
+    round_trip(&mut s, b"two hops");
+    drop(s);
+    d.wait_for("closed #1");
+    assert!(
+        http.finish()
+            .only_request()
+            .starts_with(&format!("CONNECT {} HTTP/1.1\r\n", socks.addr()))
+    );
+}
