@@ -71,8 +71,10 @@ pub fn gimlet_std() -> Command {
     }
     // No Kerberos ticket and no site configuration, whatever the machine has: a fake proxy
     // offering Negotiate must not send gimlet to a real KDC.
-    cmd.env("KRB5_CONFIG", "/dev/null")
-        .env("KRB5CCNAME", "FILE:/nonexistent/gimlet-tests-have-no-ticket");
+    cmd.env("KRB5_CONFIG", "/dev/null").env(
+        "KRB5CCNAME",
+        "FILE:/nonexistent/gimlet-tests-have-no-ticket",
+    );
     // SAFETY: setsid is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| {
