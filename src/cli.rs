@@ -361,9 +361,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", help_heading = LISTEN)]
     pub forwards: Option<PathBuf>,
 
-    /// Serve SOCKS4, SOCKS4a, SOCKS5 and HTTP CONNECT on [BIND:]PORT, like ssh -D
+    /// Serve SOCKS4, SOCKS4a, SOCKS5 and HTTP proxy requests on [BIND:]PORT, like ssh -D
     ///
-    /// A local proxy for every program: each client names its destination, and gimlet opens
+    /// A local proxy for every program: each client names its destination (SOCKS, CONNECT, or
+    /// an absolute-form request such as GET http://host/path, forwarded), and gimlet opens
     /// the tunnel through PROXY or --proxy, with its own credentials,
     /// or directly where --noproxy or no_proxy/NO_PROXY says. With no proxy given, the proxy
     /// comes from https_proxy, HTTPS_PROXY, all_proxy or ALL_PROXY, as for the pipe mode.

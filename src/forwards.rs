@@ -99,7 +99,7 @@ impl Forward {
             extra += &format!(" proxy-auth-file={}", f.display());
         }
         match self.dynamic {
-            true => format!("dynamic (SOCKS, HTTP CONNECT) {via}{extra}"),
+            true => format!("dynamic (SOCKS, HTTP) {via}{extra}"),
             false => format!("{} {via}{extra}", self.target),
         }
     }
@@ -406,15 +406,15 @@ mod tests {
             ("*:2222 git.lan 22 direct", "0.0.0.0:2222 git.lan:22 direct"),
             (
                 "dynamic 1080",
-                "127.0.0.1:1080 dynamic (SOCKS, HTTP CONNECT) via the default route",
+                "127.0.0.1:1080 dynamic (SOCKS, HTTP) via the default route",
             ),
             (
                 "dynamic [::1]:0 http://u:p@proxy:8080 idle-timeout=5",
-                "[::1]:0 dynamic (SOCKS, HTTP CONNECT) via proxy proxy:8080 idle-timeout=5",
+                "[::1]:0 dynamic (SOCKS, HTTP) via proxy proxy:8080 idle-timeout=5",
             ),
             (
                 "dynamic 1080 direct",
-                "127.0.0.1:1080 dynamic (SOCKS, HTTP CONNECT) direct",
+                "127.0.0.1:1080 dynamic (SOCKS, HTTP) direct",
             ),
             (
                 "dynamic",

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::front::{self, Failure, Front, Step};
+use super::front::{self, Failure, Front, Protocol, Step};
 use crate::config::{Endpoint, Host};
 use crate::error::{Error, Kind};
 use crate::handshake::Established;
@@ -38,6 +38,16 @@ pub struct Dynamic {
 pub struct Served {
     pub established: Established<Stream>,
     pub route: String,
+    /// Log lines of the HTTP requests served on this connection before its CONNECT.
+    pub lines: Vec<String>,
+}
+
+/// How a client's connection ends on the worker.
+pub enum Outcome {
+    /// A tunnel for the loop to relay.
+    Tunnel(Served),
+    /// Absolute-form requests were served and the connection is done: one log line each.
+    Done { lines: Vec<String> },
 }
 
 /// Whether `peer` may use a port guarded by `allow`.
@@ -71,7 +81,7 @@ pub fn serve(
     peer: SocketAddr,
     local: SocketAddr,
     d: &Dynamic,
-) -> Result<Served, Error> {
+) -> Result<Outcome, Error> {
     if !allowed(peer.ip(), &d.allow) {
         return Err(Error::msg(
             Kind::Usage,
@@ -96,7 +106,7 @@ fn serve_blocking(
     deadline: Instant,
     local: SocketAddr,
     d: &Dynamic,
-) -> Result<Served, Error> {
+) -> Result<Outcome, Error> {
     let reading = || "reading the client's request";
     let mut front = Front::new();
     let mut buf = [0u8; 4096];
@@ -147,6 +157,20 @@ fn serve_blocking(
             }
         }
     };
+    if ask.protocol == Protocol::HttpForward {
+        return super::forward::serve(client, ask, local, d);
+    }
+    tunnel(client, ask, local, d).map(Outcome::Tunnel)
+}
+
+/// Opens the tunnel a SOCKS or CONNECT request asks for and answers the client.
+pub(super) fn tunnel(
+    client: &TcpStream,
+    ask: front::Ask,
+    local: SocketAddr,
+    d: &Dynamic,
+) -> Result<Served, Error> {
+    let mut client = client;
     let what = format!("{} {}", ask.protocol, ask.target);
     if is_self(&ask.target, local) {
         let why = format!("{} is this -D port itself (a loop)", ask.target);
@@ -178,7 +202,11 @@ fn serve_blocking(
                     .context(format!("{route}: sending the client's first bytes"))
             })?;
     }
-    Ok(Served { established, route })
+    Ok(Served {
+        established,
+        route,
+        lines: Vec::new(),
+    })
 }
 
 fn send_all(mut client: &TcpStream, bytes: &[u8]) -> Result<(), Error> {
@@ -191,7 +219,7 @@ fn send_all(mut client: &TcpStream, bytes: &[u8]) -> Result<(), Error> {
 }
 
 /// The way to `host` and how the log says it.
-fn route_for<'a>(host: &Host, d: &'a Dynamic) -> (&'a Upstream, String) {
+pub(super) fn route_for<'a>(host: &Host, d: &'a Dynamic) -> (&'a Upstream, String) {
     let Some(name) = d.proxied.proxy_name() else {
         return (&d.direct, "direct".to_owned());
     };
@@ -208,7 +236,7 @@ fn route_for<'a>(host: &Host, d: &'a Dynamic) -> (&'a Upstream, String) {
 }
 
 /// Whether `target` is the `-D` port itself.
-fn is_self(target: &Endpoint, local: SocketAddr) -> bool {
+pub(super) fn is_self(target: &Endpoint, local: SocketAddr) -> bool {
     if target.port != local.port() {
         return false;
     }
@@ -220,7 +248,7 @@ fn is_self(target: &Endpoint, local: SocketAddr) -> bool {
 }
 
 /// How a failed handshake is told to the client.
-fn failure_of(e: &Error) -> Failure {
+pub(super) fn failure_of(e: &Error) -> Failure {
     let text = format!("{e:#}").to_ascii_lowercase();
     match e.kind() {
         Kind::Auth => Failure::Auth,

@@ -8,13 +8,15 @@
 //! `0x05` is SOCKS5 (RFC 1928, CONNECT only, "no authentication"), `0x04` is SOCKS4 or SOCKS4a
 //! (a destination IP of `0.0.0.x` with a name after the user id), and anything else is read as
 //! an HTTP/1.1 request head (RFC 9112 §3; parsed by httparse) of which `CONNECT host:port`
-//! opens a tunnel. A request head larger than [`MAX_HEAD`] or with more than [`MAX_HEADERS`]
-//! fields gets `431`, a malformed one `400`, any other method `501` (absolute-form requests
-//! are not forwarded yet).
+//! opens a tunnel and any other method with an absolute-form `http://` target is a request to
+//! forward ([`Protocol::HttpForward`], its body framed by [`super::http1`]). A request head
+//! larger than [`MAX_HEAD`] or with more than [`MAX_HEADERS`] fields gets `431`, a malformed
+//! one (or one whose body cannot be delimited safely) `400`, an `https://` target `501`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::http1::{self, Field, Framing};
 use crate::config::{Endpoint, Host, parse_host};
 
 /// The longest request head (or SOCKS request) accepted.
@@ -29,6 +31,8 @@ pub enum Protocol {
     Socks4a,
     Socks5,
     HttpConnect,
+    /// An absolute-form request (`GET http://host/path HTTP/1.1`), forwarded as a message.
+    HttpForward,
 }
 
 impl fmt::Display for Protocol {
@@ -38,6 +42,7 @@ impl fmt::Display for Protocol {
             Protocol::Socks4a => "SOCKS4a",
             Protocol::Socks5 => "SOCKS5",
             Protocol::HttpConnect => "CONNECT",
+            Protocol::HttpForward => "HTTP",
         })
     }
 }
@@ -50,6 +55,21 @@ pub struct Ask {
     /// Bytes the client sent after its request (a TLS ClientHello sent early): the first
     /// bytes for the destination.
     pub leftover: Vec<u8>,
+    /// For [`Protocol::HttpForward`]: the request to forward (its body is in `leftover` and
+    /// what follows).
+    pub http: Option<HttpRequest>,
+}
+
+/// An absolute-form request head, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    /// The target in origin-form: `/path?query`.
+    pub path: String,
+    /// HTTP/1.`minor`.
+    pub minor: u8,
+    pub fields: Vec<Field>,
+    pub framing: Framing,
 }
 
 /// What to do after feeding bytes.
@@ -116,6 +136,14 @@ impl Front {
         }
     }
 
+    /// For the next request on a kept HTTP connection: HTTP only.
+    pub fn http_only() -> Front {
+        Front {
+            buf: Vec::new(),
+            state: State::Http,
+        }
+    }
+
     /// Takes the bytes just read and says what to do. After `Ask` or `Refuse`, further calls
     /// are refused (the answer has been given).
     pub fn feed(&mut self, data: &[u8]) -> Step {
@@ -156,7 +184,7 @@ impl Front {
                     }
                     return Step::More { send };
                 }
-                Some(Ok(Some((protocol, target, used)))) => {
+                Some(Ok(Some((protocol, target, used, http)))) => {
                     let leftover = self.buf.split_off(used);
                     self.buf.clear();
                     self.state = State::Done;
@@ -166,6 +194,7 @@ impl Front {
                             protocol,
                             target,
                             leftover,
+                            http,
                         },
                     };
                 }
@@ -252,6 +281,7 @@ impl Front {
             Protocol::Socks5,
             Endpoint { host, port },
             at + 2,
+            None,
         ))))
     }
 
@@ -278,6 +308,7 @@ impl Front {
                     port,
                 },
                 user_end + 1,
+                None,
             ))));
         }
         let name_end = user_end + 1 + b[user_end + 1..].iter().position(|&c| c == 0)?;
@@ -286,6 +317,7 @@ impl Front {
                 Protocol::Socks4a,
                 Endpoint { host, port },
                 name_end + 1,
+                None,
             )))),
             Err(why) => Some(Err((reply4(false), why))),
         }
@@ -318,24 +350,100 @@ impl Front {
         };
         let method = req.method.unwrap_or_default();
         let path = req.path.unwrap_or_default();
-        if method != "CONNECT" {
-            let why = format!(
-                "{} {}: only CONNECT is served (absolute-form requests are not forwarded yet)",
-                shown(method.as_bytes()),
-                shown(path.as_bytes())
-            );
-            return Some(Err((http_error(501, "Not Implemented", &why), why)));
+        if method == "CONNECT" {
+            return match authority(path) {
+                Ok(target) => Some(Ok(Some((Protocol::HttpConnect, target, used, None)))),
+                Err(why) => Some(Err((http_error(400, "Bad Request", &why), why))),
+            };
         }
-        match authority(path) {
-            Ok(target) => Some(Ok(Some((Protocol::HttpConnect, target, used)))),
-            Err(why) => Some(Err((http_error(400, "Bad Request", &why), why))),
-        }
+        let (target, origin) = match absolute(path) {
+            Ok(t) => t,
+            Err((code, why)) => {
+                let reason = if code == 501 {
+                    "Not Implemented"
+                } else {
+                    "Bad Request"
+                };
+                return Some(Err((http_error(code, reason, &why), why)));
+            }
+        };
+        let fields: Vec<Field> = req
+            .headers
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect();
+        let framing = match http1::request_framing(&fields) {
+            Ok(f) => f,
+            Err(e) => {
+                let why = format!(
+                    "{} {}: {e}",
+                    shown(method.as_bytes()),
+                    shown(crate::route::without_password(path).as_bytes())
+                );
+                return Some(Err((http_error(400, "Bad Request", &why), why)));
+            }
+        };
+        let http = HttpRequest {
+            method: method.to_owned(),
+            path: origin,
+            minor: req.version.unwrap_or(1),
+            fields,
+            framing,
+        };
+        Some(Ok(Some((Protocol::HttpForward, target, used, Some(http)))))
     }
+}
+
+/// An absolute-form target (RFC 9112 §3.2.2): `http://host[:port][/path][?query]` → the
+/// destination and the origin-form target. Errors carry the status to answer.
+fn absolute(s: &str) -> Result<(Endpoint, String), (u16, String)> {
+    // A password in the URI's userinfo never reaches the log.
+    let display = shown(crate::route::without_password(s).as_bytes());
+    let bad = |why: &str| (400, format!("{display}: {why}"));
+    let Some(colon) = s.find("://") else {
+        return Err(bad(
+            "not a proxy request (a proxy is asked with an absolute URI: GET http://host/path)",
+        ));
+    };
+    if !s[..colon].eq_ignore_ascii_case("http") {
+        return Err((
+            501,
+            format!("{display}: only http:// URIs are forwarded (https:// goes through CONNECT)"),
+        ));
+    }
+    let rest = &s[colon + 3..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(bad("credentials in the URI are not forwarded"));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(r) => match r.split_once(']') {
+            Some((h, "")) => (format!("[{h}]"), "80"),
+            Some((h, p)) => (format!("[{h}]"), p.strip_prefix(':').unwrap_or("x")),
+            None => return Err(bad("expected host[:port]")),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p),
+            None => (authority.to_owned(), "80"),
+        },
+    };
+    let port = p_u16(port).ok_or_else(|| bad("expected host[:port]"))?;
+    let host = parse_host(&host).map_err(|e| bad(&format!("{e:#}")))?;
+    let tail = tail.split('#').next().unwrap_or("");
+    let origin = match tail.chars().next() {
+        Some('/') => tail.to_owned(),
+        _ => format!("/{tail}"),
+    };
+    Ok((Endpoint { host, port }, origin))
 }
 
 /// `None`: more bytes needed. `Some(Ok(None))`: progress, look again. `Some(Ok(Some(..)))`:
 /// a whole request, `used` bytes long. `Some(Err((reply, why)))`: refuse.
-type Parsed = Option<Result<Option<(Protocol, Endpoint, usize)>, (Vec<u8>, String)>>;
+type Parsed = Option<Result<Option<Request>, (Vec<u8>, String)>>;
+
+/// A whole request: protocol, destination, its length, and the HTTP head for HttpForward.
+type Request = (Protocol, Endpoint, usize, Option<HttpRequest>);
 
 /// A SOCKS domain name as a host (names only: an address written as a name is one too).
 fn name_host(name: &[u8]) -> Result<Host, String> {
@@ -403,6 +511,8 @@ pub fn success(protocol: Protocol) -> Vec<u8> {
         Protocol::Socks4 | Protocol::Socks4a => reply4(true),
         Protocol::Socks5 => reply5(0x00),
         Protocol::HttpConnect => b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec(),
+        // The origin's own response head is the answer.
+        Protocol::HttpForward => Vec::new(),
     }
 }
 
@@ -418,7 +528,7 @@ pub fn failure(protocol: Protocol, failure: Failure, why: &str) -> Vec<u8> {
             Failure::Refused => 0x05,
             Failure::Timeout => 0x06,
         }),
-        Protocol::HttpConnect => {
+        Protocol::HttpConnect | Protocol::HttpForward => {
             let (code, reason) = match failure {
                 Failure::General | Failure::Unreachable | Failure::Refused => (502, "Bad Gateway"),
                 Failure::NotAllowed => (403, "Forbidden"),
@@ -604,10 +714,14 @@ mod tests {
                 "\x00\x5b",
                 "host name",
             ),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400 ", "not a proxy request"),
+            (b"GET https://a/ HTTP/1.1\r\n\r\n", "HTTP/1.1 501 ", "only http:// URIs"),
+            (b"GET http://u:p@a/ HTTP/1.1\r\n\r\n", "HTTP/1.1 400 ", "credentials in the URI"),
+            (b"GET http://a:99999/ HTTP/1.1\r\n\r\n", "HTTP/1.1 400 ", "host[:port]"),
             (
-                b"GET http://example.com/ HTTP/1.1\r\n\r\n",
-                "HTTP/1.1 501 ",
-                "only CONNECT",
+                b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+                "HTTP/1.1 400 ",
+                "both Transfer-Encoding and Content-Length",
             ),
             (
                 b"CONNECT example.com HTTP/1.1\r\n\r\n",
@@ -634,6 +748,7 @@ mod tests {
         ];
         for (input, sent, why) in table {
             let (got, got_why) = refuses(input);
+            assert!(!got_why.contains(":p@"), "a password in the log: {got_why}");
             assert!(
                 got.starts_with(sent.as_bytes()) || got.starts_with(&latin1(sent)),
                 "{input:?}: sent {got:?}"
@@ -645,6 +760,54 @@ mod tests {
     /// The table above writes bytes above 0x7f as chars: back to single bytes.
     fn latin1(s: &str) -> Vec<u8> {
         s.chars().map(|c| c as u32 as u8).collect()
+    }
+
+    #[test]
+    fn absolute_form_requests_become_messages_to_forward_at_every_split() {
+        /// (input, host, port, origin-form target, body framing, leftover)
+        type Row = (
+            &'static [u8],
+            &'static str,
+            u16,
+            &'static str,
+            Framing,
+            &'static [u8],
+        );
+        let table: &[Row] = &[
+            (
+                b"GET http://example.com/a/b?c=d#frag HTTP/1.1\r\nHost: example.com\r\n\r\n",
+                "example.com",
+                80,
+                "/a/b?c=d",
+                Framing::None,
+                b"",
+            ),
+            (
+                b"POST HTTP://[::1]:8080?q HTTP/1.0\nContent-Length: 4\n\nbody",
+                "[::1]",
+                8080,
+                "/?q",
+                Framing::Length(4),
+                b"body",
+            ),
+            (
+                b"PUT http://h.example HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "h.example",
+                80,
+                "/",
+                Framing::Chunked,
+                b"0\r\n\r\n",
+            ),
+        ];
+        for (input, host, port, path, framing, leftover) in table {
+            let (_, ask) = asks(input);
+            assert_eq!(ask.protocol, Protocol::HttpForward);
+            assert_eq!(ask.target, ep(host, *port), "{input:?}");
+            let http = ask.http.expect("the head");
+            assert_eq!(http.path, *path, "{input:?}");
+            assert_eq!(http.framing, *framing, "{input:?}");
+            assert_eq!(&ask.leftover[..], *leftover, "{input:?}");
+        }
     }
 
     #[test]

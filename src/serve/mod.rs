@@ -11,7 +11,9 @@
 //! Nothing here runs in the pipe mode: `run` is only called with `-L` or `--forwards`.
 
 pub mod dynamic;
+pub mod forward;
 pub mod front;
+pub mod http1;
 pub mod log;
 pub mod session;
 pub mod workers;
@@ -104,6 +106,15 @@ struct Opened {
     status: String,
     /// A `-D` port's tunnel: its destination and route, for the log.
     route: Option<String>,
+    /// Log lines of HTTP requests served on the connection before it became this tunnel.
+    lines: Vec<String>,
+}
+
+/// What a worker hands back: a tunnel for the loop, or a `-D` connection whose HTTP requests
+/// it served itself (one log line each).
+enum Handed {
+    Tunnel(Box<Opened>),
+    Served(Vec<String>),
 }
 
 struct Engine<'a> {
@@ -112,8 +123,8 @@ struct Engine<'a> {
     poll: Poll,
     log: Log,
     pool: PipePool,
-    workers: Workers<Opened>,
-    done: std::sync::mpsc::Receiver<Done<Opened>>,
+    workers: Workers<Handed>,
+    done: std::sync::mpsc::Receiver<Done<Handed>>,
     listeners: Vec<Option<Listening>>,
     sessions: Vec<Option<Live>>,
     free: Vec<usize>,
@@ -140,7 +151,7 @@ struct Engine<'a> {
 #[derive(Default)]
 struct RouteQueue {
     busy: usize,
-    waiting: VecDeque<Job<Opened>>,
+    waiting: VecDeque<Job<Handed>>,
 }
 
 struct Watched {
@@ -685,7 +696,7 @@ impl Engine<'_> {
             "accepted #{id} from {peer} on {local}: {}",
             plan.route
         ));
-        let work: Box<dyn FnOnce() -> Result<Opened, Error> + Send> = match &plan.dynamic {
+        let work: Box<dyn FnOnce() -> Result<Handed, Error> + Send> = match &plan.dynamic {
             Some(d) => {
                 // The worker reads the request on a second handle; this one waits here.
                 let handle = socket2::SockRef::from(&client)
@@ -694,13 +705,19 @@ impl Engine<'_> {
                 let d = d.clone();
                 Box::new(move || {
                     let handle = handle.kind_ctx(Kind::Tunnel, || "serving the client")?;
-                    let served = dynamic::serve(handle, peer, local, &d)?;
-                    hand_over(served.established, Some(served.route))
+                    match dynamic::serve(handle, peer, local, &d)? {
+                        dynamic::Outcome::Tunnel(served) => {
+                            let mut opened = hand_over(served.established, Some(served.route))?;
+                            opened.lines = served.lines;
+                            Ok(Handed::Tunnel(Box::new(opened)))
+                        }
+                        dynamic::Outcome::Done { lines } => Ok(Handed::Served(lines)),
+                    }
                 })
             }
             None => {
                 let (upstream, target) = (plan.upstream.clone(), plan.forward.target.clone());
-                Box::new(move || open(&upstream, &target))
+                Box::new(move || open(&upstream, &target).map(|o| Handed::Tunnel(Box::new(o))))
             }
         };
         let route = Arc::as_ptr(&plan.upstream) as usize;
@@ -749,7 +766,17 @@ impl Engine<'_> {
                 continue;
             };
             match result {
-                Ok(opened) => self.start_session(id, p, opened),
+                Ok(Handed::Tunnel(opened)) => self.start_session(id, p, *opened),
+                Ok(Handed::Served(lines)) => {
+                    for line in &lines {
+                        self.log.line(format_args!("#{id} from {}: {line}", p.peer));
+                    }
+                    self.log.line(format_args!(
+                        "closed #{id} after {:.3}s: {} HTTP request(s)",
+                        p.accepted.elapsed().as_secs_f64(),
+                        lines.len()
+                    ));
+                }
                 Err(e) => self.log.line(format_args!(
                     "failed #{id} after {:.3}s: {:#}",
                     p.accepted.elapsed().as_secs_f64(),
@@ -791,7 +818,11 @@ impl Engine<'_> {
             leftover,
             status,
             route,
+            lines,
         } = opened;
+        for line in &lines {
+            self.log.line(format_args!("#{id} from {}: {line}", p.peer));
+        }
         let socket = TcpStream::from_std(tcp);
         let tunnel: Box<dyn Tunnel> = match tls {
             Some(conn) => Box::new(TlsTunnel::new(conn, socket)),
@@ -1065,6 +1096,7 @@ fn hand_over(
         leftover: established.leftover,
         status: established.reply.status_line,
         route,
+        lines: Vec::new(),
     })
 }
 

@@ -283,9 +283,15 @@ fn failures_are_answered_in_each_clients_protocol() {
             "expected host:port".into(),
         ),
         (
-            b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n".to_vec(),
-            b"HTTP/1.1 501 Not Implemented\r\n".to_vec(),
-            "only CONNECT is served".into(),
+            b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n".to_vec(),
+            b"HTTP/1.1 400 Bad Request\r\n".to_vec(),
+            "not a proxy request".into(),
+        ),
+        (
+            b"POST http://a.test/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+                .to_vec(),
+            b"HTTP/1.1 400 Bad Request\r\n".to_vec(),
+            "differing Content-Length values".into(),
         ),
         (
             format!("CONNECT a:1 HTTP/1.1\r\nX: {}\r\n\r\n", "x".repeat(20_000)).into_bytes(),
@@ -486,4 +492,344 @@ fn a_forwards_file_line_serves_a_dynamic_port() {
     assert_eq!(read_n(&mut s, 8)[1], 90);
     assert_eq!(read_n(&mut s, 5), b"file\n");
     d.wait_for("established #1");
+}
+
+// ---------------------------------------------------------------------------
+// Absolute-form requests
+// ---------------------------------------------------------------------------
+
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A small HTTP/1.1 origin: answers by path, records every request head and body, counts
+/// connections. `/len` has a Content-Length body, `/chunked` a chunked one, `/close` runs to
+/// the close, `/echo` answers with the request's body (Content-Length or chunked).
+struct Origin {
+    port: u16,
+    /// Each request's head and body, in order.
+    seen: Seen,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Origin {
+    fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen2, count) = (seen.clone(), connections.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let seen = seen2.clone();
+                thread::spawn(move || {
+                    conn.set_read_timeout(Some(HANG)).unwrap();
+                    loop {
+                        let head = text(&read_head(&mut conn));
+                        if head.is_empty() {
+                            return;
+                        }
+                        let body = read_body(&mut conn, &head);
+                        seen.lock().unwrap().push((head.clone(), body.clone()));
+                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        let answer: Vec<u8> = match path.as_str() {
+                            "/len" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nhello".to_vec(),
+                            "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n".to_vec(),
+                            "/close" => {
+                                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the close");
+                                return;
+                            }
+                            _ => {
+                                let mut a = format!("HTTP/1.1 201 Created\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                                a.extend(&body);
+                                a
+                            }
+                        };
+                        if conn.write_all(&answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Origin {
+            port,
+            seen,
+            connections,
+        }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+}
+
+/// The body after `head`, by Content-Length or chunked (decoded).
+fn read_body(conn: &mut TcpStream, head: &str) -> Vec<u8> {
+    let lower = head.to_ascii_lowercase();
+    if lower.contains("transfer-encoding: chunked") {
+        let mut body = Vec::new();
+        loop {
+            let line = read_line(conn);
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap(), 16).unwrap();
+            if size == 0 {
+                while !read_line(conn).trim().is_empty() {}
+                return body;
+            }
+            body.extend(read_n(conn, size));
+            read_line(conn);
+        }
+    }
+    match lower.split("content-length: ").nth(1) {
+        Some(rest) => {
+            let n: usize = rest.split("\r\n").next().unwrap().trim().parse().unwrap();
+            read_n(conn, n)
+        }
+        None => Vec::new(),
+    }
+}
+
+fn read_line(conn: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8];
+    while conn.read(&mut b).unwrap_or(0) == 1 {
+        line.push(b[0]);
+        if b[0] == b'\n' {
+            break;
+        }
+    }
+    text(&line)
+}
+
+/// Reads one response (head and Content-Length or chunked body, raw) from `s`.
+fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let head = text(&read_head(s));
+    let lower = head.to_ascii_lowercase();
+    let body = if lower.contains("transfer-encoding: chunked") {
+        let mut raw = Vec::new();
+        loop {
+            let line = read_line(s);
+            raw.extend(line.as_bytes());
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap(), 16).unwrap();
+            if size == 0 {
+                loop {
+                    let l = read_line(s);
+                    raw.extend(l.as_bytes());
+                    if l.trim().is_empty() {
+                        break;
+                    }
+                }
+                break raw;
+            }
+            raw.extend(read_n(s, size + 2));
+        }
+    } else if let Some(rest) = lower.split("content-length: ").nth(1) {
+        let n: usize = rest.split("\r\n").next().unwrap().trim().parse().unwrap();
+        read_n(s, n)
+    } else {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        rest
+    };
+    (head, body)
+}
+
+#[test]
+fn absolute_form_requests_go_to_the_origin_in_origin_form_on_kept_connections() {
+    let origin = Origin::start();
+    let mut d = Daemon::start(&["-D", "0"]);
+    let mut s = d.connect();
+    let o = origin.port;
+    s.write_all(
+        format!(
+            "GET http://127.0.0.1:{o}/len HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic c2VjcmV0\r\nConnection: X-Hop\r\nX-Hop: 1\r\nAccept: */*\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("keep-alive"), "{head}");
+    assert_eq!(body, b"hello");
+    // Same connection, a POST with a Content-Length body.
+    s.write_all(
+        format!("POST http://127.0.0.1:{o}/echo HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world")
+            .as_bytes(),
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 201 Created\r\n"), "{head}");
+    assert_eq!(body, b"hello world");
+    let heads = origin.heads();
+    assert_eq!(
+        heads[0],
+        format!("GET /len HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nAccept: */*\r\n\r\n")
+    );
+    assert!(heads[1].starts_with(&format!("POST /echo HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\n")));
+    // Both requests on one connection to the origin, kept.
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    drop(s);
+    let line = d.wait_for(&format!("HTTP GET http://127.0.0.1:{o}/len direct: 200"));
+    assert!(line.contains("5 bytes received"), "{line}");
+    let line = d.wait_for("HTTP POST");
+    assert!(
+        line.contains("201, 11 bytes sent, 11 bytes received"),
+        "{line}"
+    );
+    d.wait_for("closed #1");
+}
+
+#[test]
+fn chunked_bodies_pass_unchanged_both_ways() {
+    let origin = Origin::start();
+    let d = Daemon::start(&["-D", "0"]);
+    let mut s = d.connect();
+    let o = origin.port;
+    s.write_all(
+        format!("POST http://127.0.0.1:{o}/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext\r\ndefg\r\n0\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 201 "), "{head}");
+    assert_eq!(body, b"abcdefg");
+    s.write_all(format!("GET http://127.0.0.1:{o}/chunked HTTP/1.1\r\n\r\n").as_bytes())
+        .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+    assert_eq!(
+        text(&body),
+        "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_close_delimited_response_closes_the_clients_connection_too() {
+    let origin = Origin::start();
+    let d = Daemon::start(&["-D", "0"]);
+    let mut s = d.connect();
+    s.write_all(
+        format!(
+            "GET http://localhost:{}/close HTTP/1.1\r\n\r\n",
+            origin.port
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.contains("Connection: close\r\n"), "{head}");
+    assert_eq!(body, b"until the close");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let origin = Origin::start();
+    let o = origin.port;
+    let d = Daemon::start(&["-D", "0"]);
+    let mut s = d.connect();
+    let mut all = Vec::new();
+    for i in 0..3 {
+        all.extend(
+            format!("POST http://127.0.0.1:{o}/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nr{i}")
+                .as_bytes(),
+        );
+    }
+    all.extend(
+        format!("GET http://127.0.0.1:{o}/len HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    s.write_all(&all).unwrap();
+    for i in 0..3 {
+        let (_, body) = read_response(&mut s);
+        assert_eq!(text(&body), format!("r{i}"));
+    }
+    let (head, body) = read_response(&mut s);
+    assert!(head.contains("Connection: close\r\n"), "{head}");
+    assert_eq!(body, b"hello");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn absolute_form_through_an_authenticating_proxy_uses_gimlets_credentials() {
+    // The proxy asks for Basic, then acts as the origin inside the CONNECT tunnel.
+    let proxy = FakeProxy::start(|s| {
+        let mut head = text(s.request());
+        if proxy_authorization(&head).is_none() {
+            s.send(challenge_407(&["Basic realm=\"corp\""]));
+            head = text(&s.read_request().unwrap_or_default());
+        }
+        assert_eq!(
+            proxy_authorization(&head),
+            Some(basic("alice:pw")),
+            "{head}"
+        );
+        assert!(
+            head.starts_with("CONNECT www.example:80 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        s.send(OK);
+        let request = text(&s.read_request().unwrap_or_default());
+        assert!(
+            request.starts_with("GET /page HTTP/1.1\r\nHost: www.example\r\n"),
+            "{request}"
+        );
+        assert!(!request.contains("Proxy-Authorization"), "{request}");
+        s.send("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npage");
+        s.wait_for_close();
+    });
+    let mut d = Daemon::start(&["-D", "0", "-U", "alice:pw", &proxy.addr()]);
+    let mut s = d.connect();
+    s.write_all(b"GET http://www.example/page HTTP/1.1\r\nProxy-Authorization: Basic Y2xpZW50\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, b"page");
+    let line = d.wait_for("HTTP GET http://www.example:80/page via proxy 127.0.0.1:");
+    assert!(line.contains(": 200,"), "{line}");
+    drop(s);
+    drop(d);
+    proxy.finish();
+}
+
+#[test]
+fn absolute_form_without_credentials_gets_gimlets_407() {
+    let proxy = FakeProxy::basic_challenge();
+    let mut d = Daemon::start(&["-D", "0", &proxy.addr()]);
+    let mut s = d.connect();
+    s.write_all(b"GET http://www.example/ HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let answer = read_all(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 407 "), "{answer}");
+    let line = d.wait_for("HTTP GET http://www.example:80/: failed");
+    assert!(line.contains("407"), "{line}");
+}
+
+#[test]
+fn a_connect_after_http_requests_on_one_connection_becomes_a_tunnel() {
+    let origin = Origin::start();
+    let echo = echo_server(b"tunnel\n");
+    let mut d = Daemon::start(&["-D", "0"]);
+    let mut s = d.connect();
+    s.write_all(format!("GET http://127.0.0.1:{}/len HTTP/1.1\r\n\r\n", origin.port).as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut s).1, b"hello");
+    s.write_all(format!("CONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(text(&read_head(&mut s)), OK);
+    assert_eq!(read_n(&mut s, 7), b"tunnel\n");
+    echo_round_trip(&mut s, 9);
+    d.wait_for("HTTP GET");
+    let line = d.wait_for("established #1");
+    assert!(
+        line.contains(&format!("CONNECT 127.0.0.1:{echo} direct")),
+        "{line}"
+    );
 }
