@@ -666,7 +666,6 @@ def check_tls_echo(t: Tunnel) -> str:
     return throughput(len(data), time.monotonic() - started)
 
 
-<<<<<<< HEAD
 def aimed(t: Tunnel, text: str) -> str:
     """README text aimed at the row: the example proxy's name and port
     swapped for the row's proxy on 127.0.0.1, nothing else."""
@@ -762,7 +761,8 @@ def check_environment(t: Tunnel) -> str:
     if f"localhost:{port}" in logged:
         raise Failed(f"the proxy saw the NO_PROXY host: {tail(logged, 2)}")
     return "localhost direct, 127.0.0.1 through the proxy (access.log)"
-=======
+
+
 # -- listen mode: gimlet -L and --forwards as a daemon, ssh and git pointed at its port ---------
 
 LISTEN_WAIT = 20  # seconds gimlet may take to log a reload
@@ -902,7 +902,6 @@ def check_listen_reload(t: Tunnel) -> None:
             wait_in_log(daemon.log, "closed #", at)
         finally:
             t.sandbox.stop(daemon)
->>>>>>> 17aee7d (Listen mode: one upstream holds at most a quarter of the handshake workers)
 
 
 CHECKS = [
@@ -919,11 +918,8 @@ CHECKS = [
     Check("tls-verify", check_tls_verify, needs=frozenset({"inet", "tls"})),
     Check("kerberos", check_kerberos, needs=frozenset({"inet", "kerberos"})),
     Check("tls-echo", check_tls_echo, packages=("stunnel4", "openssl")),
-<<<<<<< HEAD
     Check("readme", check_readme, needs=frozenset({"inet", "readme"})),
     Check("environment", check_environment, needs=frozenset({"inet", "env"})),
-=======
     Check("listen", check_listen),
     Check("listen-reload", check_listen_reload),
->>>>>>> 17aee7d (Listen mode: one upstream holds at most a quarter of the handshake workers)
 ]
