@@ -265,6 +265,15 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "proxy_cert", help_heading = PROXY_TLS)]
     pub proxy_key: Option<PathBuf>,
 
+    /// Offer HTTP/2 to an https:// proxy (ALPN h2, then http/1.1)
+    ///
+    /// When the proxy picks h2, the tunnel is an HTTP/2 CONNECT stream (RFC 9113 §8.5); when it
+    /// picks http/1.1, nothing changes. Applies to the last hop of a chain (the one asked for
+    /// HOST); Basic, Digest and Negotiate work over h2, NTLM (bound to a connection) does not.
+    /// Pipe mode only for now.
+    #[arg(long, help_heading = PROXY_TLS)]
+    pub proxy_http2: bool,
+
     /// Speak TLS to HOST through the tunnel
     ///
     /// Verified like a browser would (inside the proxy's own TLS for an https:// proxy).
@@ -436,6 +445,7 @@ impl Cli {
             proxy_servername: None,
             proxy_cert: None,
             proxy_key: None,
+            proxy_http2: false,
             tls: false,
             cacert: None,
             insecure: false,
@@ -543,6 +553,7 @@ mod tests {
                 proxy_servername,
                 proxy_cert,
                 proxy_key,
+                proxy_http2,
                 tls,
                 cacert,
                 insecure,
@@ -582,6 +593,7 @@ mod tests {
             assert_eq!(proxy_servername, clap.proxy_servername);
             assert_eq!(proxy_cert, clap.proxy_cert);
             assert_eq!(proxy_key, clap.proxy_key);
+            assert_eq!(proxy_http2, clap.proxy_http2);
             assert_eq!(tls, clap.tls);
             assert_eq!(cacert, clap.cacert);
             assert_eq!(insecure, clap.insecure);

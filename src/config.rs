@@ -115,6 +115,8 @@ pub struct Config {
     pub quiet: bool,
     /// Verification of an `https://` proxy.
     pub proxy_tls: tls::Options,
+    /// `--proxy-http2`: offer h2 by ALPN to the last hop when it is `https://`.
+    pub proxy_http2: bool,
     /// `--tls`: TLS to the destination, and how to verify it.
     pub target_tls: Option<tls::Options>,
     /// Zero-copy relaying with splice(2); `GIMLET_NO_SPLICE=1` turns it off.
@@ -325,6 +327,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         fdpass: cli.fdpass,
         splice: env(NO_SPLICE_ENV).is_none_or(|v| v.is_empty() || v == "0"),
         proxy_tls,
+        proxy_http2: cli.proxy_http2,
         target_tls,
         proxies,
         route_why,

@@ -53,6 +53,12 @@ pub fn report(e: &Error) {
 /// zeroed) before the relay starts: a tunnel may stay open for days, and no secret should sit
 /// in memory that long. Listen mode keeps them: every new connection needs them.
 pub fn run(mut config: Config) -> Result<(), Error> {
+    if config.proxy_http2 && (config.listen.is_some() || config.target_tls.is_some()) {
+        return Err(Error::msg(
+            Kind::Usage,
+            "checking --proxy-http2: it works in the pipe mode without --tls for now (-L, -D, --forwards and --tls speak HTTP/1.1 to the proxy: drop --proxy-http2)",
+        ));
+    }
     if config.listen.is_some() {
         return serve::run(&config);
     }
@@ -84,7 +90,13 @@ pub fn run(mut config: Config) -> Result<(), Error> {
             "checking standard output for --fdpass: it is not a Unix socket (ssh gives one with ProxyUseFdpass yes)",
         ));
     }
-    let established = establish(&upstream, &config.target)?;
+    let established = match tunnel::open(&upstream, &config.target)? {
+        tunnel::Opened::Stream(established) => established,
+        tunnel::Opened::H2(h2) => {
+            drop(upstream);
+            return relay_h2(h2, config, &via);
+        }
+    };
     // The last copy of the credentials: zeroed now, before any tunnel byte moves.
     drop(upstream);
 
@@ -160,6 +172,26 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         ),
     }
     .kind_ctx(Kind::Tunnel, relaying)?;
+    info!(
+        "tunnel closed: {} bytes sent, {} bytes received",
+        stats.up, stats.down
+    );
+    Ok(())
+}
+
+/// Relays stdio through an HTTP/2 CONNECT stream: the stdio relay drives one end of a socket
+/// pair, the h2 runtime's thread the other (see `hop::h2`).
+fn relay_h2(tunnel: hop::h2::Tunnel, config: &Config, via: &str) -> Result<(), Error> {
+    let relaying = || format!("relaying to {} {via} (HTTP/2)", config.target);
+    let (socket, pump) = tunnel.bridge().kind_ctx(Kind::Tunnel, relaying)?;
+    let opts = relay::Options {
+        idle_timeout: config.idle_timeout,
+        splice: config.splice,
+    };
+    let relayed = relay_stdio(socket, &[], opts);
+    // The pump's error (a reset, GOAWAY) says more than the relay's view of it.
+    pump.finish().map_err(|e| e.context(relaying()))?;
+    let stats = relayed.kind_ctx(Kind::Tunnel, relaying)?;
     info!(
         "tunnel closed: {} bytes sent, {} bytes received",
         stats.up, stats.down

@@ -35,6 +35,8 @@ struct Hop {
     credentials: Option<Credentials>,
     /// For `https://`: the TLS configuration and the name to verify.
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// `--proxy-http2` on this hop: `h2` offered by ALPN (before `http/1.1`).
+    h2: bool,
 }
 
 /// How tunnels are reached, prepared once (credentials asked for, TLS configured) and used for
@@ -80,8 +82,15 @@ impl Upstream {
     /// it carries.
     pub fn route(config: &Config, proxies: &[Proxy], interactive: bool) -> Result<Upstream, Error> {
         let mut hops = Vec::with_capacity(proxies.len());
-        for proxy in proxies {
-            hops.push(prepare(config, proxy)?);
+        for (i, proxy) in proxies.iter().enumerate() {
+            // HTTP/2 for the hop asked for the destination, when no TLS hop comes before it
+            // (the h2 runtime drives one TLS session over a plain socket).
+            let h2 = config.proxy_http2
+                && i + 1 == proxies.len()
+                && proxy.tls
+                && proxy.socks.is_none()
+                && !proxies[..i].iter().any(|p| p.tls);
+            hops.push(prepare(config, proxy, h2)?);
         }
         let route_name = match hops.as_slice() {
             [] => None,
@@ -148,7 +157,7 @@ impl Upstream {
 }
 
 /// Credentials asked for now when only the user is known; TLS configured for `https://`.
-fn prepare(config: &Config, proxy: &Proxy) -> Result<Hop, Error> {
+fn prepare(config: &Config, proxy: &Proxy, h2: bool) -> Result<Hop, Error> {
     let name = proxy.name();
     let socks4 = matches!(proxy.socks, Some(socks::Version::V4 | socks::Version::V4a));
     let credentials = match &proxy.credentials {
@@ -191,11 +200,20 @@ fn prepare(config: &Config, proxy: &Proxy) -> Result<Hop, Error> {
         )?),
         false => None,
     };
+    let tls = match (tls, h2) {
+        (Some((config, server)), true) => {
+            let mut config = (*config).clone();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some((Arc::new(config), server))
+        }
+        (tls, _) => tls,
+    };
     Ok(Hop {
         proxy: proxy.clone(),
         name,
         credentials,
         tls,
+        h2,
     })
 }
 
@@ -226,6 +244,70 @@ pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<Stream>
         }
     );
     Ok(established)
+}
+
+/// A tunnel as opened: HTTP/1.1 (or SOCKS, or direct) over a [`Stream`], or an HTTP/2 stream.
+pub enum Opened {
+    Stream(Established<Stream>),
+    H2(crate::hop::h2::Tunnel),
+}
+
+/// Like [`establish`], and when the last hop offered `h2` (`--proxy-http2`) and the proxy
+/// agreed, CONNECT over HTTP/2 instead.
+pub fn open(up: &Upstream, target: &Endpoint) -> Result<Opened, Error> {
+    let Some(last) = up.hops.len().checked_sub(1).filter(|&i| up.hops[i].h2) else {
+        return establish(up, target).map(Opened::Stream);
+    };
+    let clock = Clock::start(up.dialer.timeout);
+    let stream = reach(up, last, &clock)?;
+    let agreed = match &stream {
+        Stream::Tls(s) => s.conn.alpn_protocol() == Some(b"h2"),
+        Stream::Plain(_) => false,
+    };
+    if !agreed {
+        info!("{} chose HTTP/1.1", up.who(last));
+        return ask(up, last, stream, target, &clock).map(Opened::Stream);
+    }
+    let hop = &up.hops[last];
+    let who = up.who(last);
+    info!("{who} agreed to HTTP/2; asking for CONNECT {target}");
+    let (tcp, tls) = stream
+        .into_parts()
+        .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with {who}"))?;
+    let tls = tls.expect("ALPN came from a TLS session");
+    let proxy_name = hop.proxy.endpoint.to_string();
+    let no_askers = credentials::Askers::default();
+    let askers = up.askers.as_ref().unwrap_or(&no_askers);
+    let tunnel = crate::hop::h2::connect(
+        tcp,
+        tls,
+        crate::hop::h2::Exchange {
+            target,
+            proxy: &proxy_name,
+            user_agent: up.user_agent.as_deref(),
+            headers: &up.headers,
+            credentials: hop.credentials.clone(),
+            scheme: up.scheme,
+            ask: &mut || match up.askers {
+                None => Ok(None),
+                Some(_) => clock
+                    .pause(|| credentials::ask(&proxy_name, None, askers))
+                    .kind_ctx(Kind::Auth, || {
+                        format!("asking for credentials for proxy {proxy_name}")
+                    }),
+            },
+            negotiate: Some(auth::negotiate::Setup::system(
+                auth::negotiate::service_name(
+                    up.service_name.as_deref(),
+                    &hop.proxy.endpoint.host.to_string(),
+                ),
+            )),
+            clock: &clock,
+        },
+    )
+    .map_err(|e| up.at(last, e))?;
+    info!("tunnel to {target} open: {:?} (HTTP/2)", tunnel.status_line);
+    Ok(Opened::H2(tunnel))
 }
 
 /// A connection on which hop `i` is listening: hop 0 dialled, or hop `i - 1` asked for hop

@@ -1,0 +1,637 @@
+//! CONNECT over HTTP/2 (RFC 9113 §8.5) to an `https://` proxy that agreed to `h2` by ALPN.
+//!
+//! The `h2` crate (hyperium) keeps framing, HPACK and flow control out of our code; it is
+//! async, so this hop owns a tokio current-thread runtime that exists only once `h2` was
+//! agreed: the HTTP/1.1 path never creates one, never starts a thread, never touches tokio.
+//!
+//! The tunnel reaches the stdio relay through a socket pair: the relay drives one end like
+//! any other tunnel (mio readiness, half-close, stdin that is a regular file, O_NONBLOCK given
+//! back), and the runtime thread pumps the other end to and from the h2 stream. Memory stays
+//! bounded: received DATA is released to the proxy's flow-control window only once it was
+//! written into the socket pair, so a stalled stdout stops the proxy after one window.
+//!
+//! Mapping: any 2xx opens the tunnel; END_STREAM is the half-close both ways; a 407 is
+//! answered on a new stream of the same connection (Basic, Digest, Negotiate). NTLM is
+//! refused: it authenticates a connection, not a request, and HTTP/2 multiplexes requests of
+//! many users and tunnels on one connection.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::{self, SendRequest};
+use h2::{RecvStream, SendStream};
+use http::{HeaderName, HeaderValue, Method, Request};
+use tokio::net::UnixStream;
+use tokio::runtime::Runtime;
+
+use crate::auth::{self, Authenticator, Challenge, NoScheme, Scheme, negotiate};
+use crate::config::Endpoint;
+use crate::connect::Clock;
+use crate::credentials::{Credentials, Secret};
+use crate::diag::{debug, info};
+use crate::error::{Error, Kind, ResultExt};
+use crate::handshake::Reply;
+use crate::transport::async_tls::AsyncTls;
+
+/// Per-stream receive window: one tunnel's bytes in flight. 8 MiB keeps a 1 Gbit/s path
+/// with 60 ms round trips busy, and bounds what a stalled stdout can make us hold.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+/// Connection receive window: room for a few full streams (listen modes will share it).
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest DATA frame we accept (fewer frames per byte than the 16 KiB default).
+pub const MAX_FRAME: u32 = 256 << 10;
+/// How much of the socket pair one read takes.
+const CHUNK: usize = 256 << 10;
+/// Most authentication rounds (a stale Digest nonce needs one more than the first).
+const MAX_ROUNDS: usize = 4;
+/// How long the closing frames may take to leave once the tunnel is done.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What the CONNECT needs besides the connection.
+pub struct Exchange<'a> {
+    pub target: &'a Endpoint,
+    /// The proxy as `host:port`, for messages.
+    pub proxy: &'a str,
+    pub user_agent: Option<&'a str>,
+    pub headers: &'a [(String, String)],
+    pub credentials: Option<Credentials>,
+    pub scheme: Option<Scheme>,
+    pub ask: &'a mut dyn FnMut() -> Result<Option<Credentials>, Error>,
+    pub negotiate: Option<negotiate::Setup>,
+    pub clock: &'a Clock,
+}
+
+/// An open CONNECT stream with the runtime that drives its connection.
+pub struct Tunnel {
+    runtime: Runtime,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    connection: tokio::task::JoinHandle<()>,
+    /// The proxy's GOAWAY, once the connection ended with one: streams only see the socket
+    /// close, so this says why.
+    goaway: Arc<Mutex<Option<String>>>,
+    /// `HTTP/2 200`, for messages.
+    pub status_line: String,
+}
+
+/// The h2 error as a phrase naming the frame: `RST_STREAM (REFUSED_STREAM)`, `GOAWAY (...)`.
+pub fn describe(e: &h2::Error) -> String {
+    let reason = e
+        .reason()
+        .map(|r| format!("{r:?}: {r}"))
+        .unwrap_or_default();
+    if e.is_go_away() && e.is_remote() {
+        format!("the proxy ended the HTTP/2 connection (GOAWAY {reason})")
+    } else if e.is_reset() && e.is_remote() {
+        format!("the proxy reset the stream (RST_STREAM {reason})")
+    } else if let Some(io) = e.get_io() {
+        format!("HTTP/2 connection: {io}")
+    } else {
+        format!("HTTP/2: {e}")
+    }
+}
+
+/// Starts HTTP/2 on the TLS session `tls` (ALPN said `h2`) and sends CONNECT, answering 407s.
+pub fn connect(
+    tcp: std::net::TcpStream,
+    tls: rustls::ClientConnection,
+    x: Exchange<'_>,
+) -> Result<Tunnel, Error> {
+    let proxy = x.proxy.to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .kind_ctx(Kind::Tunnel, || "starting the HTTP/2 runtime")?;
+    let clock = x.clock;
+    let goaway = Arc::new(Mutex::new(None));
+    let opened = runtime.block_on(async {
+        let io = AsyncTls::new(tcp, tls)
+            .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with proxy {proxy}"))?;
+        let (send_request, connection) = within(
+            clock,
+            client::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(MAX_FRAME)
+                // No server push: CONNECT proxies have nothing to push.
+                .enable_push(false)
+                .handshake::<_, Bytes>(io),
+        )
+        .await?
+        .map_err(|e| {
+            Error::msg(
+                Kind::Unreachable,
+                format_args!("starting HTTP/2 with proxy {proxy}: {}", describe(&e)),
+            )
+        })?;
+        let slot = goaway.clone();
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("HTTP/2 connection ended: {}", describe(&e));
+                if e.is_go_away() {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(describe(&e));
+                }
+            }
+        });
+        let (reply, send, recv) = exchange(send_request, x).await?;
+        Ok::<_, Error>((reply, send, recv, connection))
+    })?;
+    let (status_line, send, recv, connection) = opened;
+    Ok(Tunnel {
+        runtime,
+        send,
+        recv,
+        connection,
+        goaway,
+        status_line,
+    })
+}
+
+/// Awaits `f` within the connect deadline.
+async fn within<F: Future>(clock: &Clock, f: F) -> Result<F::Output, Error> {
+    let left = clock.remaining().ok_or_else(|| {
+        Error::new(Kind::Unreachable, clock.timed_out()).context("waiting for the proxy")
+    })?;
+    tokio::time::timeout(left, f).await.map_err(|_| {
+        Error::new(Kind::Unreachable, clock.timed_out())
+            .context("waiting for the proxy's HTTP/2 reply")
+    })
+}
+
+/// The CONNECT rounds: returns the status line and the stream once a 2xx came.
+async fn exchange(
+    mut send_request: SendRequest<Bytes>,
+    x: Exchange<'_>,
+) -> Result<(String, SendStream<Bytes>, RecvStream), Error> {
+    let Exchange {
+        target,
+        proxy,
+        user_agent,
+        headers,
+        mut credentials,
+        scheme: forced,
+        ask,
+        mut negotiate,
+        clock,
+    } = x;
+    let target_s = target.to_string();
+    let signed = auth::Target {
+        method: "CONNECT",
+        uri: &target_s,
+    };
+    if forced == Some(Scheme::Ntlm) {
+        return Err(ntlm_refused(proxy));
+    }
+    let mut authenticator: Option<Authenticator> = None;
+    let mut authorization: Option<Secret> = None;
+    if let (Some(Scheme::Basic), Some(c)) = (forced, &credentials) {
+        info!(
+            "sending Basic credentials for user \"{}\"{} with the first request (--proxy-auth basic)",
+            c.user,
+            c.source.from_phrase()
+        );
+        let c = credentials.take().expect("checked above");
+        let (a, v) = Authenticator::start(Scheme::Basic, c, None, &signed).kind(Kind::Auth)?;
+        (authenticator, authorization) = (Some(a), Some(v));
+    }
+    for _ in 0..=MAX_ROUNDS {
+        let request = connect_request(target, user_agent, headers, authorization.as_ref())?;
+        debug!(
+            "> CONNECT {target_s} (HTTP/2){}",
+            match &authorization {
+                Some(a) => format!(
+                    "\ngimlet: > proxy-authorization: {} <redacted>",
+                    a.expose().split(' ').next().unwrap_or("")
+                ),
+                None => String::new(),
+            }
+        );
+        let lost = |e: h2::Error| {
+            let kind = if e.is_reset() && e.is_remote() {
+                Kind::Refused
+            } else if e.is_io() || e.is_go_away() {
+                Kind::Unreachable
+            } else {
+                Kind::Protocol
+            };
+            Error::msg(
+                kind,
+                format_args!(
+                    "asking proxy {proxy} for CONNECT {target_s}: {}",
+                    describe(&e)
+                ),
+            )
+        };
+        send_request = within(clock, send_request.ready()).await?.map_err(lost)?;
+        let (response, send) = send_request.send_request(request, false).map_err(lost)?;
+        let response = within(clock, response).await?.map_err(lost)?;
+        let (parts, recv) = response.into_parts();
+        let reply = Reply {
+            version: 2,
+            code: parts.status.as_u16(),
+            status_line: format!("HTTP/2 {}", parts.status.as_u16()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+        };
+        debug!("< {}", reply.status_line);
+        if reply.is_success() {
+            if let Some(a) = &mut authenticator {
+                a.finish(&reply.headers).kind_ctx(Kind::Auth, || {
+                    format!("authenticating to proxy {proxy} with {}", a.scheme())
+                })?;
+            }
+            return Ok((reply.status_line, send, recv));
+        }
+        drop((send, recv));
+        if !reply.is_auth_challenge() {
+            return Err(Error::msg(
+                Kind::Refused,
+                format_args!(
+                    "proxy {proxy} refused CONNECT {target_s}: {:?}",
+                    reply.status_line
+                ),
+            ));
+        }
+        let challenges = reply.challenges();
+        let value = match &mut authenticator {
+            Some(a) => a
+                .next(&challenges, &signed)
+                .kind_ctx(Kind::Auth, || {
+                    format!("authenticating to proxy {proxy} with {}", a.scheme())
+                })?
+                .ok_or_else(|| {
+                    Error::msg(
+                        Kind::Auth,
+                        format_args!(
+                            "proxy {proxy} rejected the {} credentials for user \"{}\"{}: {:?}",
+                            a.scheme(),
+                            a.user(),
+                            a.source_phrase(),
+                            reply.status_line
+                        ),
+                    )
+                })?,
+            None => {
+                let (a, v) = start(
+                    &challenges,
+                    forced,
+                    negotiate.as_mut(),
+                    &mut credentials,
+                    ask,
+                    &signed,
+                    proxy,
+                    &reply.status_line,
+                )?;
+                authenticator = Some(a);
+                v
+            }
+        };
+        authorization = Some(value);
+    }
+    Err(Error::msg(
+        Kind::Auth,
+        format_args!("proxy {proxy} still asks for authentication after {MAX_ROUNDS} rounds"),
+    ))
+}
+
+/// The first answer to a 407: Negotiate when offered and a ticket is there, else the strongest
+/// password scheme offered (never NTLM).
+#[allow(clippy::too_many_arguments)]
+fn start(
+    challenges: &[Challenge],
+    forced: Option<Scheme>,
+    negotiate: Option<&mut negotiate::Setup>,
+    credentials: &mut Option<Credentials>,
+    ask: &mut dyn FnMut() -> Result<Option<Credentials>, Error>,
+    signed: &auth::Target<'_>,
+    proxy: &str,
+    status_line: &str,
+) -> Result<(Authenticator, Secret), Error> {
+    let mut kerberos_failure = String::new();
+    let negotiate_offered = challenges.iter().any(|c| c.is(Scheme::Negotiate));
+    if let (true, true, Some(setup)) = (
+        negotiate_offered,
+        forced.is_none_or(|f| f == Scheme::Negotiate),
+        negotiate,
+    ) {
+        match Authenticator::negotiate(setup) {
+            Ok(started) => {
+                debug!("answering with Negotiate as {}", started.0.user());
+                return Ok(started);
+            }
+            Err(e) if forced.is_none() => kerberos_failure = format!("; and not Negotiate: {e:#}"),
+            Err(e) => {
+                return Err(Error::new(Kind::Auth, e).context(format!(
+                    "authenticating to proxy {proxy} with Negotiate ({status_line:?})"
+                )));
+            }
+        }
+    }
+    let usable: Vec<Challenge> = challenges
+        .iter()
+        .filter(|c| !c.is(Scheme::Negotiate) && !c.is(Scheme::Ntlm))
+        .cloned()
+        .collect();
+    let offered = challenges
+        .iter()
+        .map(|c| c.scheme.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (scheme, challenge) = match auth::choose(&usable, forced) {
+        Ok(found) => found,
+        Err(_) if challenges.iter().any(|c| c.is(Scheme::Ntlm)) => {
+            return Err(ntlm_refused(proxy));
+        }
+        Err(NoScheme::Digest(why)) => {
+            return Err(Error::msg(
+                Kind::Auth,
+                format_args!(
+                    "proxy {proxy} offers Digest only in a form gimlet cannot answer: {why}: {status_line:?}{kerberos_failure}"
+                ),
+            ));
+        }
+        Err(NoScheme::Offered(_)) => {
+            return Err(Error::msg(
+                Kind::Auth,
+                format_args!(
+                    "proxy {proxy} requires authentication with {offered}, and gimlet speaks Negotiate, Digest or Basic over HTTP/2: {status_line:?}{kerberos_failure}"
+                ),
+            ));
+        }
+    };
+    let creds = match credentials.take() {
+        Some(c) => c,
+        None => ask()?.ok_or_else(|| {
+            Error::msg(
+                Kind::Auth,
+                format_args!(
+                    "proxy {proxy} requires authentication (offers {offered}): {status_line:?}; no credentials given and no way to ask (use -U, --proxy-auth-file, {}, --netrc or an askpass program){kerberos_failure}",
+                    crate::config::AUTH_ENV,
+                ),
+            )
+        })?,
+    };
+    info!(
+        "proxy {proxy} asks for authentication (offers {offered}); answering with {scheme} for user \"{}\"{}",
+        creds.user,
+        creds.source.from_phrase()
+    );
+    Authenticator::start(scheme, creds, Some(challenge), signed).kind_ctx(Kind::Auth, || {
+        format!("authenticating to proxy {proxy} with {scheme}")
+    })
+}
+
+fn ntlm_refused(proxy: &str) -> Error {
+    Error::msg(
+        Kind::Auth,
+        format_args!(
+            "proxy {proxy} wants NTLM, which authenticates a connection rather than a request and cannot be used over HTTP/2 (where one connection carries many requests): drop --proxy-http2 to use NTLM over HTTP/1.1"
+        ),
+    )
+}
+
+/// `:method CONNECT`, `:authority host:port`, no `:scheme` or `:path` (RFC 9113 §8.5); our
+/// headers less the connection-specific ones HTTP/2 forbids (§8.2.2) and `Host`.
+fn connect_request(
+    target: &Endpoint,
+    user_agent: Option<&str>,
+    headers: &[(String, String)],
+    authorization: Option<&Secret>,
+) -> Result<Request<()>, Error> {
+    let bad = |what: String| Error::msg(Kind::Usage, what);
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.to_string())
+        .body(())
+        .map_err(|e| bad(format!("writing CONNECT {target} for HTTP/2: {e}")))?;
+    let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let h = request.headers_mut();
+    if let (Some(ua), false) = (user_agent, has("User-Agent")) {
+        if let Ok(v) = HeaderValue::from_str(ua) {
+            h.append(http::header::USER_AGENT, v);
+        }
+    }
+    if let (Some(a), false) = (authorization, has("Proxy-Authorization")) {
+        let mut v = HeaderValue::from_str(a.expose())
+            .map_err(|_| bad("the Proxy-Authorization value is not a valid header".into()))?;
+        // HPACK: never indexed, so no table keeps it (RFC 7541 §7.1.3).
+        v.set_sensitive(true);
+        h.append(http::header::PROXY_AUTHORIZATION, v);
+    }
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "host"
+                | "connection"
+                | "proxy-connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+        ) {
+            debug!("not sending {name} over HTTP/2 (connection-specific, RFC 9113 §8.2.2)");
+            continue;
+        }
+        let n = HeaderName::from_bytes(lower.as_bytes())
+            .map_err(|_| bad(format!("header name {name:?} is not valid in HTTP/2")))?;
+        let mut v = HeaderValue::from_str(value)
+            .map_err(|_| bad(format!("the value of header {name} is not valid in HTTP/2")))?;
+        if lower.contains("authorization") {
+            v.set_sensitive(true);
+        }
+        h.append(n, v);
+    }
+    Ok(request)
+}
+
+/// The runtime thread's side of an open tunnel.
+pub struct Pump {
+    thread: std::thread::JoinHandle<Result<(), Error>>,
+    /// Dropped when the relay is done: the pump then stops waiting for the proxy.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Tunnel {
+    /// Moves the stream onto its own thread, pumping between it and one end of a socket pair;
+    /// returns the other end, for the relay.
+    pub fn bridge(self) -> io::Result<(mio::net::UnixStream, Pump)> {
+        let (ours, theirs) = StdUnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        theirs.set_nonblocking(true)?;
+        let (done, done_rx) = tokio::sync::oneshot::channel();
+        let Tunnel {
+            runtime,
+            send,
+            recv,
+            connection,
+            goaway,
+            ..
+        } = self;
+        let thread = std::thread::Builder::new()
+            .name("gimlet-h2".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let pair = UnixStream::from_std(theirs)
+                        .map_err(|e| Error::new(Kind::Tunnel, e).context("HTTP/2 tunnel"))?;
+                    let result = pump(send, recv, &pair, done_rx).await;
+                    drop(pair);
+                    // Every handle is gone: the connection sends what is queued, then GOAWAY.
+                    let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+                    let goaway = goaway.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    match (result, goaway) {
+                        (Err(e), Some(why)) if e.kind() == Kind::Tunnel => {
+                            Err(Error::msg(Kind::Tunnel, why))
+                        }
+                        (result, _) => result,
+                    }
+                })
+            })?;
+        Ok((
+            mio::net::UnixStream::from_std(ours),
+            Pump {
+                thread,
+                done: Some(done),
+            },
+        ))
+    }
+}
+
+impl Pump {
+    /// Tells the pump the relay is done and waits for it; its error, if any.
+    pub fn finish(mut self) -> Result<(), Error> {
+        drop(self.done.take());
+        match self.thread.join() {
+            Ok(r) => r,
+            Err(_) => Err(Error::msg(Kind::Tunnel, "the HTTP/2 thread panicked")),
+        }
+    }
+}
+
+/// Both directions at once; the first error ends both (the socket pair closes, so the relay
+/// sees the end too).
+async fn pump(
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    pair: &UnixStream,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), Error> {
+    let mut up = pin!(up(send, pair));
+    let mut down = pin!(down(recv, pair));
+    let (mut up_done, mut down_done) = (false, false);
+    poll_fn(|cx| {
+        if !up_done {
+            if let Poll::Ready(r) = up.as_mut().poll(cx) {
+                r?;
+                up_done = true;
+            }
+        }
+        if !down_done {
+            if let Poll::Ready(r) = down.as_mut().poll(cx) {
+                r?;
+                down_done = true;
+            }
+        }
+        // Once the relay is done nobody reads what the proxy still sends: stop waiting for
+        // it. The upload still drains the socket pair (the relay wrote it all before ending).
+        if !down_done && std::pin::Pin::new(&mut done).poll(cx).is_ready() {
+            down_done = true;
+        }
+        match up_done && down_done {
+            true => Poll::Ready(Ok(())),
+            false => Poll::Pending,
+        }
+    })
+    .await
+}
+
+fn mid_tunnel(e: &h2::Error) -> Error {
+    Error::msg(Kind::Tunnel, describe(e))
+}
+
+/// Socket pair → DATA frames, sent only as the proxy's window allows; EOF → END_STREAM.
+async fn up(mut send: SendStream<Bytes>, pair: &UnixStream) -> Result<(), Error> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        pair.readable().await.kind(Kind::Tunnel)?;
+        let n = match pair.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::new(Kind::Tunnel, e)),
+        };
+        if n == 0 {
+            // The half-close (RFC 9113 §8.5: END_STREAM is the TCP FIN).
+            return send
+                .send_data(Bytes::new(), true)
+                .map_err(|e| mid_tunnel(&e));
+        }
+        let mut data = Bytes::copy_from_slice(&buf[..n]);
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(0)) => {}
+                Some(Ok(room)) => {
+                    let chunk = data.split_to(room.min(data.len()));
+                    send.send_data(chunk, false).map_err(|e| mid_tunnel(&e))?;
+                }
+                Some(Err(e)) => return Err(mid_tunnel(&e)),
+                None => {
+                    // The stream ended under us: say how.
+                    return Err(match poll_fn(|cx| send.poll_reset(cx)).await {
+                        Ok(r) => Error::msg(
+                            Kind::Tunnel,
+                            format_args!("the proxy reset the stream (RST_STREAM {r:?}: {r})"),
+                        ),
+                        Err(e) => mid_tunnel(&e),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// DATA frames → socket pair; window released as bytes are written out; END_STREAM →
+/// shutdown(Write).
+async fn down(mut recv: RecvStream, pair: &UnixStream) -> Result<(), Error> {
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(|e| mid_tunnel(&e))?;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            pair.writable().await.kind(Kind::Tunnel)?;
+            match pair.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The relay is gone (stdout's reader went away): nobody wants the rest.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(Error::new(Kind::Tunnel, e)),
+            }
+        }
+        let _ = recv.flow_control().release_capacity(chunk.len());
+    }
+    let _ = socket2::SockRef::from(pair).shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// The relay's end of the socket pair: a tunnel like a TCP socket (its bytes are the tunnel's,
+/// so they may be spliced).
+impl crate::relay::Tunnel for mio::net::UnixStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+
+    fn splice_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
+}

@@ -1,0 +1,278 @@
+//! An HTTP/2 CONNECT proxy for the tests, made with the same `h2` crate gimlet uses, over TLS
+//! (tokio-rustls) with the test PKI. Each CONNECT stream is answered by a script; a granted
+//! stream is forwarded to the `:authority` over TCP (a target the test runs on 127.0.0.1).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use h2::{Reason, RecvStream, SendStream};
+use http::{Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What one CONNECT request looked like.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// The request target as the proxy saw it: the `:authority` alone for a proper CONNECT.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    /// The connection (0, 1, ...) it came on.
+    pub connection: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The proxy's answer to one CONNECT.
+pub enum H2Answer {
+    /// 2xx, optional DATA sent with the headers, then forwarding to the `:authority`.
+    Grant { status: u16, early: Vec<u8> },
+    /// A final status with headers and no tunnel.
+    Status(u16, Vec<(&'static str, String)>),
+    /// 200, `early` as DATA, then RST_STREAM with this reason.
+    ResetAfter(Vec<u8>, Reason),
+    /// 200, `early` as DATA, then GOAWAY (abrupt) with this reason.
+    GoAwayAfter(Vec<u8>, Reason),
+    /// RST_STREAM(REFUSED_STREAM) without a response.
+    RefuseStream,
+}
+
+type Script = dyn Fn(&Seen, usize) -> H2Answer + Send + Sync;
+
+pub struct H2Proxy {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicU64>,
+    /// Bytes of the target's data the proxy managed to send on (granted flow control).
+    pub sent_down: Arc<AtomicU64>,
+}
+
+impl H2Proxy {
+    /// Listens on 127.0.0.1:0 with `config` (ALPN set to `alpn`), answering each CONNECT with
+    /// `script(request, index among all requests)`.
+    pub fn start(
+        config: Arc<rustls::ServerConfig>,
+        alpn: &[&[u8]],
+        script: impl Fn(&Seen, usize) -> H2Answer + Send + Sync + 'static,
+    ) -> H2Proxy {
+        let mut config = (*config).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicU64::new(0));
+        let sent_down = Arc::new(AtomicU64::new(0));
+        let script: Arc<Script> = Arc::new(script);
+        let (s, c, d) = (seen.clone(), connections.clone(), sent_down.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let n = c.fetch_add(1, Ordering::SeqCst) as usize;
+                    let (acceptor, s, d, script) =
+                        (acceptor.clone(), s.clone(), d.clone(), script.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        serve(tls, n, s, d, script).await;
+                    });
+                }
+            });
+        });
+        H2Proxy {
+            addr,
+            seen,
+            connections,
+            sent_down,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    pub fn name(&self) -> String {
+        format!("localhost:{}", self.addr.port())
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    n: usize,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    sent_down: Arc<AtomicU64>,
+    script: Arc<Script>,
+) {
+    let mut conn = match h2::server::Builder::new()
+        .initial_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, Bytes>(tls)
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    let (goaway, mut goaway_rx) = tokio::sync::mpsc::unbounded_channel::<Reason>();
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            Some(reason) = goaway_rx.recv() => {
+                conn.abrupt_shutdown(reason);
+                continue;
+            }
+        };
+        let Some(Ok((request, mut respond))) = next else {
+            return;
+        };
+        let (parts, recv) = request.into_parts();
+        let request = Seen {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            connection: n,
+        };
+        let index = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(request.clone());
+            seen.len() - 1
+        };
+        let response = |code: u16| {
+            Response::builder()
+                .status(StatusCode::from_u16(code).unwrap())
+                .body(())
+                .unwrap()
+        };
+        match script(&request, index) {
+            H2Answer::Grant { status, early } => {
+                let Ok(mut send) = respond.send_response(response(status), false) else {
+                    continue;
+                };
+                if !early.is_empty() {
+                    let _ = send.send_data(Bytes::from(early), false);
+                }
+                let d = sent_down.clone();
+                tokio::spawn(forward(request.uri.clone(), send, recv, d));
+            }
+            H2Answer::Status(code, headers) => {
+                let mut r = response(code);
+                for (k, v) in headers {
+                    r.headers_mut().append(k, v.parse().unwrap());
+                }
+                let _ = respond.send_response(r, true);
+            }
+            // The client's first DATA shows it got `early`: then the reset or GOAWAY.
+            H2Answer::ResetAfter(early, reason) => {
+                if let Ok(mut send) = respond.send_response(response(200), false) {
+                    let _ = send.send_data(Bytes::from(early), false);
+                    let mut recv = recv;
+                    tokio::spawn(async move {
+                        let _ = recv.data().await;
+                        send.send_reset(reason);
+                        // Keep the stream's handles until the reset is out.
+                        let _ = recv.data().await;
+                    });
+                }
+            }
+            H2Answer::GoAwayAfter(early, reason) => {
+                if let Ok(mut send) = respond.send_response(response(200), false) {
+                    let _ = send.send_data(Bytes::from(early), false);
+                    let (mut recv, goaway) = (recv, goaway.clone());
+                    tokio::spawn(async move {
+                        let _ = recv.data().await;
+                        let _ = goaway.send(reason);
+                        let _ = recv.data().await;
+                        drop(send);
+                    });
+                }
+            }
+            H2Answer::RefuseStream => respond.send_reset(Reason::REFUSED_STREAM),
+        }
+    }
+}
+
+/// Forwards one granted stream to the target at `authority`, both ways, with half-closes.
+async fn forward(
+    authority: String,
+    mut send: SendStream<Bytes>,
+    mut recv: RecvStream,
+    sent_down: Arc<AtomicU64>,
+) {
+    let Ok(tcp) = TcpStream::connect(authority.as_str()).await else {
+        send.send_reset(Reason::CONNECT_ERROR);
+        return;
+    };
+    let (mut rd, mut wr) = tcp.into_split();
+    let up = async move {
+        while let Some(Ok(chunk)) = recv.data().await {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+            let _ = recv.flow_control().release_capacity(chunk.len());
+        }
+        let _ = wr.shutdown().await;
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = send.send_data(Bytes::new(), true);
+                    return;
+                }
+                Ok(n) => n,
+            };
+            let mut data = Bytes::copy_from_slice(&buf[..n]);
+            while !data.is_empty() {
+                send.reserve_capacity(data.len());
+                match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(room)) if room > 0 => {
+                        let chunk = data.split_to(room.min(data.len()));
+                        sent_down.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                        if send.send_data(chunk, false).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+    };
+    tokio::join!(up, down);
+}
