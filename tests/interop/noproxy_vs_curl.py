@@ -6,8 +6,14 @@
 # pinned to a closed loopback address with --resolve, so nothing leaves the
 # machine; curl's -v output says whether it tried the proxy.
 #
-#   tests/interop/noproxy_vs_curl.py      (exit status 1 if any row differs)
+# Then it runs curl and gimlet itself side by side over the variable rules: which of
+# https_proxy, HTTPS_PROXY, all_proxy, ALL_PROXY wins, empty values, no_proxy before NO_PROXY.
+#
+#   tests/interop/noproxy_vs_curl.py   (exit status 1 if any row differs; $GIMLET names the
+#                                       binary, else cargo build --release makes it)
 import ast
+import json
+import os
 import re
 import socket
 import subprocess
@@ -50,6 +56,70 @@ def fixed_in(host: str, lst: str) -> tuple[int, int, int] | None:
     return None
 
 
+# (environment, what decides): each proxy variable names its own loopback port.
+VARIABLE_ROWS = [
+    ({"https_proxy": "A", "HTTPS_PROXY": "B"}, "https_proxy"),
+    ({"https_proxy": "", "HTTPS_PROXY": "B"}, "HTTPS_PROXY"),
+    ({"HTTPS_PROXY": "B", "all_proxy": "C"}, "HTTPS_PROXY"),
+    ({"all_proxy": "C", "ALL_PROXY": "D"}, "all_proxy"),
+    ({"ALL_PROXY": "D"}, "ALL_PROXY"),
+    ({"https_proxy": ""}, "direct"),
+    ({"http_proxy": "A", "HTTP_PROXY": "B"}, "direct"),
+    ({"https_proxy": "A", "no_proxy": "other.test", "NO_PROXY": "*"}, "https_proxy"),
+    ({"https_proxy": "A", "no_proxy": "", "NO_PROXY": "*"}, "direct"),
+    ({"https_proxy": "A", "NO_PROXY": "localhost"}, "direct"),
+]
+
+
+def variable_rows(gimlet: str) -> int:
+    ports = {}
+    keep = []
+    for name in "ABCD":
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        keep.append(s)
+        ports[name] = s.getsockname()[1]
+    by_port = {}
+    differ = 0
+    for env, want in VARIABLE_ROWS:
+        real = {k: (f"http://127.0.0.1:{ports[v]}" if v in ports else v) for k, v in env.items()}
+        for k, v in env.items():
+            if v in ports:
+                by_port[ports[v]] = k
+        base = {"PATH": "/usr/bin:/bin"}
+        out = subprocess.run(["curl", "-sv", "-m", "5", "-o", "/dev/null", "--resolve",
+                              "localhost:9:127.0.0.1", "https://localhost:9/"],
+                             env={**base, **real}, capture_output=True, text=True, timeout=30).stderr
+        tried = [k for port, k in by_port.items() if f"127.0.0.1:{port}" in out
+                 and k in env and real[k].endswith(f":{port}")]
+        curl = tried[0] if tried else "direct"
+        g = subprocess.run([gimlet, "-v", "--connect-timeout", "2", "localhost", "9"],
+                           env={**base, **real}, capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL).stderr
+        m = re.search(r"from (\w+)", g)
+        ours = "direct" if "direct:" in g else (m.group(1) if m else "?")
+        mark = "ok  " if curl == ours == want else "DIFF"
+        differ += mark == "DIFF"
+        print(f"{mark} {env!r:70} curl={curl:12} gimlet={ours}")
+    return differ
+
+
+def find_gimlet() -> str:
+    """$GIMLET, or the binary `cargo build --release` reports."""
+    if path := os.environ.get("GIMLET"):
+        return path
+    build = subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "gimlet",
+                            "--message-format=json-render-diagnostics"],
+                           cwd=REPO, stdout=subprocess.PIPE, text=True, check=True)
+    for line in build.stdout.splitlines():
+        message = json.loads(line)
+        if message.get("reason") == "compiler-artifact" and message.get("executable") \
+                and message["target"]["name"] == "gimlet":
+            return message["executable"]
+    raise SystemExit("cargo build did not report a gimlet executable")
+
+
 def main() -> int:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -74,6 +144,9 @@ def main() -> int:
         print(f"{mark} {host!r:24} in {lst!r:48} gimlet={'direct' if want else 'proxy '} curl={'direct' if got else 'proxy '}")
     print(f"{len(rows)} rows, {differ} differ from {version} "
           "(rows marked old differ only because this curl predates a later noproxy fix)")
+    var_differ = variable_rows(find_gimlet())
+    print(f"{len(VARIABLE_ROWS)} variable rows, {var_differ} differ between curl and gimlet")
+    differ += var_differ
     return 1 if differ else 0
 
 
