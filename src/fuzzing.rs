@@ -855,6 +855,90 @@ pub fn config(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// dynamic_front: a -D client's request, and the HTTP message work after it.
+
+/// The first byte seeds the split points; the rest is what a client sends to a `-D` port.
+/// Fed in pieces, the front must decide as it does fed whole; refusals print on one line; an
+/// absolute-form request's rewritten head parses as HTTP/1.1 without hop-by-hop fields, and
+/// its body framer takes the rest in pieces as it takes it whole.
+pub fn dynamic_front(data: &[u8]) {
+    use crate::serve::front::{Front, Step};
+    use crate::serve::http1::{self, Body};
+    let Some((&seed, input)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(seed % 13) + 1;
+    let decide = |pieces: &mut dyn Iterator<Item = &[u8]>| {
+        let mut front = Front::new();
+        let mut sent = Vec::new();
+        let mut fed = 0;
+        for piece in pieces {
+            fed += piece.len();
+            match front.feed(piece) {
+                Step::More { send } => sent.extend(send),
+                Step::Ask { send, mut ask } => {
+                    sent.extend(send);
+                    ask.leftover.extend_from_slice(&input[fed..]);
+                    return (sent, Some(Ok(ask)));
+                }
+                Step::Refuse { send, why } => {
+                    sent.extend(send);
+                    return (sent, Some(Err(why)));
+                }
+            }
+        }
+        (sent, None)
+    };
+    let whole = decide(&mut std::iter::once(input));
+    let split = decide(&mut input.chunks(step));
+    assert_eq!(whole, split, "split every {step} bytes");
+    match whole.1 {
+        Some(Err(why)) => assert_one_clean_line("a refusal", &why),
+        Some(Ok(ask)) => {
+            if let Some(http) = &ask.http {
+                let head =
+                    http1::origin_request(&http.method, &ask.target, &http.path, &http.fields);
+                let mut headers = [httparse::EMPTY_HEADER; 128];
+                let mut req = httparse::Request::new(&mut headers);
+                assert!(
+                    matches!(req.parse(&head), Ok(httparse::Status::Complete(n)) if n == head.len()),
+                    "the rewritten head does not parse: {:?}",
+                    String::from_utf8_lossy(&head)
+                );
+                for h in req.headers.iter() {
+                    assert!(
+                        !h.name.eq_ignore_ascii_case("proxy-authorization")
+                            && !h.name.eq_ignore_ascii_case("connection"),
+                        "a hop-by-hop field passed: {}",
+                        h.name
+                    );
+                }
+                let mut whole = Body::new(http.framing);
+                let taken = whole.feed(&ask.leftover);
+                let mut pieces = Body::new(http.framing);
+                let mut total = Ok(0);
+                for piece in ask.leftover.chunks(step) {
+                    match pieces.feed(piece) {
+                        Ok(n) => {
+                            total = total.map(|t| t + n);
+                            if n < piece.len() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            total = Err(e);
+                            break;
+                        }
+                    }
+                }
+                assert_eq!(taken, total, "the body framer split every {step} bytes");
+            }
+        }
+        None => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 /// A fuzz target's body.
 pub type Harness = fn(&[u8]);
@@ -867,6 +951,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("ntlm", ntlm),
     ("netrc", netrc),
     ("config", config),
+    ("dynamic_front", dynamic_front),
 ];
 
 #[cfg(test)]
