@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
+import dynamic
 import kdc
 from harness import LOOPBACK, Child, Failed, Sandbox, run, run_ok, tail, tool
 from pki import certificate, pki_dir
@@ -922,4 +923,7 @@ CHECKS = [
     Check("environment", check_environment, needs=frozenset({"inet", "env"})),
     Check("listen", check_listen),
     Check("listen-reload", check_listen_reload),
+    Check("dynamic", dynamic.check_dynamic, packages=("curl",)),
+    Check("browser", dynamic.check_browser, needs=frozenset({"inet", "auth"}),
+          packages=("chromium",)),
 ]

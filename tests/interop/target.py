@@ -32,11 +32,12 @@ class Target:
     blob_sha256: str
     blob_size: int
     git_env: dict[str, str]  # isolates git from the user's and system config
+    web_port: int = 0  # for the HTTPS page the dynamic checks serve (gimlet -D)
 
     @property
     def tunnel_ports(self) -> list[int]:
         """Ports every proxy must let CONNECT reach."""
-        return [self.port, self.closed_port, self.echo_port]
+        return [self.port, self.closed_port, self.echo_port, self.web_port]
 
 
 def sha256_file(path: Path) -> str:
@@ -177,7 +178,8 @@ def build_target(sandbox: Sandbox, bulk_mib: int) -> Target:
     blob, blob_sha256 = make_blob(sandbox, bulk_mib)
     port, ssh_config = start_sshd(sandbox, user)
     target = Target(port, sandbox.free_port(), sandbox.free_port(), user, ssh_config, repo, head,
-                    manifest, blob, blob_sha256, bulk_mib << 20, env)
+                    manifest, blob, blob_sha256, bulk_mib << 20, env,
+                    web_port=sandbox.free_port())
     check_direct_login(target)
     return target
 

@@ -1,0 +1,435 @@
+//! The `-D` benchmark: gimlet as a local proxy on loopback.
+//!
+//! Usage:
+//!   benches/run-dynamic [OPTIONS]                 (builds gimlet --release first)
+//!   GIMLET=path/to/gimlet cargo bench --bench dynamic -- [OPTIONS]
+//!
+//! Options:
+//!   --secs N        seconds per requests/s measurement                        [default 5]
+//!   --clients N     concurrent keep-alive clients for requests/s              [default 8]
+//!   --tunnels N     concurrent CONNECT tunnels                                 [default 1000]
+//!   --each SIZE     bytes each tunnel echoes (K, M suffixes)                   [default 64K]
+//!   --smoke         --secs 1 --tunnels 100
+//!
+//! What is measured (every response and every echoed byte checked):
+//! - requests/s: small GETs (a 100-byte body), `--clients` connections each sending one
+//!   request after another on a kept connection, for `--secs`: to the origin itself
+//!   (origin-form, the ceiling), through squid (absolute-form, when installed; started here
+//!   with a minimal configuration), through `gimlet -D` direct, and through `gimlet -D` with
+//!   that squid as its upstream proxy;
+//! - tunnels: `--tunnels` clients at once each ask `-D` for `CONNECT` to an echo server, wait
+//!   for the 200, echo `--each` bytes and close; the wall time from the first connect to the
+//!   last byte, and how many succeeded.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BODY: &[u8] = &[b'x'; 100];
+
+struct Opts {
+    secs: u64,
+    clients: usize,
+    tunnels: usize,
+    each: usize,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let mut o = Opts {
+        secs: 5,
+        clients: 8,
+        tunnels: 1000,
+        each: 64 << 10,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().expect("a value").clone();
+        match a.as_str() {
+            "--secs" => o.secs = value().parse().expect("--secs N"),
+            "--clients" => o.clients = value().parse().expect("--clients N"),
+            "--tunnels" => o.tunnels = value().parse().expect("--tunnels N"),
+            "--each" => o.each = size(&value()),
+            "--smoke" => {
+                o.secs = 1;
+                o.tunnels = 100;
+            }
+            other => panic!("unknown option {other}"),
+        }
+    }
+    raise_nofile();
+    let gimlet = std::env::var("GIMLET").expect("GIMLET=path/to/gimlet");
+    let origin = origin();
+    let echo = echo();
+    println!("# -D benchmark\n");
+    println!(
+        "loopback; {} keep-alive clients x {} s of GETs (100-byte body); {} CONNECT tunnels x {} bytes echoed\n",
+        o.clients, o.secs, o.tunnels, o.each
+    );
+    println!("| path | requests/s | errors |\n| --- | ---: | ---: |");
+    let path = format!("http://127.0.0.1:{origin}/small");
+    let failed = std::cell::Cell::new(false);
+    let row = |name: &str, port: u16, target: &str| {
+        let (n, errors) = requests(port, target, o.clients, o.secs);
+        println!("| {name} | {:.0} | {errors} |", n as f64 / o.secs as f64);
+        // gimlet must answer every request; the others are reference points.
+        if name.starts_with("gimlet") && (errors > 0 || n == 0) {
+            failed.set(true);
+        }
+    };
+    row("origin itself (origin-form)", origin, "/small");
+    let squid = Squid::start();
+    if let Some(s) = &squid {
+        row("squid (absolute-form)", s.port, &path);
+    }
+    let direct = Gimlet::start(&gimlet, &[]);
+    row("gimlet -D, direct (absolute-form)", direct.port, &path);
+    if let Some(s) = &squid {
+        let via = Gimlet::start(&gimlet, &[&format!("127.0.0.1:{}", s.port)]);
+        row("gimlet -D via squid (absolute-form)", via.port, &path);
+    }
+    match &squid {
+        Some(_) => {}
+        None => println!("\n(squid not installed: its rows are missing)"),
+    }
+    println!();
+    let (ok, wall) = tunnels(direct.port, echo, o.tunnels, o.each);
+    println!(
+        "{} concurrent CONNECT tunnels through gimlet -D (direct), {} bytes echoed each: {ok} succeeded, {:.2} s wall, {:.1} MB/s aggregate one way",
+        o.tunnels,
+        o.each,
+        wall.as_secs_f64(),
+        (ok * o.each) as f64 / 1e6 / wall.as_secs_f64()
+    );
+    drop(direct);
+    if failed.get() || ok < o.tunnels {
+        eprintln!("benches/run-dynamic: gimlet lost requests or tunnels");
+        std::process::exit(1);
+    }
+}
+
+fn size(s: &str) -> usize {
+    let (n, mult) = match s.chars().last() {
+        Some('K') => (&s[..s.len() - 1], 1 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    n.parse::<usize>().expect("a size") * mult
+}
+
+/// An origin that answers every request with a 100-byte body, keeping connections.
+fn origin() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = c.set_nodelay(true);
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut w = c;
+                let answer = [
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", BODY.len()).as_bytes(),
+                    BODY,
+                ]
+                .concat();
+                loop {
+                    let mut line = String::new();
+                    // Request line, then fields up to the blank line (GETs: no body).
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" || line == "\n" {
+                            break;
+                        }
+                    }
+                    if w.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn echo() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    let mut c = c;
+                    let mut buf = [0u8; 16 << 10];
+                    while let Ok(n @ 1..) = c.read(&mut buf) {
+                        if c.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = c.shutdown(Shutdown::Write);
+                })
+                .unwrap();
+        }
+    });
+    port
+}
+
+/// `clients` keep-alive connections to `port` sending `GET target` for `secs`: (responses,
+/// errors).
+fn requests(port: u16, target: &str, clients: usize, secs: u64) -> (u64, u64) {
+    let count = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(clients + 1));
+    let request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n");
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        let (count, errors, stop, start, request) = (
+            count.clone(),
+            errors.clone(),
+            stop.clone(),
+            start.clone(),
+            request.clone(),
+        );
+        handles.push(thread::spawn(move || {
+            start.wait();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(c) = TcpStream::connect(("127.0.0.1", port)) else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let _ = c.set_nodelay(true);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut w = c;
+                while !stop.load(Ordering::Relaxed) {
+                    if one(&mut w, &mut r, &request).is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    start.wait();
+    thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    let n = count.load(Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    (n, errors.load(Ordering::Relaxed))
+}
+
+/// One request and its response (status 200 and the whole body checked).
+fn one(w: &mut TcpStream, r: &mut BufReader<TcpStream>, request: &str) -> io::Result<()> {
+    w.write_all(request.as_bytes())?;
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    if !line.starts_with("HTTP/1.1 200") && !line.starts_with("HTTP/1.0 200") {
+        return Err(io::Error::other(format!("status {line:?}")));
+    }
+    let mut length = None;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+    }
+    let mut body = vec![0; length.ok_or_else(|| io::Error::other("no Content-Length"))?];
+    r.read_exact(&mut body)?;
+    if body != BODY {
+        return Err(io::Error::other("wrong body"));
+    }
+    Ok(())
+}
+
+/// `n` clients at once: CONNECT through `port` to the echo server, echo `each` bytes.
+fn tunnels(port: u16, echo: u16, n: usize, each: usize) -> (usize, Duration) {
+    let start = Arc::new(Barrier::new(n + 1));
+    let data: Arc<Vec<u8>> = Arc::new((0..each).map(|i| (i * 7 + i / 251) as u8).collect());
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let (start, data) = (start.clone(), data.clone());
+        handles.push(
+            thread::Builder::new()
+                .stack_size(128 << 10)
+                .spawn(move || -> io::Result<()> {
+                    start.wait();
+                    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+                    c.set_read_timeout(Some(Duration::from_secs(60)))?;
+                    c.write_all(format!("CONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n").as_bytes())?;
+                    let mut head = [0u8; 39];
+                    c.read_exact(&mut head)?;
+                    if &head[..] != b"HTTP/1.1 200 Connection established\r\n\r\n" {
+                        return Err(io::Error::other("no 200"));
+                    }
+                    let mut w = c.try_clone()?;
+                    let out = data.clone();
+                    let writer = thread::Builder::new().stack_size(64 << 10).spawn(move || {
+                        let r = w.write_all(&out);
+                        let _ = w.shutdown(Shutdown::Write);
+                        r
+                    })?;
+                    let mut back = Vec::with_capacity(data.len());
+                    c.read_to_end(&mut back)?;
+                    writer.join().map_err(|_| io::Error::other("writer"))??;
+                    if back != *data {
+                        return Err(io::Error::other("echo differs"));
+                    }
+                    Ok(())
+                })
+                .unwrap(),
+        );
+    }
+    start.wait();
+    let began = Instant::now();
+    let ok = handles
+        .into_iter()
+        .map(|h| h.join().map(|r| r.is_ok()).unwrap_or(false))
+        .filter(|ok| *ok)
+        .count();
+    (ok, began.elapsed())
+}
+
+struct Gimlet {
+    child: Child,
+    port: u16,
+}
+
+impl Gimlet {
+    fn start(gimlet: &str, extra: &[&str]) -> Gimlet {
+        let port = free_port();
+        let child = Command::new(gimlet)
+            .args(["-D", &port.to_string(), "-q"])
+            .args(extra)
+            .env_remove("https_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("ALL_PROXY")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start gimlet");
+        wait_accepting(port);
+        Gimlet { child, port }
+    }
+}
+
+impl Drop for Gimlet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_accepting(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing accepts on {port}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// squid with a minimal configuration in a temporary directory, when installed.
+struct Squid {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Squid {
+    fn start() -> Option<Squid> {
+        let bin = ["/usr/sbin/squid", "/usr/bin/squid"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("gimlet-bench-squid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let d = dir.display();
+        let root = is_root();
+        let conf = format!(
+            "http_port 127.0.0.1:{port}\nacl all_ports port 1-65535\nhttp_access allow localhost\nhttp_access deny all\n\
+             cache deny all\ncache_mem 8 MB\nvisible_hostname bench\npid_filename {d}/squid.pid\n\
+             access_log none\ncache_log {d}/cache.log\ncache_store_log none\nnetdb_filename none\n\
+             pinger_enable off\nshutdown_lifetime 0 seconds\ndns_nameservers 127.0.0.1\n\
+             coredump_dir {d}\n{}",
+            if root {
+                "cache_effective_user proxy\n"
+            } else {
+                ""
+            }
+        );
+        std::fs::write(dir.join("squid.conf"), conf).ok()?;
+        if root {
+            let _ = Command::new("chown")
+                .args(["-R", "proxy", &d.to_string()])
+                .status();
+        }
+        let child = Command::new(bin)
+            .args(["-N", "-f"])
+            .arg(dir.join("squid.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        wait_accepting(port);
+        Some(Squid { child, port, dir })
+    }
+}
+
+impl Drop for Squid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn raise_nofile() {
+    // The harness holds sockets for every tunnel's client and echo sides.
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+}
