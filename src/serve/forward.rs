@@ -128,7 +128,8 @@ pub fn serve(
                 }
             },
         };
-        let result = exchange(client, k, &request, &mut pending);
+        let mut answered = false;
+        let result = exchange(client, k, &request, &mut pending, &mut answered);
         let line = |end: &str| {
             format!(
                 "{what} {}: {end} in {:.3}s",
@@ -139,6 +140,10 @@ pub fn serve(
         let ended = match result {
             Ok(ended) => ended,
             Err(e) => {
+                if !answered {
+                    // Nothing of a response went out yet: the client gets gimlet's own 502.
+                    let _ = client.write_all(&front::failure(ask.protocol, Failure::General, &e));
+                }
                 lines.push(line(&format!("failed: {e:#}")));
                 return Ok(Outcome::Done { lines });
             }
@@ -227,6 +232,7 @@ fn exchange(
     k: &mut Kept,
     request: &front::HttpRequest,
     pending: &mut Vec<u8>,
+    answered: &mut bool,
 ) -> Result<Ended, String> {
     let expects_continue = http1_expects_continue(&request.fields);
     let head = http1::origin_request(&request.method, &k.target, &request.path, &request.fields);
@@ -276,6 +282,7 @@ fn exchange(
             return Err("the origin switched protocols, which was not asked for".into());
         }
         if (100..200).contains(&status) {
+            *answered = true;
             client
                 .write_all(&http1::client_response(status, &reason, &fields, false))
                 .map_err(|e| format!("answering the client: {e}"))?;
@@ -287,6 +294,7 @@ fn exchange(
     };
     let client_keeps = http1::keeps_alive(request.minor, &request.fields);
     let close_client = !client_keeps || framing == Framing::Close;
+    *answered = true;
     client
         .write_all(&http1::client_response(
             status,

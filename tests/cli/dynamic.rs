@@ -535,6 +535,7 @@ impl Origin {
                         let answer: Vec<u8> = match path.as_str() {
                             "/len" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nhello".to_vec(),
                             "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n".to_vec(),
+                            "/drop" => return,
                             "/close" => {
                                 let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the close");
                                 return;
@@ -832,4 +833,24 @@ fn a_connect_after_http_requests_on_one_connection_becomes_a_tunnel() {
         line.contains(&format!("CONNECT 127.0.0.1:{echo} direct")),
         "{line}"
     );
+}
+
+#[test]
+fn an_origin_that_closes_without_answering_gets_the_client_a_502() {
+    let origin = Origin::start();
+    let mut d = Daemon::start(&["-D", "0"]);
+    let mut s = d.connect();
+    s.write_all(format!("GET http://127.0.0.1:{}/drop HTTP/1.1\r\n\r\n", origin.port).as_bytes())
+        .unwrap();
+    let answer = read_all(&mut s);
+    assert!(
+        answer.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("the origin closed before its response"),
+        "{answer}"
+    );
+    let line = d.wait_for("/drop direct: failed");
+    assert!(line.contains("closed before its response"), "{line}");
 }
