@@ -23,7 +23,7 @@ _gimlet() {
 
     case "${cmd}" in
         gimlet)
-            opts="-p -U -H -A -4 -6 -v -q -L -D -h -V --proxy --noproxy --proxy-user --proxy-auth-file --proxy-auth --proxy-service-name --netrc --netrc-file --header --user-agent --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --proxy-http2 --tls --cacert --insecure --servername --pinnedpubkey --connect-timeout --idle-timeout --keepalive --fdpass --verbose --quiet --generate --local-forward --forwards --dynamic --allow --max-tunnels --drain-timeout --log --help --version"
+            opts="-p -U -H -A -4 -6 -v -q -L -D -h -V --proxy --noproxy --proxy-user --proxy-auth-file --proxy-auth --proxy-service-name --netrc --netrc-file --header --user-agent --proxy-cacert --proxy-insecure --proxy-pinnedpubkey --proxy-servername --proxy-cert --proxy-key --proxy-http2 --tls --cacert --insecure --servername --pinnedpubkey --connect-timeout --idle-timeout --keepalive --fdpass --verbose --quiet --generate --local-forward --forwards --dynamic --allow --client-auth-file --max-tunnels --drain-timeout --log --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -150,6 +150,10 @@ _gimlet() {
                     return 0
                     ;;
                 --allow)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-auth-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

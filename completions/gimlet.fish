@@ -30,6 +30,7 @@ complete -c gimlet -s L -l local-forward -d 'Listen on [BIND:]PORT and forward e
 complete -c gimlet -l forwards -d 'Forward the ports listed in FILE; re-read when it changes and on SIGHUP' -r -F
 complete -c gimlet -s D -l dynamic -d 'Serve SOCKS4, SOCKS4a, SOCKS5 and HTTP proxy requests on [BIND:]PORT, like ssh -D' -r
 complete -c gimlet -l allow -d 'Let clients from CIDR use a -D port (repeatable; loopback is always allowed)' -r
+complete -c gimlet -l client-auth-file -d 'Ask clients of a -D port for the user:password on FILE\'s first line' -r -F
 complete -c gimlet -l max-tunnels -d 'Refuse connections while N tunnels are open or being set up' -r
 complete -c gimlet -l drain-timeout -d 'On SIGTERM or SIGINT, let open tunnels finish for up to SECS' -r
 complete -c gimlet -l log -d 'Append listen mode\'s log to FILE instead of standard error' -r -F

@@ -389,6 +389,15 @@ pub struct Cli {
     #[arg(long, value_name = "CIDR", help_heading = LISTEN)]
     pub allow: Vec<String>,
 
+    /// Ask clients of a -D port for the user:password on FILE's first line
+    ///
+    /// SOCKS5 clients authenticate with username/password (RFC 1929), HTTP clients with
+    /// Proxy-Authorization: Basic (a 407 asks for it); SOCKS4 clients, which cannot, are
+    /// refused. These are the port's own credentials, never sent upstream. The file must not
+    /// be readable by others.
+    #[arg(long, value_name = "FILE", help_heading = LISTEN)]
+    pub client_auth_file: Option<PathBuf>,
+
     /// Refuse connections while N tunnels are open or being set up
     ///
     /// Default: half the open-file limit, which gimlet raises to its hard limit at start.
@@ -464,6 +473,7 @@ impl Cli {
             forwards: None,
             dynamic: Vec::new(),
             allow: Vec::new(),
+            client_auth_file: None,
             max_tunnels: None,
             drain_timeout: "30".into(),
             log: None,
@@ -572,6 +582,7 @@ mod tests {
                 forwards,
                 dynamic,
                 allow,
+                client_auth_file,
                 max_tunnels,
                 drain_timeout,
                 log,
@@ -612,6 +623,7 @@ mod tests {
             assert_eq!(forwards, clap.forwards);
             assert_eq!(dynamic, clap.dynamic);
             assert_eq!(allow, clap.allow);
+            assert_eq!(client_auth_file, clap.client_auth_file);
             assert_eq!(max_tunnels, clap.max_tunnels);
             assert_eq!(drain_timeout, clap.drain_timeout);
             assert_eq!(log, clap.log);

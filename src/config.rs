@@ -143,6 +143,8 @@ pub struct Listen {
     /// The exclusion list a `-D` port applies per request: `--noproxy`, else `no_proxy` /
     /// `NO_PROXY`.
     pub noproxy: Option<String>,
+    /// `--client-auth-file`: the `user:password` a `-D` port asks its clients for.
+    pub client_auth_file: Option<std::path::PathBuf>,
 }
 
 /// The environment variable holding `user:password`.
@@ -400,6 +402,7 @@ fn listen_mode(
         log: cli.log.clone(),
         allow,
         noproxy,
+        client_auth_file: cli.client_auth_file.clone(),
     }))
 }
 

@@ -32,6 +32,8 @@ pub struct Dynamic {
     pub allow: Vec<(IpAddr, u8)>,
     /// How long a client has to send its whole request.
     pub timeout: Duration,
+    /// `--client-auth-file`: the user name and password clients must give.
+    pub client_auth: Option<Arc<front::ClientAuth>>,
 }
 
 /// An open tunnel and how the log names it: `SOCKS5 host:22 via proxy p:3128`.
@@ -108,7 +110,7 @@ fn serve_blocking(
     d: &Dynamic,
 ) -> Result<Outcome, Error> {
     let reading = || "reading the client's request";
-    let mut front = Front::new();
+    let mut front = Front::with_auth(d.client_auth.clone());
     let mut buf = [0u8; 4096];
     let ask = loop {
         let left = deadline.saturating_duration_since(Instant::now());

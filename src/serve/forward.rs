@@ -160,7 +160,7 @@ pub fn serve(
             return Ok(Outcome::Done { lines });
         }
         // The next request: pipelined bytes first, then what the client sends.
-        match next_request(client, pending) {
+        match next_request(client, pending, d) {
             Ok(Some(Step::Ask { ask: next, .. })) if next.protocol == Protocol::HttpConnect => {
                 drop(kept);
                 return super::dynamic::tunnel(client, next, local, d).map(|mut served| {
@@ -384,8 +384,12 @@ fn read_response_head(k: &mut Kept, buf: &mut [u8]) -> Result<Head, String> {
 
 /// The client's next request on a kept connection; `None` when it closes or stays idle for
 /// [`KEEP_ALIVE`].
-fn next_request(mut client: &TcpStream, pending: Vec<u8>) -> Result<Option<Step>, String> {
-    let mut front = Front::http_only();
+fn next_request(
+    mut client: &TcpStream,
+    pending: Vec<u8>,
+    d: &Dynamic,
+) -> Result<Option<Step>, String> {
+    let mut front = Front::http_only(d.client_auth.clone());
     let mut step = front.feed(&pending);
     let deadline = Instant::now() + KEEP_ALIVE;
     let mut buf = [0u8; 4096];

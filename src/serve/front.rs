@@ -16,6 +16,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use zeroize::Zeroizing;
+
 use super::http1::{self, Field, Framing};
 use crate::config::{Endpoint, Host, parse_host};
 
@@ -107,6 +109,8 @@ enum State {
     First,
     /// SOCKS5: waiting for the method list.
     Greeting,
+    /// SOCKS5: username/password chosen, waiting for them (RFC 1929).
+    Auth5,
     /// SOCKS5: method chosen, waiting for the request.
     Request5,
     Socks4,
@@ -115,11 +119,64 @@ enum State {
     Done,
 }
 
+/// The user name and password a `-D` port asks its clients for (`--client-auth-file`).
+pub struct ClientAuth {
+    pub user: String,
+    pub password: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ClientAuth {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
+
+impl ClientAuth {
+    /// Whether `user` and `password` are these, comparing every byte whatever differs first.
+    fn matches(&self, user: &[u8], password: &[u8]) -> bool {
+        let same = |a: &[u8], b: &[u8]| {
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+        };
+        same(user, self.user.as_bytes()) & same(password, self.password.as_bytes())
+    }
+
+    /// Whether a `Proxy-Authorization` value is Basic with these credentials (RFC 7617).
+    fn basic(&self, value: &[u8]) -> bool {
+        use base64::Engine;
+        let Some(token) = value
+            .strip_prefix(b"Basic ")
+            .or_else(|| value.strip_prefix(b"basic "))
+        else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(token.trim_ascii())
+        else {
+            return false;
+        };
+        let decoded = Zeroizing::new(decoded);
+        match decoded.iter().position(|&b| b == b':') {
+            Some(colon) => self.matches(&decoded[..colon], &decoded[colon + 1..]),
+            None => false,
+        }
+    }
+}
+
 /// One client's request, as it arrives.
 #[derive(Debug)]
 pub struct Front {
     buf: Vec<u8>,
     state: State,
+    auth: Option<std::sync::Arc<ClientAuth>>,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf);
+    }
 }
 
 impl Default for Front {
@@ -133,14 +190,27 @@ impl Front {
         Front {
             buf: Vec::new(),
             state: State::First,
+            auth: None,
+        }
+    }
+
+    /// A front that asks every client for `auth`'s user name and password: SOCKS5 with
+    /// username/password (RFC 1929), HTTP with `Proxy-Authorization: Basic`; SOCKS4, which
+    /// cannot send a password, is refused.
+    pub fn with_auth(auth: Option<std::sync::Arc<ClientAuth>>) -> Front {
+        Front {
+            buf: Vec::new(),
+            state: State::First,
+            auth,
         }
     }
 
     /// For the next request on a kept HTTP connection: HTTP only.
-    pub fn http_only() -> Front {
+    pub fn http_only(auth: Option<std::sync::Arc<ClientAuth>>) -> Front {
         Front {
             buf: Vec::new(),
             state: State::Http,
+            auth,
         }
     }
 
@@ -167,6 +237,7 @@ impl Front {
                     }
                 },
                 State::Greeting => self.greeting(&mut send),
+                State::Auth5 => self.auth5(&mut send),
                 State::Request5 => self.request5(),
                 State::Socks4 => self.socks4(),
                 State::Http => self.http(),
@@ -186,7 +257,8 @@ impl Front {
                 }
                 Some(Ok(Some((protocol, target, used, http)))) => {
                     let leftover = self.buf.split_off(used);
-                    self.buf.clear();
+                    // The head may hold the client's Proxy-Authorization.
+                    zeroize::Zeroize::zeroize(&mut self.buf);
                     self.state = State::Done;
                     return Step::Ask {
                         send,
@@ -219,19 +291,52 @@ impl Front {
         }
     }
 
-    /// SOCKS5 method selection (RFC 1928 §3): only "no authentication" (0x00) is offered.
+    /// SOCKS5 method selection (RFC 1928 §3): "no authentication" (0x00), or
+    /// username/password (0x02) when the port asks its clients for them.
     fn greeting(&mut self, send: &mut Vec<u8>) -> Parsed {
         let n = *self.buf.get(1)? as usize;
         let methods = self.buf.get(2..2 + n)?;
-        if !methods.contains(&0x00) {
+        let (method, next) = match self.auth {
+            Some(_) => (0x02, State::Auth5),
+            None => (0x00, State::Request5),
+        };
+        if !methods.contains(&method) {
+            let why = match method {
+                0x02 => {
+                    "SOCKS5 client offers no username/password authentication, which this port requires"
+                }
+                _ => "SOCKS5 client offers no method gimlet accepts (it wants no authentication)",
+            };
+            return Some(Err((vec![5, 0xFF], why.to_owned())));
+        }
+        send.extend([5, method]);
+        self.buf.drain(..2 + n);
+        self.state = next;
+        Some(Ok(None))
+    }
+
+    /// SOCKS5 username/password (RFC 1929 §2): VER ULEN UNAME PLEN PASSWD.
+    fn auth5(&mut self, send: &mut Vec<u8>) -> Parsed {
+        let b = &self.buf;
+        let ulen = *b.get(1)? as usize;
+        let plen = *b.get(2 + ulen)? as usize;
+        let end = 3 + ulen + plen;
+        b.get(..end)?;
+        let ok = b[0] == 1
+            && self
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.matches(&b[2..2 + ulen], &b[3 + ulen..end]));
+        // The password is in the buffer: gone before anything else happens.
+        zeroize::Zeroize::zeroize(&mut self.buf[..end]);
+        self.buf.drain(..end);
+        if !ok {
             return Some(Err((
-                vec![5, 0xFF],
-                "SOCKS5 client offers no method gimlet accepts (it wants no authentication)"
-                    .to_owned(),
+                vec![1, 1],
+                "SOCKS5 client gave a wrong user name or password".to_owned(),
             )));
         }
-        send.extend([5, 0x00]);
-        self.buf.drain(..2 + n);
+        send.extend([1, 0]);
         self.state = State::Request5;
         Some(Ok(None))
     }
@@ -289,6 +394,12 @@ impl Front {
     fn socks4(&mut self) -> Parsed {
         let b = &self.buf;
         let head = b.get(..8)?;
+        if self.auth.is_some() {
+            return Some(Err((
+                reply4(false),
+                "SOCKS4 cannot send a password, which this port requires (use SOCKS5)".to_owned(),
+            )));
+        }
         if head[1] != 1 {
             return Some(Err((
                 reply4(false),
@@ -350,6 +461,19 @@ impl Front {
         };
         let method = req.method.unwrap_or_default();
         let path = req.path.unwrap_or_default();
+        if let Some(auth) = &self.auth {
+            let given = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("Proxy-Authorization"));
+            if !given.is_some_and(|h| auth.basic(h.value)) {
+                let why = match given {
+                    Some(_) => "wrong user name or password in Proxy-Authorization",
+                    None => "no Proxy-Authorization (this port asks its clients for a password)",
+                };
+                return Some(Err((http_407(why), why.to_owned())));
+            }
+        }
         if method == "CONNECT" {
             return match authority(path) {
                 Ok(target) => Some(Ok(Some((Protocol::HttpConnect, target, used, None)))),
@@ -505,6 +629,16 @@ fn http_error(code: u16, reason: &str, why: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// gimlet's own challenge to a client of a port with `--client-auth-file` (RFC 9110 §11.7.1).
+fn http_407(why: &str) -> Vec<u8> {
+    let body = format!("gimlet: {why}\n");
+    format!(
+        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"gimlet\", charset=\"UTF-8\"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// The answer to send once the tunnel is open.
 pub fn success(protocol: Protocol) -> Vec<u8> {
     match protocol {
@@ -557,7 +691,15 @@ mod tests {
 
     /// Feeds `input` in the pieces `split` makes and gathers what was sent and the outcome.
     fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Step) {
-        let mut f = Front::new();
+        run_with(None, input, cuts)
+    }
+
+    fn run_with(
+        auth: Option<std::sync::Arc<ClientAuth>>,
+        input: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<u8>, Step) {
+        let mut f = Front::with_auth(auth);
         let mut sent = Vec::new();
         let mut start = 0;
         for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
@@ -808,6 +950,97 @@ mod tests {
             assert_eq!(http.framing, *framing, "{input:?}");
             assert_eq!(&ask.leftover[..], *leftover, "{input:?}");
         }
+    }
+
+    #[test]
+    fn a_port_with_client_credentials_asks_every_protocol_for_them_at_every_split() {
+        let auth = std::sync::Arc::new(ClientAuth {
+            user: "ann".into(),
+            password: Zeroizing::new("p:w".into()),
+        });
+        let request5 = b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x16";
+        let socks5 = |methods: &[u8], user: &[u8], pass: &[u8]| {
+            let mut m = vec![5, methods.len() as u8];
+            m.extend(methods);
+            m.extend([1, user.len() as u8]);
+            m.extend(user);
+            m.push(pass.len() as u8);
+            m.extend(pass);
+            m.extend(request5);
+            m
+        };
+        let basic = |pair: &str| {
+            use base64::Engine;
+            format!(
+                "CONNECT a:1 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+            .into_bytes()
+        };
+        // (input, sent back, asked (true) or refused, part of the answer or reason)
+        let table: Vec<(Vec<u8>, Vec<u8>, bool, &str)> = vec![
+            (socks5(&[0, 2], b"ann", b"p:w"), vec![5, 2, 1, 0], true, ""),
+            (
+                socks5(&[2], b"ann", b"p:x"),
+                vec![5, 2, 1, 1],
+                false,
+                "wrong user name or password",
+            ),
+            (
+                socks5(&[2], b"an", b"p:w"),
+                vec![5, 2, 1, 1],
+                false,
+                "wrong user name or password",
+            ),
+            (vec![5, 1, 0], vec![5, 0xFF], false, "no username/password"),
+            (
+                vec![4, 1, 0, 22, 127, 0, 0, 1, 0],
+                vec![0, 91, 0, 0, 0, 0, 0, 0],
+                false,
+                "SOCKS4 cannot",
+            ),
+            (basic("ann:p:w"), vec![], true, ""),
+            (
+                basic("ann:p:x"),
+                b"HTTP/1.1 407 ".to_vec(),
+                false,
+                "wrong user name",
+            ),
+            (
+                b"CONNECT a:1 HTTP/1.1\r\n\r\n".to_vec(),
+                b"HTTP/1.1 407 ".to_vec(),
+                false,
+                "no Proxy-Authorization",
+            ),
+        ];
+        for (input, sent, asked, part) in table {
+            let whole = run_with(Some(auth.clone()), &input, &[]);
+            for cut in 0..=input.len() {
+                assert_eq!(
+                    run_with(Some(auth.clone()), &input, &[cut]),
+                    whole,
+                    "{input:?} at {cut}"
+                );
+            }
+            let (got, step) = whole;
+            assert!(got.starts_with(&sent), "{input:?}: sent {got:?}");
+            match step {
+                Step::Ask { .. } => assert!(asked, "{input:?} was let through"),
+                Step::Refuse { why, .. } => {
+                    assert!(!asked, "{input:?} refused: {why}");
+                    assert!(why.contains(part), "{why}");
+                    assert!(!why.contains("p:w") && !why.contains("p:x"), "{why}");
+                }
+                Step::More { .. } => panic!("{input:?}: wants more"),
+            }
+            if !asked && got.starts_with(b"HTTP") {
+                assert!(text_has(&got, "Proxy-Authenticate: Basic realm=\"gimlet\""));
+            }
+        }
+    }
+
+    fn text_has(bytes: &[u8], needle: &str) -> bool {
+        String::from_utf8_lossy(bytes).contains(needle)
     }
 
     #[test]

@@ -407,12 +407,25 @@ impl Engine<'_> {
             }
         }
         let direct = Upstream::new(self.config, None, &Spec::None, false)?;
+        let client_auth = match &self.listen.client_auth_file {
+            Some(path) => {
+                let c = credentials::read_auth_file(path).kind_ctx(Kind::Usage, || {
+                    format!("{}: reading --client-auth-file", forward.origin)
+                })?;
+                Some(Arc::new(front::ClientAuth {
+                    user: c.user.clone(),
+                    password: zeroize::Zeroizing::new(c.password.expose().to_owned()),
+                }))
+            }
+            None => None,
+        };
         Ok(Arc::new(dynamic::Dynamic {
             proxied,
             direct: Arc::new(direct),
             noproxy: self.listen.noproxy.clone(),
             allow: self.listen.allow.clone(),
             timeout: self.config.connect_timeout,
+            client_auth,
         }))
     }
 

@@ -854,3 +854,75 @@ fn an_origin_that_closes_without_answering_gets_the_client_a_502() {
     let line = d.wait_for("/drop direct: failed");
     assert!(line.contains("closed before its response"), "{line}");
 }
+
+#[test]
+fn a_port_with_client_auth_file_serves_only_clients_that_know_the_password() {
+    let echo = echo_server(b"in\n");
+    let file = scratch_file("dynamic-client-auth", b"ann:s3cret\n", 0o600);
+    let proxy = AuthProxy::new("gim", "upstream-pw")
+        .offer(Offer::Basic)
+        .start();
+    let mut d = Daemon::start(&[
+        "-D",
+        "0",
+        "--client-auth-file",
+        file.to_str().unwrap(),
+        "-U",
+        "gim:upstream-pw",
+        &proxy.addr(),
+    ]);
+    // SOCKS5 with username/password (RFC 1929), straight to the echo server: NO_PROXY-free,
+    // so through the fake proxy, which then closes; the answer is what is checked.
+    let mut s = d.connect();
+    let mut m = vec![5, 1, 2, 1, 3];
+    m.extend(b"ann");
+    m.push(6);
+    m.extend(b"s3cret");
+    m.extend([5, 1, 0, 3, 12]);
+    m.extend(b"example.test");
+    m.extend(22u16.to_be_bytes());
+    s.write_all(&m).unwrap();
+    assert_eq!(read_n(&mut s, 4), [5, 2, 1, 0]);
+    assert_eq!(read_n(&mut s, 2), [5, 0]);
+    d.wait_for("established #1");
+    // HTTP without credentials: gimlet's own 407 with a Basic challenge.
+    let mut s = d.connect();
+    s.write_all(format!("CONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n").as_bytes())
+        .unwrap();
+    let answer = read_all(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 407 "), "{answer}");
+    assert!(
+        answer.contains("Proxy-Authenticate: Basic realm=\"gimlet\""),
+        "{answer}"
+    );
+    let line = d.wait_for("failed #2");
+    assert!(line.contains("no Proxy-Authorization"), "{line}");
+    // SOCKS4 cannot authenticate.
+    let mut s = d.connect();
+    s.write_all(&socks4([127, 0, 0, 1], echo, None)).unwrap();
+    assert_eq!(read_n(&mut s, 2), [0, 91]);
+    // With them: the tunnel, and the client's credentials never go upstream.
+    let mut s = d.connect();
+    s.write_all(
+        format!(
+            "CONNECT example.test:22 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+            basic_token("ann:s3cret")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(text(&read_head(&mut s)), OK);
+    d.wait_for("established #4");
+    drop(s);
+    drop(d);
+    let record = proxy.finish();
+    for i in 0..record.requests.len() {
+        assert!(
+            !record.request(i).contains("s3cret") && !record.request(i).contains("YW5uOnMzY3JldA")
+        );
+    }
+}
+
+fn basic_token(pair: &str) -> String {
+    basic(pair).trim_start_matches("Basic ").to_owned()
+}
