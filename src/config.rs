@@ -14,6 +14,7 @@ use crate::auth::{self, Scheme};
 use crate::cli::Cli;
 use crate::credentials::{self, Askers, Credentials, Source, Spec};
 use crate::error::{Error, Kind, ResultExt};
+use crate::route::{split_scheme, without_password};
 use crate::tls;
 
 /// A host as it appears in an authority: a DNS name or an IP literal.
@@ -459,6 +460,21 @@ fn listen_positional(proxies: Vec<String>, args: Vec<String>) -> anyhow::Result<
     })
 }
 
+/// The one line a clap parse error becomes: its first line, with every password the
+/// arguments hold redacted (clap quotes an argument it does not know, typo and all).
+pub fn clap_error_line(e: &clap::Error, args: &[String]) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    let why = first.trim_start_matches("error: ");
+    crate::route::redact_args(
+        &format!("parsing arguments: {why} (see gimlet --help)"),
+        args,
+    )
+}
+
 /// Stars out the passwords of `-U USER:PASSWORD` and of proxy URLs in gimlet's own command
 /// line, where other users' `ps` could read them for the whole session (before this runs they
 /// still can: the window curl leaves too). Returns how many arguments changed.
@@ -470,7 +486,7 @@ pub fn hide_passwords(cli: &Cli) -> usize {
         }
     }
     for url in cli.proxy.iter().chain(cli.args.first()) {
-        if let Some(range) = url_password(url) {
+        if let Some(range) = crate::route::password_range(url) {
             secrets.push((url, range));
         }
     }
@@ -488,17 +504,6 @@ pub fn hide_passwords(cli: &Cli) -> usize {
             })
             .collect()
     })
-}
-
-/// Where the password is in `scheme://user:password@host…`, if there is one.
-fn url_password(url: &str) -> Option<Range<usize>> {
-    let start = url.find("://")? + 3;
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    let at = start + url[start..end].rfind('@')?;
-    let colon = start + url[start..at].find(':')?;
-    (colon + 1 < at).then_some(colon + 1..at)
 }
 
 /// The hops to go through, and for a route from the environment or `--noproxy`, why (`-v`).
@@ -876,40 +881,6 @@ fn bracket_if_v6(host: &str) -> String {
         format!("[{host}]")
     } else {
         host.to_owned()
-    }
-}
-
-/// RFC 3986 §3.1: `scheme "://"` at the start, the scheme being ALPHA *( ALPHA / DIGIT / "+" /
-/// "-" / "." ). Anything else before a "://" (a password holding one) is not a scheme.
-fn split_scheme(s: &str) -> (Option<&str>, &str) {
-    match s.split_once("://") {
-        Some((scheme, rest))
-            if scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                && scheme
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
-        {
-            (Some(scheme), rest)
-        }
-        _ => (None, s),
-    }
-}
-
-/// The proxy argument as messages may show it: everything between the scheme and the last
-/// '@' after the first ':' is replaced, whatever it holds. It splits exactly where
-/// [`parse_proxy`] does, so no error message can show a password.
-fn without_password(s: &str) -> String {
-    let (_, rest) = split_scheme(s);
-    let prefix = &s[..s.len() - rest.len()];
-    match rest.rsplit_once('@') {
-        Some((userinfo, hostport)) => {
-            let (user, hidden) = match userinfo.split_once(':') {
-                Some((user, _)) => (user, ":<redacted>"),
-                None => (userinfo, ""),
-            };
-            format!("{prefix}{user}{hidden}@{hostport}")
-        }
-        None => s.to_owned(),
     }
 }
 
@@ -1303,16 +1274,6 @@ mod tests {
             (&["p:1", "q:1"], &["h"]),
         ] {
             assert!(p(opts, args).is_err(), "{opts:?} {args:?}");
-        }
-    }
-
-    #[test]
-    fn url_passwords_are_found_for_starring_out() {
-        let pw = |u: &'static str| url_password(u).map(|r| &u[r]);
-        assert_eq!(pw("http://al:s3c@h:1"), Some("s3c"));
-        assert_eq!(pw("https://a%40b:p:w@c@[::1]:1/"), Some("p:w@c"));
-        for none in ["http://al@h:1", "http://al:@h:1", "h:1", "http://h:1/x@y:z"] {
-            assert_eq!(pw(none), None, "{none}");
         }
     }
 

@@ -826,12 +826,8 @@ pub fn config(data: &[u8]) {
     let mut cli = match crate::cli::Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => {
-            // What main prints: the first line of clap's message.
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
+            // What main prints.
+            let first = crate::config::clap_error_line(&e, &args);
             check_error(&Error::msg(crate::error::Kind::Usage, first), secrets);
             return;
         }

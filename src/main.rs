@@ -24,15 +24,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            let why = first.trim_start_matches("error: ");
+            let args: Vec<String> = std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
             gimlet::report(&Error::msg(
                 Kind::Usage,
-                format_args!("parsing arguments: {why} (see gimlet --help)"),
+                gimlet::config::clap_error_line(&e, &args),
             ));
             return ExitCode::from(Kind::Usage.code());
         }

@@ -113,6 +113,11 @@ fn passwords_are_starred_out_of_the_process_list() {
                 "22",
             ],
         ),
+        (
+            // The userinfo runs to the last '@', so a pasted '/', '?' or '#' is still password.
+            vec!["http://gil:Se/k?r#3t@127.0.0.1:PORT", "example.test", "22"],
+            vec!["http://gil:*********@127.0.0.1:PORT", "example.test", "22"],
+        ),
     ] {
         let args: Vec<String> = args.into_iter().map(String::from).collect();
         let (running, proxy) = tunnel_up(&args);
@@ -122,7 +127,9 @@ fn passwords_are_starred_out_of_the_process_list() {
             .map(|a| a.replace("PORT", &proxy.port()))
             .collect();
         assert_eq!(shown[1..], want[..], "{args:?}");
-        assert!(!shown.join(" ").contains("Sekr3t"), "{shown:?}");
+        for secret in ["Sekr3t", "Se/k?r#3t"] {
+            assert!(!shown.join(" ").contains(secret), "{shown:?}");
+        }
         running.wait(HANG).assert_code(0);
     }
 }

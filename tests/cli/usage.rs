@@ -109,6 +109,13 @@ fn argument_errors_never_show_a_password() {
         &["http://al:Zq9w@p.test:1", "example.test:22"][..],
         &["http://al:Zq9w@p.test:1"],
         &["http://al:Zq9w@p.test:1", "a", "b", "c", "d", "e"],
+        // Mistyped options: clap quotes the argument it does not know.
+        &["--chttps://al:p%3AZq9w@p.test:1/", "h", "22"],
+        &["--proxi=http://al:Zq9w@p.test:1", "h", "22"],
+        &["--proxy-usr", "al:Zq9w", "p.test:1", "h", "22"],
+        &["--proxy-usr=al:Zq9w", "p.test:1", "h", "22"],
+        &["-p", "http://al:Zq9w@p.test:1", "-Z", "h", "22"],
+        &["http://al:Z/q9w@p.test:1", "example.test:22"],
     ] {
         let line = usage_error(args);
         assert!(!line.contains("Zq9w"), "{line:?}");
