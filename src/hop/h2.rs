@@ -529,17 +529,26 @@ async fn pump(
     let mut up = pin!(up(send, pair));
     let mut down = pin!(down(recv, pair));
     let (mut up_done, mut down_done) = (false, false);
+    // The proxy's END_STREAM came (not just the relay's end).
+    let mut ended = false;
     poll_fn(|cx| {
-        if !up_done {
-            if let Poll::Ready(r) = up.as_mut().poll(cx) {
-                r?;
-                up_done = true;
-            }
-        }
         if !down_done {
             if let Poll::Ready(r) = down.as_mut().poll(cx) {
                 r?;
                 down_done = true;
+                ended = true;
+            }
+        }
+        if !up_done {
+            if let Poll::Ready(r) = up.as_mut().poll(cx) {
+                match r {
+                    // The proxy ended the stream (END_STREAM, often with RST_STREAM NO_ERROR
+                    // after it): as over HTTP/1.1, the far side's end ends the tunnel, and
+                    // what stdin still gave has nowhere to go.
+                    Err(e) if ended => debug!("after the proxy's END_STREAM: {e:#}"),
+                    r => r?,
+                }
+                up_done = true;
             }
         }
         // Once the relay is done nobody reads what the proxy still sends: stop waiting for

@@ -391,3 +391,18 @@ fn proxy_http2_in_listen_mode_is_a_usage_error_for_now() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--proxy-http2"));
 }
+
+/// nghttpx ends a stream whose target closed with END_STREAM and then RST_STREAM(NO_ERROR):
+/// gimlet's own END_STREAM then finds the stream gone, which is no error (regression: it
+/// exited 7 with "user error: inactive stream").
+#[test]
+fn reset_no_error_after_end_stream_is_a_clean_end() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, |_, _| H2Answer::EndThenReset(b"bye".to_vec()));
+    let mut g = spawn_h2(&pki, &proxy, &[], 22);
+    let out = read_all(g.stdout.as_mut().unwrap());
+    assert_eq!(out, b"bye");
+    let f = g.wait(HANG);
+    f.assert_code(0);
+    assert!(f.stderr.is_empty(), "{:?}", f.stderr);
+}

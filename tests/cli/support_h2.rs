@@ -44,6 +44,9 @@ pub enum H2Answer {
     GoAwayAfter(Vec<u8>, Reason),
     /// RST_STREAM(REFUSED_STREAM) without a response.
     RefuseStream,
+    /// 200, these bytes with END_STREAM, then RST_STREAM(NO_ERROR), as nghttpx does when the
+    /// target closed.
+    EndThenReset(Vec<u8>),
 }
 
 type Script = dyn Fn(&Seen, usize) -> H2Answer + Send + Sync;
@@ -222,6 +225,18 @@ async fn serve(
                 }
             }
             H2Answer::RefuseStream => respond.send_reset(Reason::REFUSED_STREAM),
+            H2Answer::EndThenReset(bytes) => {
+                if let Ok(mut send) = respond.send_response(response(200), false) {
+                    let _ = send.send_data(Bytes::from(bytes), true);
+                    let mut recv = recv;
+                    // This loop polls the connection (writing the DATA out) before the
+                    // task runs: then the reset, which would otherwise discard queued DATA.
+                    tokio::spawn(async move {
+                        send.send_reset(Reason::NO_ERROR);
+                        let _ = recv.data().await;
+                    });
+                }
+            }
         }
     }
 }
