@@ -190,8 +190,12 @@ def login(t: Tunnel, family: str) -> None:
 
 
 def check_ssh(t: Tunnel) -> None:
-    """ssh … echo ok, proxy and destination on 127.0.0.1."""
+    """ssh … echo ok, proxy and destination on 127.0.0.1; then the proxy's
+    log line the row expects (proxy_log: e.g. nghttpx logging h2)."""
     login(t, "inet")
+    if t.proxy.proxy_log:
+        name, text = t.proxy.proxy_log
+        wait_logged(t.dir / name, text)
 
 
 def check_ssh_v6(t: Tunnel) -> None:
