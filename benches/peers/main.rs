@@ -18,8 +18,8 @@
 //!   --reps N        transfers per tool and direction                          [default 5]
 //!   --spawns N      spawns per tool for the handshake latency                 [default 200]
 //!   --tools LIST    comma-separated subset of baseline, baseline-splice, gimlet, gimlet-tls,
-//!                   gimlet-copy, corkscrew, proxytunnel, connect-proxy, nc.openbsd, socat,
-//!                   ncat                                                      [default all]
+//!                   gimlet-h1-nghttpx, gimlet-h2, gimlet-copy, corkscrew, proxytunnel,
+//!                   connect-proxy, nc.openbsd, socat, ncat                    [default all]
 //!   --timeout SECS  give up on a run when no byte moved for SECS: the far side closes, and a
 //!                   tool that does not exit then is killed and reported       [default 10]
 //!   --verify        compare every byte with the expected stream (default: count every byte,
@@ -63,8 +63,8 @@ use crate::{
         source_revision, stale, tool_version, utc_now, which,
     },
     tools::{
-        BASELINE, BASELINE_SPLICE, Copier, Dir, GIMLET_COPY, GIMLET_TLS, Kind, PEERS, Relay,
-        TlsFront, command_line,
+        BASELINE, BASELINE_SPLICE, Copier, Dir, Front, GIMLET_COPY, GIMLET_H1_NGHTTPX, GIMLET_H2,
+        GIMLET_TLS, Kind, PEERS, Relay, TlsFront, command_line,
     },
 };
 
@@ -154,25 +154,39 @@ fn main() {
     }
     // gimlet through a local TLS proxy (stunnel in front of the same endpoint), for the ratio
     // of TLS to plain in the same run. The front lives until the end of main.
-    let mut _tls_front = None;
-    if wanted(GIMLET_TLS) {
-        match TlsFront::start(port) {
-            Ok(front) => {
+    let mut _fronts = Vec::new();
+    for (name, front, h2) in [
+        (GIMLET_TLS, Front::Stunnel, false),
+        // HTTP/2 against HTTP/1.1 over TLS through the same nghttpx, in the same run.
+        (GIMLET_H1_NGHTTPX, Front::Nghttpx, false),
+        (GIMLET_H2, Front::Nghttpx, true),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        match TlsFront::start(port, front) {
+            Ok(f) => {
                 let bin = gimlet.to_string_lossy().into_owned();
+                let mut argv = vec![
+                    bin,
+                    "--proxy-cacert".into(),
+                    f.ca.to_string_lossy().into_owned(),
+                ];
+                if h2 {
+                    argv.push("--proxy-http2".into());
+                }
+                argv.extend([
+                    format!("https://127.0.0.1:{}", f.port),
+                    DEST_HOST.into(),
+                    DEST_PORT.to_string(),
+                ]);
                 relays.push(Relay {
-                    name: GIMLET_TLS.into(),
-                    kind: Kind::Tool(vec![
-                        bin,
-                        "--proxy-cacert".into(),
-                        front.ca.to_string_lossy().into_owned(),
-                        format!("https://127.0.0.1:{}", front.port),
-                        DEST_HOST.into(),
-                        DEST_PORT.to_string(),
-                    ]),
+                    name: name.into(),
+                    kind: Kind::Tool(argv),
                 });
-                _tls_front = Some(front);
+                _fronts.push(f);
             }
-            Err(e) => skipped.push((GIMLET_TLS.to_string(), e)),
+            Err(e) => skipped.push((name.to_string(), e)),
         }
     }
     // gimlet on its copying path, to show what splice(2) buys per direction. `env` execs in
@@ -199,10 +213,18 @@ fn main() {
         }
     }
     if let Some(t) = &opts.tools {
-        let known: Vec<&str> = [BASELINE, BASELINE_SPLICE, "gimlet", GIMLET_TLS, GIMLET_COPY]
-            .into_iter()
-            .chain(PEERS.iter().map(|p| p.0))
-            .collect();
+        let known: Vec<&str> = [
+            BASELINE,
+            BASELINE_SPLICE,
+            "gimlet",
+            GIMLET_TLS,
+            GIMLET_H1_NGHTTPX,
+            GIMLET_H2,
+            GIMLET_COPY,
+        ]
+        .into_iter()
+        .chain(PEERS.iter().map(|p| p.0))
+        .collect();
         if let Some(bad) = t.iter().find(|n| !known.contains(&n.as_str())) {
             eprintln!("peers: unknown tool {bad:?}; known: {}", known.join(","));
             std::process::exit(2);
@@ -338,7 +360,8 @@ fn main() {
             .get(name)
             .is_some_and(|r| r.broken.is_some() || r.failed > 0)
     };
-    let gimlet_failed = failed("gimlet") || failed(BASELINE);
+    // gimlet-h2 too: its own data path (the h2 runtime and the socket pair), where one exists.
+    let gimlet_failed = failed("gimlet") || failed(GIMLET_H2) || failed(BASELINE);
     print!(
         "{}",
         report(

@@ -15,8 +15,8 @@ Options:
   --reps N        transfers per tool and direction                          [default 5]
   --spawns N      spawns per tool for the handshake latency                 [default 200]
   --tools LIST    comma-separated subset of baseline, baseline-splice, gimlet, gimlet-tls,
-                  gimlet-copy, corkscrew, proxytunnel, connect-proxy, nc.openbsd, socat,
-                  ncat                                                      [default all]
+                  gimlet-h1-nghttpx, gimlet-h2, gimlet-copy, corkscrew, proxytunnel,
+                  connect-proxy, nc.openbsd, socat, ncat                    [default all]
   --timeout SECS  give up on a run when no byte moved for SECS              [default 10]
   --read-size SIZE  the stdout reader's read(2) size, at most 1M; small reads (cat: 128K,
                   dd's default: 512) keep the pipe near full, as a slow reader does  [default 1M]

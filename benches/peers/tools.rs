@@ -25,6 +25,21 @@ pub(crate) const BASELINE: &str = "baseline";
 pub(crate) const BASELINE_SPLICE: &str = "baseline-splice";
 pub(crate) const GIMLET_COPY: &str = "gimlet-copy";
 pub(crate) const GIMLET_TLS: &str = "gimlet-tls";
+/// gimlet --proxy-http2 through nghttpx (--http2-proxy) in front of the endpoint.
+pub(crate) const GIMLET_H2: &str = "gimlet-h2";
+/// gimlet without --proxy-http2 through the same nghttpx: HTTP/1.1 over TLS, same hops.
+pub(crate) const GIMLET_H1_NGHTTPX: &str = "gimlet-h1-nghttpx";
+
+/// The program that terminates TLS in front of the endpoint.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Front {
+    /// stunnel: TLS, then the bytes as they are (HTTP/1.1 CONNECT to the endpoint).
+    Stunnel,
+    /// nghttpx --http2-proxy: h2 or HTTP/1.1 over TLS, each CONNECT sent on to the endpoint
+    /// as HTTP/1.1. Its frontend windows are raised from the 64 KiB default to 16 MiB so that
+    /// the proxy's window is not what is measured.
+    Nghttpx,
+}
 
 /// A local TLS proxy: stunnel with a throwaway certificate, in front of the endpoint.
 pub(crate) struct TlsFront {
@@ -36,12 +51,18 @@ pub(crate) struct TlsFront {
 }
 
 impl TlsFront {
-    pub(crate) fn start(endpoint: u16) -> Result<TlsFront, String> {
-        let stunnel = which("stunnel4")
-            .or_else(|| which("stunnel"))
-            .ok_or("`stunnel4` not installed")?;
+    pub(crate) fn start(endpoint: u16, front: Front) -> Result<TlsFront, String> {
+        let server = match front {
+            Front::Stunnel => which("stunnel4")
+                .or_else(|| which("stunnel"))
+                .ok_or("`stunnel4` not installed")?,
+            Front::Nghttpx => which("nghttpx").ok_or("`nghttpx` not installed (nghttp2-proxy)")?,
+        };
         which("openssl").ok_or("`openssl` not installed")?;
-        let dir = std::env::temp_dir().join(format!("peers-tls-{}", std::process::id()));
+        // One directory per front started (two rows may use the same program).
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("peers-tls-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         // A throwaway CA and a leaf for 127.0.0.1 signed by it (webpki refuses a CA
         // certificate presented as the server's own).
@@ -96,22 +117,45 @@ impl TlsFront {
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("picking a port: {e}"))?
             .port();
-        let config = dir.join("stunnel.conf");
-        let text = format!(
-            "foreground = yes\npid =\noutput = {log}\ncert = {cert}\nkey = {key}\n\
-             [front]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{endpoint}\n",
-            log = dir.join("stunnel.log").display(),
-            cert = cert.display(),
-            key = key.display(),
-        );
-        std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
-        let child = Command::new(stunnel)
-            .arg(&config)
+        let mut command = Command::new(server);
+        match front {
+            Front::Stunnel => {
+                let config = dir.join("stunnel.conf");
+                let text = format!(
+                    "foreground = yes\npid =\noutput = {log}\ncert = {cert}\nkey = {key}\n\
+                     [front]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{endpoint}\n",
+                    log = dir.join("stunnel.log").display(),
+                    cert = cert.display(),
+                    key = key.display(),
+                );
+                std::fs::write(&config, text)
+                    .map_err(|e| format!("writing {}: {e}", config.display()))?;
+                command.arg(&config);
+            }
+            Front::Nghttpx => {
+                command
+                    .args(["--http2-proxy", "--workers=1", "--no-ocsp"])
+                    .arg(format!("--frontend=127.0.0.1,{port}"))
+                    .arg(format!("--backend=127.0.0.1,{endpoint}"))
+                    .args([
+                        "--frontend-http2-window-size=16M",
+                        "--frontend-http2-connection-window-size=16M",
+                    ])
+                    .arg(format!(
+                        "--errorlog-file={}",
+                        dir.join("nghttpx.log").display()
+                    ))
+                    .arg("--conf=/dev/null")
+                    .arg(&key)
+                    .arg(&cert);
+            }
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("starting stunnel: {e}"))?;
+            .map_err(|e| format!("starting the TLS front: {e}"))?;
         let front = TlsFront {
             child,
             dir,
@@ -122,7 +166,7 @@ impl TlsFront {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
-                return Err("stunnel did not start listening within 10 s".into());
+                return Err("the TLS front did not start listening within 10 s".into());
             }
             thread::sleep(Duration::from_millis(20));
         }

@@ -570,10 +570,13 @@ fn mid_tunnel(e: &h2::Error) -> Error {
 
 /// Socket pair → DATA frames, sent only as the proxy's window allows; EOF → END_STREAM.
 async fn up(mut send: SendStream<Bytes>, pair: &UnixStream) -> Result<(), Error> {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = bytes::BytesMut::new();
     loop {
         pair.readable().await.kind(Kind::Tunnel)?;
-        let n = match pair.try_read(&mut buf) {
+        if buf.capacity() < CHUNK / 4 {
+            buf.reserve(CHUNK);
+        }
+        let n = match pair.try_read_buf(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -585,7 +588,8 @@ async fn up(mut send: SendStream<Bytes>, pair: &UnixStream) -> Result<(), Error>
                 .send_data(Bytes::new(), true)
                 .map_err(|e| mid_tunnel(&e));
         }
-        let mut data = Bytes::copy_from_slice(&buf[..n]);
+        // The bytes read become the frames' payload as they are: no copy.
+        let mut data = buf.split().freeze();
         while !data.is_empty() {
             send.reserve_capacity(data.len());
             match poll_fn(|cx| send.poll_capacity(cx)).await {
