@@ -160,15 +160,17 @@ fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
         return Ok(None);
     }
     if words[0] == "dynamic" {
+        stray_credentials(&words, &[2])?;
         return parse_dynamic_line(&words[1..], origin).map(Some);
     }
+    stray_credentials(&words, &[3, 4])?;
     let split = words
         .iter()
         .position(|w| w.contains('=') && !w.contains("://"))
         .unwrap_or(words.len());
     let (fields, opts) = words.split_at(split);
     if let Some(w) = opts.iter().find(|w| !w.contains('=')) {
-        bail!("{w:?} after key=value options (options come last)");
+        after_options(w)?;
     }
     let (bind, target, route) = match fields {
         [listen, host, port] => (*listen, (*host, *port), RouteSpec::Default),
@@ -195,6 +197,31 @@ fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
     }))
 }
 
+/// A field after the options; not quoted when it may hold a password.
+fn after_options(w: &str) -> anyhow::Result<()> {
+    match w.contains('@') {
+        true => bail!("a field after key=value options (options come last)"),
+        false => bail!("{w:?} after key=value options (options come last)"),
+    }
+}
+
+/// Credentials belong in the ROUTE's URL (`route_at`: the word positions a route may take).
+/// A `user:password@` anywhere else is refused without quoting the word, so that a URL
+/// written in the wrong column never puts its password in an error line or the log.
+fn stray_credentials(words: &[&str], route_at: &[usize]) -> anyhow::Result<()> {
+    match words
+        .iter()
+        .enumerate()
+        .find(|(i, w)| w.contains('@') && !route_at.contains(i))
+    {
+        Some((i, _)) => bail!(
+            "field {} holds '@': credentials go only in the proxy URL (the route), not shown here",
+            i + 1
+        ),
+        None => Ok(()),
+    }
+}
+
 /// `dynamic [BIND:]PORT [ROUTE] [key=value ...]`: a `-D` port.
 fn parse_dynamic_line(words: &[&str], origin: &str) -> anyhow::Result<Forward> {
     let split = words
@@ -203,7 +230,7 @@ fn parse_dynamic_line(words: &[&str], origin: &str) -> anyhow::Result<Forward> {
         .unwrap_or(words.len());
     let (fields, opts) = words.split_at(split);
     if let Some(w) = opts.iter().find(|w| !w.contains('=')) {
-        bail!("{w:?} after key=value options (options come last)");
+        after_options(w)?;
     }
     let (bind, route) = match fields {
         [bind] => (*bind, RouteSpec::Default),
@@ -487,6 +514,10 @@ mod tests {
             (
                 "::1:2222 h 22",
                 "error: an IPv6 listening address needs brackets: [::1]:2222",
+            ),
+            (
+                "http://u:pw@p:3128 h 22",
+                "error: field 1 holds '@': credentials go only in the proxy URL (the route), not shown here",
             ),
             (
                 "host.lan:2222 h 22",

@@ -850,6 +850,69 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// A forwards file (`\x07` = the password marker); each line is also tried as a `-L` spec. No
+/// panic; an error is one line naming `f:LINE:`; a password in a proxy URL's userinfo shows in
+/// no error, description or `Debug` output.
+pub fn forwards(data: &[u8]) {
+    let text = String::from_utf8_lossy(data).replace('\u{7}', MARKER);
+    if text.contains(MARKER) && data.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()) {
+        return; // The fuzzer spelled the marker itself: no way to tell what it meant.
+    }
+    // Only a marker in a URL's password (`scheme://user:MARKER@`) is a secret.
+    // A comment is never shown: only the text before `#` counts.
+    let secret = text.lines().all(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        line.match_indices(MARKER).all(|(at, _)| {
+            let word_start = line[..at].rfind([' ', '\t', ',']).map_or(0, |i| i + 1);
+            let word_end = line[at..]
+                .find([' ', '\t', ','])
+                .map_or(line.len(), |i| at + i);
+            let word = &line[word_start..word_end];
+            let Some(scheme_end) = word.find("://") else {
+                return false;
+            };
+            let rel = at - word_start;
+            let userinfo_end = word.rfind('@');
+            rel > scheme_end + 3
+                && userinfo_end.is_some_and(|e| rel + MARKER.len() <= e)
+                && word[scheme_end + 3..rel].contains(':')
+                && !word[scheme_end + 3..rel].contains(['/', '@'])
+        })
+    });
+    let secrets: &[&[u8]] = if secret && text.contains(MARKER) {
+        &[MARKER.as_bytes()]
+    } else {
+        &[]
+    };
+    match crate::forwards::parse_file("f", &text) {
+        Ok(forwards) => {
+            for f in forwards {
+                for shown in [f.describe(), format!("{f:?}")] {
+                    for s in secrets {
+                        assert!(
+                            !contains(shown.as_bytes(), s),
+                            "a password shows: {shown:?}"
+                        );
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with("f:"),
+                "the error names no line: {shown:?}"
+            );
+            check_error(&Error::msg(crate::error::Kind::Usage, e), secrets);
+        }
+    }
+    for line in text.lines().take(16) {
+        if let Err(e) = crate::forwards::parse_local(line) {
+            check_error(&Error::new(crate::error::Kind::Usage, e), &[]);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // dynamic_front: a -D client's request, and the HTTP message work after it.
 
@@ -948,6 +1011,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("netrc", netrc),
     ("config", config),
     ("dynamic_front", dynamic_front),
+    ("forwards", forwards),
 ];
 
 #[cfg(test)]
