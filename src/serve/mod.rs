@@ -151,6 +151,8 @@ struct Engine<'a> {
 #[derive(Default)]
 struct RouteQueue {
     busy: usize,
+    /// Handshakes finished on this upstream (see [`WARM_UP`]).
+    done: usize,
     waiting: VecDeque<Job<Handed>>,
 }
 
@@ -341,6 +343,7 @@ impl Engine<'_> {
                 if let Some(s) = o.proxy_auth {
                     up.set_scheme(s);
                 }
+
                 let up = Arc::new(up);
                 if shared {
                     self.default_route = Some(up.clone());
@@ -745,7 +748,11 @@ impl Engine<'_> {
         );
         let job = Job { id, work };
         let queue = self.routes.entry(route).or_default();
-        if queue.busy >= ROUTE_WORKERS {
+        let cap = match queue.done {
+            0 => WARM_UP,
+            _ => ROUTE_WORKERS,
+        };
+        if queue.busy >= cap {
             queue.waiting.push_back(job);
             return;
         }
@@ -811,16 +818,17 @@ impl Engine<'_> {
         let Some(queue) = self.routes.get_mut(&route) else {
             return;
         };
-        // Waiting jobs whose clients were dropped (the drain) are skipped.
-        while let Some(job) = queue.waiting.pop_front() {
-            if self.pending.contains_key(&job.id) {
-                self.workers.submit(job);
-                return;
-            }
-        }
         queue.busy -= 1;
-        if queue.busy == 0 {
-            self.routes.remove(&route);
+        queue.done += 1;
+        // Waiting jobs whose clients were dropped (the drain) are skipped.
+        while queue.busy < ROUTE_WORKERS {
+            let Some(job) = queue.waiting.pop_front() else {
+                break;
+            };
+            if self.pending.contains_key(&job.id) {
+                queue.busy += 1;
+                self.workers.submit(job);
+            }
         }
     }
 
@@ -1112,6 +1120,12 @@ fn hand_over(
         lines: Vec::new(),
     })
 }
+
+/// The first handshake of each upstream runs alone, the rest wait for it. Seen in the static
+/// build (GSSAPI through glibc's static dlopen): two first Negotiate handshakes on two worker
+/// threads at once crashed in libkrb5 (SIGSEGV), while one at a time worked, and so did every
+/// later one. Once one handshake has finished, the libraries it loaded are initialised.
+const WARM_UP: usize = 1;
 
 /// Handshakes one upstream may run at once: a quarter of the pool. Measured: with every
 /// worker stuck on a proxy that never answers, a healthy forward's handshakes queued behind
