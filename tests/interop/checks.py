@@ -771,6 +771,7 @@ def check_environment(t: Tunnel) -> str:
 # -- listen mode: gimlet -L and --forwards as a daemon, ssh and git pointed at its port ---------
 
 LISTEN_WAIT = 20  # seconds gimlet may take to log a reload
+ENV_NOT_READ = "n/a: listen mode takes no proxy from the environment"
 
 
 def listen_argv(t: Tunnel, *options: str) -> list[str]:
@@ -801,6 +802,8 @@ def wait_in_log(log: Path, text: str, after: int = 0) -> int:
 def check_listen(t: Tunnel) -> str:
     """gimlet -L PORT:127.0.0.1:SSHD through the proxy: ssh, git clone, git push and the bulk
     download (sha256) against the forwarded port; then -L without a proxy (direct): ssh."""
+    if t.proxy.from_env:
+        return ENV_NOT_READ
     port, direct = t.sandbox.free_port(), t.sandbox.free_port()
     argv = listen_argv(t, "-L", f"{port}:127.0.0.1:{t.target.port}")
     daemon = t.sandbox.spawn("gimlet-listen", argv, port, t.scratch, {"inet"}, env=t.env())
@@ -852,22 +855,30 @@ def save_as_editor(path: Path, text: str) -> None:
     tmp.rename(path)
 
 
-def check_listen_reload(t: Tunnel) -> None:
+def check_listen_reload(t: Tunnel) -> str | None:
     """gimlet --forwards FILE, the seed's line format through the row's proxy; an ssh session
     stays open while the file is edited (a line added, the session's own line changed, the
     added line removed); the session keeps working after every edit and the new forward
     works while it exists."""
+    if t.proxy.from_env:
+        return ENV_NOT_READ
     first, second = t.sandbox.free_port(), t.sandbox.free_port()
     *argv, _h, _p = t.gimlet_argv("h", "1")
-    # The row's proxy as gimlet_argv gives it: a URL (one field), or corkscrew's `HOST PORT`,
-    # which is the seed's `<Proxy address> <Proxy port>`.
-    n = 1 if argv[-1].startswith(("http://", "https://")) else 2
-    proxy_fields, base = argv[-n:], argv[:-n]
+    # The row's proxy as gimlet_argv gives it: `-p URL` repeated for a chain (one ROUTE
+    # field, comma-separated), a URL (one field), or corkscrew's `HOST PORT`, which is the
+    # seed's `<Proxy address> <Proxy port>`.
+    if t.hops:
+        n = 2 * (1 + len(t.hops))
+        proxy_fields = [",".join(argv[-n + 1::2])]
+    else:
+        n = 1 if "://" in argv[-1] else 2
+        proxy_fields = argv[-n:]
+    base = argv[:-n]
     forwards = t.scratch / "forwards"
     line = f"{first} 127.0.0.1 {t.target.port} {' '.join(proxy_fields)}\n"
     forwards.write_text("# the seed's format\n" + line)
     # netrc is read for the command line's proxy only: give it there too on netrc rows.
-    also = [argv[-1]] if n == 1 else [f"{argv[-2]}:{argv[-1]}"]
+    also = [argv[-1]] if n == 1 else [f"{argv[-2]}:{argv[-1]}"] if n == 2 else argv[-n:]
     cmdline_proxy = also if t.credentials and t.credentials.via == "netrc" else []
     daemon = t.sandbox.spawn("gimlet-forwards",
                              [base[0], "--forwards", str(forwards), *base[1:], *cmdline_proxy],
