@@ -1121,10 +1121,10 @@ fn hand_over(
     })
 }
 
-/// The first handshake of each upstream runs alone, the rest wait for it. Seen in the static
-/// build (GSSAPI through glibc's static dlopen): two first Negotiate handshakes on two worker
-/// threads at once crashed in libkrb5 (SIGSEGV), while one at a time worked, and so did every
-/// later one. Once one handshake has finished, the libraries it loaded are initialised.
+/// The first handshake of each upstream runs alone, the rest wait for it: libraries a
+/// handshake loads on first use (GSSAPI) are then initialised by one thread, not raced by
+/// sixteen. Seen in the static-PIE build before sys/gssapi.rs set up each thread's libc
+/// locale tables: concurrent first Negotiate handshakes crashed in libkrb5.
 const WARM_UP: usize = 1;
 
 /// Handshakes one upstream may run at once: a quarter of the pool. Measured: with every

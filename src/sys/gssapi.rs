@@ -319,7 +319,44 @@ mod imp {
         Ok(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&address) })
     }
 
+    /// In the static-PIE build the libc that libkrb5 uses is the shared one static dlopen
+    /// mapped beside ours, and that libc sets up its per-thread locale tables (`isspace` and
+    /// friends read them) only for the thread that loaded it: threads the static libc starts
+    /// later (listen mode's handshake workers) have them unset, and libkrb5 crashed there
+    /// (SIGSEGV reading the ctype table). glibc's own `__ctype_init` sets them for the calling
+    /// thread; it is run once per thread before its first GSSAPI call.
+    fn thread_setup() {
+        if !cfg!(target_feature = "crt-static") {
+            return;
+        }
+        thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        if DONE.with(|d| d.replace(true)) {
+            return;
+        }
+        // SAFETY: RTLD_NOLOAD only looks up the libc already mapped (by loading GSSAPI); the
+        // handle is never closed.
+        let libc_so =
+            unsafe { libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        if libc_so.is_null() {
+            return;
+        }
+        // SAFETY: handle from dlopen above; the name is NUL-terminated.
+        let init = unsafe { libc::dlsym(libc_so, c"__ctype_init".as_ptr()) };
+        if !init.is_null() {
+            // SAFETY: `void __ctype_init(void)` in glibc; it only stores this thread's
+            // locale table pointers.
+            let init: extern "C" fn() = unsafe { std::mem::transmute(init) };
+            init();
+        }
+    }
+
     fn lib() -> Result<&'static Lib, Error> {
+        let lib = lib_loaded();
+        thread_setup();
+        lib
+    }
+
+    fn lib_loaded() -> Result<&'static Lib, Error> {
         LIB.get_or_init(|| {
             let handle =
                 open(LIBRARY).map_err(|e| format!("loading {}: {e}", LIBRARY.to_string_lossy()))?;
