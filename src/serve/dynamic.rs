@@ -237,14 +237,29 @@ pub(super) fn route_for<'a>(host: &Host, d: &'a Dynamic) -> (&'a Upstream, Strin
     (&d.proxied, format!("via proxy {name}"))
 }
 
-/// Whether `target` is the `-D` port itself.
+/// Whether `target` is the `-D` port itself (`local`: the address it is bound to). Any spelling of an address of this machine counts: the
+/// loopback and unspecified ranges, an IPv4-mapped IPv6 address (a dual-stack client can
+/// write `::ffff:127.0.0.1`), and for a port bound to every interface, any address of this
+/// machine.
 pub(super) fn is_self(target: &Endpoint, local: SocketAddr) -> bool {
     if target.port != local.port() {
         return false;
     }
     match &target.host {
-        Host::Ip(ip) => *ip == local.ip() || ip.is_loopback(),
-        Host::Name(n) => n.eq_ignore_ascii_case("localhost"),
+        Host::Ip(ip) => {
+            let (ip, bound) = (ip.to_canonical(), local.ip().to_canonical());
+            ip == bound
+                || ip.is_loopback()
+                || ip.is_unspecified()
+                // Bound to every interface: any address of this machine reaches the port, and
+                // binding succeeds only for an address of this machine (EADDRNOTAVAIL else).
+                || (bound.is_unspecified()
+                    && std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok())
+        }
+        Host::Name(n) => {
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            n == "localhost" || n.ends_with(".localhost")
+        }
         Host::Scoped(..) => false,
     }
 }
@@ -308,5 +323,23 @@ mod tests {
         assert!(is_self(&ep("[::1]", 1080), local));
         assert!(!is_self(&ep("127.0.0.1", 1081), local));
         assert!(!is_self(&ep("example.com", 1080), local));
+        // Other spellings of this machine: IPv4-mapped, unspecified, a trailing dot.
+        for me in [
+            "[::ffff:127.0.0.1]",
+            "[::ffff:7f00:2]",
+            "0.0.0.0",
+            "[::]",
+            "localhost.",
+            "a.localhost",
+        ] {
+            assert!(is_self(&ep(me, 1080), local), "{me}");
+        }
+        // A port bound to every interface is reached through any of them.
+        let any: SocketAddr = "0.0.0.0:1080".parse().unwrap();
+        assert!(is_self(&ep("127.0.0.1", 1080), any));
+        assert!(
+            !is_self(&ep("192.0.2.1", 1080), any),
+            "TEST-NET-1 is no address here"
+        );
     }
 }

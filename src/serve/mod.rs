@@ -394,12 +394,7 @@ impl Engine<'_> {
             RouteSpec::Proxies(p) => p.first(),
         };
         if let Some(p) = first {
-            let me = match &p.endpoint.host {
-                crate::config::Host::Ip(ip) => ip.is_loopback() || *ip == bind.ip(),
-                crate::config::Host::Name(n) => n.eq_ignore_ascii_case("localhost"),
-                crate::config::Host::Scoped(..) => false,
-            };
-            if me && p.endpoint.port == bind.port() {
+            if dynamic::is_self(&p.endpoint, bind) {
                 return Err(Error::msg(
                     Kind::Usage,
                     format_args!(
