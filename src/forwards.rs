@@ -149,10 +149,43 @@ pub fn parse_file(name: &str, text: &str) -> Result<Vec<Forward>, ParseError> {
     Ok(forwards)
 }
 
+/// Whether a word is a `key=value` option: the key is a lowercase name, so a proxy URL whose
+/// password holds a '=' stays a field.
+fn is_option(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(key, _)| {
+        !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+    })
+}
+
+/// The fields, then the options, which come last. A misplaced word is quoted with any
+/// password in it redacted: it may be a proxy URL.
+fn split_options<'a, 'w>(words: &'a [&'w str]) -> anyhow::Result<(&'a [&'w str], &'a [&'w str])> {
+    let split = words
+        .iter()
+        .position(|w| is_option(w))
+        .unwrap_or(words.len());
+    let (fields, opts) = words.split_at(split);
+    if let Some(w) = opts.iter().find(|w| !is_option(w)) {
+        bail!(
+            "{:?} after key=value options (options come last)",
+            crate::route::without_password(w)
+        );
+    }
+    Ok((fields, opts))
+}
+
 /// One line; `None` for a blank or comment line.
 fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
-    let line = match line.find('#') {
-        Some(i) => &line[..i],
+    // A comment starts at a '#' that begins a word: one inside a word (a password in a proxy
+    // URL, a URL fragment) is part of it.
+    let line = match line.char_indices().find(|&(i, c)| {
+        c == '#'
+            && line[..i]
+                .chars()
+                .next_back()
+                .is_none_or(char::is_whitespace)
+    }) {
+        Some((i, _)) => &line[..i],
         None => line,
     };
     let words: Vec<&str> = line.split_ascii_whitespace().collect();
@@ -164,14 +197,7 @@ fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
         return parse_dynamic_line(&words[1..], origin).map(Some);
     }
     stray_credentials(&words, &[3, 4])?;
-    let split = words
-        .iter()
-        .position(|w| w.contains('=') && !w.contains("://"))
-        .unwrap_or(words.len());
-    let (fields, opts) = words.split_at(split);
-    if let Some(w) = opts.iter().find(|w| !w.contains('=')) {
-        after_options(w)?;
-    }
+    let (fields, opts) = split_options(&words)?;
     let (bind, target, route) = match fields {
         [listen, host, port] => (*listen, (*host, *port), RouteSpec::Default),
         [listen, host, port, route] => (*listen, (*host, *port), parse_route(route)?),
@@ -197,14 +223,6 @@ fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
     }))
 }
 
-/// A field after the options; not quoted when it may hold a password.
-fn after_options(w: &str) -> anyhow::Result<()> {
-    match w.contains('@') {
-        true => bail!("a field after key=value options (options come last)"),
-        false => bail!("{w:?} after key=value options (options come last)"),
-    }
-}
-
 /// Credentials belong in the ROUTE's URL (`route_at`: the word positions a route may take).
 /// A `user:password@` anywhere else is refused without quoting the word, so that a URL
 /// written in the wrong column never puts its password in an error line or the log.
@@ -224,14 +242,7 @@ fn stray_credentials(words: &[&str], route_at: &[usize]) -> anyhow::Result<()> {
 
 /// `dynamic [BIND:]PORT [ROUTE] [key=value ...]`: a `-D` port.
 fn parse_dynamic_line(words: &[&str], origin: &str) -> anyhow::Result<Forward> {
-    let split = words
-        .iter()
-        .position(|w| w.contains('=') && !w.contains("://"))
-        .unwrap_or(words.len());
-    let (fields, opts) = words.split_at(split);
-    if let Some(w) = opts.iter().find(|w| !w.contains('=')) {
-        after_options(w)?;
-    }
+    let (fields, opts) = split_options(words)?;
     let (bind, route) = match fields {
         [bind] => (*bind, RouteSpec::Default),
         [bind, route] => (*bind, parse_route(route)?),
@@ -538,6 +549,35 @@ mod tests {
         let f = one("1 h 2 http://user:s3cret@p:3128").unwrap().unwrap();
         assert!(!f.describe().contains("s3cret"));
         assert!(!format!("{:?}", f).contains("s3cret"));
+    }
+
+    #[test]
+    fn no_error_about_a_line_shows_a_password_in_it() {
+        for line in [
+            "2222 host 22 idle-timeout=5 http://alice:S3cretPW@proxy:3128",
+            "dynamic 1080 keepalive=5 socks5://bob:S3cretPW@gw:1080",
+            "2222 host 22 http://alice:S3c#retPW@proxy:x",
+            "2222 host 22 http://alice:S3c=retPW@proxy:x",
+            "2222 host 22 alice:S3c=retPW@proxy:x",
+            "2222 host 22 http://a:S3cretPW@p:1,http://b:S3cretPW@q:x",
+        ] {
+            let e = parse_file("f", line).unwrap_err();
+            let shown = format!("{e:#}");
+            assert!(!shown.contains("S3c"), "{line:?}: {shown}");
+        }
+    }
+
+    #[test]
+    fn a_hash_inside_a_word_is_no_comment() {
+        let f = one("2222 host 22 http://alice:S3c#ret@proxy:3128 # the lab proxy")
+            .unwrap()
+            .unwrap();
+        match &f.route {
+            RouteSpec::Proxies(p) => assert_eq!(p[0].endpoint.to_string(), "proxy:3128"),
+            other => panic!("{other:?}"),
+        }
+        assert!(one("#2222 host 22").unwrap().is_none());
+        assert!(one("   # indented comment").unwrap().is_none());
     }
 
     #[test]
