@@ -11,6 +11,7 @@ const USAGE: &str = "gimlet [OPTIONS] PROXY HOST PORT
        gimlet [OPTIONS] --proxy URL [--proxy URL]... HOST PORT
        gimlet [OPTIONS] HOST PORT      (the proxy from https_proxy/all_proxy, or direct)
        gimlet [OPTIONS] -L [BIND:]PORT:HOST:HOSTPORT... [PROXY]
+       gimlet [OPTIONS] -D [BIND:]PORT... [PROXY]
        gimlet [OPTIONS] --forwards FILE [PROXY]
        gimlet --generate man|complete-bash|complete-zsh|complete-fish";
 
@@ -130,12 +131,14 @@ const CONNECTION: &str = "Connection";
 const OUTPUT: &str = "Output";
 const LISTEN: &str = "Listen mode";
 
-/// Bore a stdio tunnel through an HTTP proxy with CONNECT.
+/// Carry TCP through HTTP, HTTPS and SOCKS proxies: a stdio tunnel, port forwards, a local proxy.
 ///
-/// gimlet connects to an HTTP proxy, asks it to CONNECT to HOST:PORT, and then copies standard
-/// input to the tunnel and the tunnel to standard output until both directions are closed.
-/// Standard output carries tunnel bytes only; every diagnostic goes to standard error. It is
-/// meant to be an ssh ProxyCommand.
+/// gimlet reaches HOST:PORT through a route (an HTTP(S) proxy asked with CONNECT, a SOCKS proxy,
+/// a chain of them, or a direct connection when no_proxy says so), then copies standard input to
+/// the tunnel and the tunnel to standard output until both directions are closed. Standard
+/// output carries tunnel bytes only; every diagnostic goes to standard error. It is meant to be
+/// an ssh ProxyCommand. With -L, --forwards or -D it stays in the foreground instead and serves
+/// port forwards or a local SOCKS/HTTP proxy, every connection through the same route.
 // No `Debug`: the raw arguments may hold a password.
 #[derive(Parser)]
 #[command(

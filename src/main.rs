@@ -1,6 +1,8 @@
 //! Entry point: parse arguments, run, print at most one error line, exit with its status.
 //! `main` returns `ExitCode` so that drop guards (the stdio flags) run on every path.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
