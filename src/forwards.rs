@@ -150,11 +150,13 @@ pub fn parse_file(name: &str, text: &str) -> Result<Vec<Forward>, ParseError> {
 }
 
 /// Whether a word is a `key=value` option: the key is a lowercase name, so a proxy URL whose
-/// password holds a '=' stays a field.
+/// password holds a '=' stays a field, and no option value is a URL (a URL in an option's
+/// place stays a field, which is refused without quoting it).
 fn is_option(word: &str) -> bool {
-    word.split_once('=').is_some_and(|(key, _)| {
-        !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
-    })
+    !word.contains("://")
+        && word.split_once('=').is_some_and(|(key, _)| {
+            !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        })
 }
 
 /// The fields, then the options, which come last. A misplaced word is quoted with any
