@@ -53,10 +53,10 @@ pub fn report(e: &Error) {
 /// zeroed) before the relay starts: a tunnel may stay open for days, and no secret should sit
 /// in memory that long. Listen mode keeps them: every new connection needs them.
 pub fn run(mut config: Config) -> Result<(), Error> {
-    if config.proxy_http2 && (config.listen.is_some() || config.target_tls.is_some()) {
+    if config.proxy_http2 && config.listen.is_some() {
         return Err(Error::msg(
             Kind::Usage,
-            "checking --proxy-http2: it works in the pipe mode without --tls for now (-L, -D, --forwards and --tls speak HTTP/1.1 to the proxy: drop --proxy-http2)",
+            "checking --proxy-http2: it works in the pipe mode for now (-L, -D and --forwards speak HTTP/1.1 to the proxy: drop --proxy-http2)",
         ));
     }
     if config.listen.is_some() {
@@ -94,7 +94,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         tunnel::Opened::Stream(established) => established,
         tunnel::Opened::H2(h2) => {
             drop(upstream);
-            return relay_h2(h2, config, &via);
+            return relay_h2(h2, config, &via, target_tls);
         }
     };
     // The last copy of the credentials: zeroed now, before any tunnel byte moves.
@@ -181,14 +181,56 @@ pub fn run(mut config: Config) -> Result<(), Error> {
 
 /// Relays stdio through an HTTP/2 CONNECT stream: the stdio relay drives one end of a socket
 /// pair, the h2 runtime's thread the other (see `hop::h2`).
-fn relay_h2(tunnel: hop::h2::Tunnel, config: &Config, via: &str) -> Result<(), Error> {
+/// With `--tls`, the destination's TLS session runs over that socket pair.
+fn relay_h2(
+    tunnel: hop::h2::Tunnel,
+    config: &Config,
+    via: &str,
+    target_tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+) -> Result<(), Error> {
     let relaying = || format!("relaying to {} {via} (HTTP/2)", config.target);
-    let (socket, pump) = tunnel.bridge().kind_ctx(Kind::Tunnel, relaying)?;
+    let (mut pair, pump) = tunnel.bridge().kind_ctx(Kind::Tunnel, relaying)?;
     let opts = relay::Options {
         idle_timeout: config.idle_timeout,
         splice: config.splice,
     };
-    let relayed = relay_stdio(socket, &[], opts);
+    let inner = match target_tls {
+        Some((tls_config, name)) => {
+            let peer = match via.strip_prefix("via ") {
+                Some(proxy) => format!("{} through {proxy}", config.target),
+                None => config.target.to_string(),
+            };
+            // The handshake's deadline: --connect-timeout, as for the proxy's own.
+            let shaken = pair
+                .set_read_timeout(Some(config.connect_timeout))
+                .kind_ctx(Kind::Tunnel, relaying)
+                .and_then(|()| tls::start(tls_config, &name, &mut pair, &peer));
+            match shaken {
+                Ok(conn) => {
+                    info!("TLS with {} through the tunnel", config.target);
+                    Some(conn)
+                }
+                Err(e) => {
+                    drop(pair);
+                    let _ = pump.finish();
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
+    let socket = pair
+        .set_read_timeout(None)
+        .and_then(|()| pair.set_nonblocking(true))
+        .map(|()| mio::net::UnixStream::from_std(pair))
+        .kind_ctx(Kind::Tunnel, relaying)?;
+    let relayed = match inner {
+        Some(conn) => relay_stdio(tls::TlsTunnel::new(conn, socket), &[], opts),
+        None => relay_stdio(socket, &[], opts),
+    };
     // The pump's error (a reset, GOAWAY) says more than the relay's view of it.
     pump.finish().map_err(|e| e.context(relaying()))?;
     let stats = relayed.kind_ctx(Kind::Tunnel, relaying)?;

@@ -464,10 +464,9 @@ pub struct Pump {
 
 impl Tunnel {
     /// Moves the stream onto its own thread, pumping between it and one end of a socket pair;
-    /// returns the other end, for the relay.
-    pub fn bridge(self) -> io::Result<(mio::net::UnixStream, Pump)> {
+    /// returns the other end (blocking, for a `--tls` handshake first), for the relay.
+    pub fn bridge(self) -> io::Result<(StdUnixStream, Pump)> {
         let (ours, theirs) = StdUnixStream::pair()?;
-        ours.set_nonblocking(true)?;
         theirs.set_nonblocking(true)?;
         let (done, done_rx) = tokio::sync::oneshot::channel();
         let Tunnel {
@@ -498,7 +497,7 @@ impl Tunnel {
                 })
             })?;
         Ok((
-            mio::net::UnixStream::from_std(ours),
+            ours,
             Pump {
                 thread,
                 done: Some(done),

@@ -406,3 +406,48 @@ fn reset_no_error_after_end_stream_is_a_clean_end() {
     f.assert_code(0);
     assert!(f.stderr.is_empty(), "{:?}", f.stderr);
 }
+
+#[test]
+fn tls_to_the_destination_runs_inside_the_h2_stream() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, grant);
+    let config = pki.server.server_config();
+    let (port, t) = target(move |tcp| {
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut got = Vec::new();
+        tls.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"ping", "the target must get stdin, then close_notify");
+        tls.write_all(b"pong").unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+    });
+    let ca = pki.ca.file().to_str().unwrap().to_owned();
+    let mut g = spawn_h2(&pki, &proxy, &["--tls", "--cacert", &ca], port);
+    g.stdin.take().unwrap().write_all(b"ping").unwrap();
+    assert_eq!(read_all(g.stdout.as_mut().unwrap()), b"pong");
+    g.wait(HANG).assert_code(0);
+    t.join().unwrap();
+}
+
+#[test]
+fn an_untrusted_destination_behind_h2_fails_with_the_tls_status() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, grant);
+    let config = pki.self_signed.server_config();
+    let (port, t) = target(move |tcp| {
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let _ = tls.read_to_end(&mut Vec::new());
+    });
+    let ca = pki.ca.file().to_str().unwrap().to_owned();
+    let g = spawn_h2(&pki, &proxy, &["--tls", "--cacert", &ca], port);
+    let f = g.wait(HANG);
+    f.assert_code(8);
+    assert!(
+        f.stderr.contains("TLS handshake with 127.0.0.1:"),
+        "{:?}",
+        f.stderr
+    );
+    t.join().unwrap();
+}

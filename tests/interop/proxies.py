@@ -524,9 +524,10 @@ NGHTTPX_NO_HALF_CLOSE = ("nghttpx does not pass END_STREAM on to its HTTP/1 back
 H2_PACKAGES = ("squid", "nghttp2-proxy", "openssl")
 H2_LOG = ("nghttpx-access.log", "h2 CONNECT 200")
 H2_SKIP = {**NOT_THROUGH_TLS,
-           "tls-echo": "--tls with --proxy-http2 is refused for now (pipe mode without --tls)",
            "listen": "-L with --proxy-http2 is refused for now (HTTP/2 in listen modes is to come)",
            "listen-reload": "-L with --proxy-http2 is refused for now",
+           "dynamic": "-D with --proxy-http2 is refused for now",
+           "browser": "-D with --proxy-http2 is refused for now",
            # nghttpx 1.52 does not pass a CONNECT stream's END_STREAM on to its HTTP/1
            # backend as a half-close (the backend socket stays open), so sshd never sees
            # gimlet's stdin end: the gimlet-alone step these checks start with waits forever.
