@@ -715,10 +715,10 @@ fn positional_other(
                         bail!(
                             "parsing arguments: {:?} has a port already, so these are not corkscrew's PROXYHOST PROXYPORT HOST PORT; for PROXY HOST PORT with a credential file, did you mean --proxy-auth-file {} {} {} {}?",
                             without_password(&proxy_host),
-                            shell_word(&port),
+                            shell_word(&without_password(&port)),
                             shell_word(&without_password(&proxy_host)),
-                            shell_word(&proxy_port),
-                            shell_word(&host)
+                            shell_word(&without_password(&proxy_port)),
+                            shell_word(&without_password(&host))
                         );
                     }
                     Ok(Positional {
@@ -1438,6 +1438,19 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// The corkscrew "did you mean" hint quotes every argument through the redaction.
+    #[test]
+    fn the_corkscrew_hint_never_shows_a_password() {
+        let err = format!(
+            "{:#}",
+            config(&["p:1", "http://al:Zq9/w@h", "22", "auth.txt"]).unwrap_err()
+        );
+        assert!(
+            !err.contains("Zq9") && err.contains("al:<redacted>@"),
+            "{err}"
+        );
     }
 
     /// A URL with credentials typed where the destination goes: refused without its password.
