@@ -801,13 +801,15 @@ pub fn config(data: &[u8]) {
     const NOWHERE: &str = "/nonexistent/gimlet-fuzz";
     for arg in &args {
         // Called directly, parse_proxy sees every argument as a proxy: only a URL's password
-        // is a secret then. parse_host rightly quotes what it refuses.
+        // is a secret then (a `--proxy-user=` value is never parsed as a proxy by gimlet, so
+        // what the option would make secret is not). parse_host rightly quotes what it refuses.
         let own = [arg.clone()];
-        let url_secrets: &[&[u8]] = if markers_are_secrets(&own, &[]) {
-            &[MARKER.as_bytes()]
-        } else {
-            &[]
-        };
+        let url_secrets: &[&[u8]] =
+            if !arg.starts_with("--proxy-user=") && markers_are_secrets(&own, &[]) {
+                &[MARKER.as_bytes()]
+            } else {
+                &[]
+            };
         if let Err(e) = crate::config::parse_proxy(arg) {
             check_error(&Error::new(crate::error::Kind::Usage, e), url_secrets);
         }
