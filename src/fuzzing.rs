@@ -717,7 +717,8 @@ fn secret_ranges(prev: Option<&str>, arg: &str) -> Vec<std::ops::Range<usize>> {
         return Vec::new();
     }
     let user_value = match prev {
-        Some("-U" | "--proxy-user") => Some(0),
+        // clap takes no value that starts with '-': that is an option of its own.
+        Some("-U" | "--proxy-user") if !arg.starts_with('-') => Some(0),
         _ => arg
             .strip_prefix("--proxy-user=")
             .map(|_| "--proxy-user=".len()),
@@ -1095,6 +1096,10 @@ mod tests {
         assert!(!markers_are_secrets(&args(&["-U", &format!("{m}:p")]), &[]));
         assert!(!markers_are_secrets(
             &args(&[&format!("--x://u:{m}@h")]),
+            &[]
+        ));
+        assert!(!markers_are_secrets(
+            &args(&["-U", &format!("--u:{m}")]),
             &[]
         ));
         let env = [(crate::config::AUTH_ENV.to_owned(), format!("u:{m}"))];
