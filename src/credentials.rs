@@ -234,6 +234,27 @@ fn read_private(
     shared: Shared,
 ) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let shown = path.display();
+    read_regular(path, what, max, |meta| {
+        match check_private_mode(&shown, what, meta.permissions().mode()) {
+            Err(e) if shared == Shared::Warn => {
+                crate::diag::warn(&format_args!("{e:#} (read anyway, as corkscrew does)"));
+                Ok(())
+            }
+            checked => checked,
+        }
+    })
+}
+
+/// Reads a regular file whole, up to `max` bytes, without ever blocking on what the path
+/// names: it is opened non-blocking (a FIFO would wait for a writer), checked with fstat (a
+/// FIFO, a device or a directory is refused), then `check` sees its metadata before any read.
+pub(crate) fn read_regular(
+    path: &Path,
+    what: &str,
+    max: u64,
+    check: impl FnOnce(&std::fs::Metadata) -> anyhow::Result<()>,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let shown = path.display();
     // O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer.
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -246,12 +267,7 @@ fn read_private(
     if !meta.is_file() {
         bail!("reading {what} {shown}: it is not a regular file (a FIFO, a device or a directory)");
     }
-    match check_private_mode(&shown, what, meta.permissions().mode()) {
-        Err(e) if shared == Shared::Warn => {
-            crate::diag::warn(&format_args!("{e:#} (read anyway, as corkscrew does)"));
-        }
-        checked => checked?,
-    }
+    check(&meta)?;
     let too_large = || {
         let limit = match max {
             m if m % (1024 * 1024) == 0 => format!("{} MiB", m / (1024 * 1024)),

@@ -182,18 +182,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
                 None => "opening the log".to_owned(),
             }
         })?;
-    let signals = sys::signals::Signals::install(&[
-        sys::signals::SIGHUP,
-        sys::signals::SIGTERM,
-        sys::signals::SIGINT,
-        sys::signals::SIGUSR1,
-    ])
-    .kind_ctx(Kind::Usage, starting)?;
     let poll = Poll::new().kind_ctx(Kind::Usage, starting)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).kind_ctx(Kind::Usage, starting)?);
-    poll.registry()
-        .register(&mut SourceFd(&signals.fd()), SIGNALS, Interest::READABLE)
-        .kind_ctx(Kind::Usage, starting)?;
     let (workers, done) = Workers::new(waker);
     let credentials = ask_once(config)?;
     let reserve = FD_RESERVE.min(fd_limit / 4);
@@ -227,6 +217,21 @@ pub fn run(config: &Config) -> Result<(), Error> {
         "starting: open-file limit {fd_limit}, at most {max_tunnels} tunnels"
     ));
     engine.start()?;
+    // Only now: until the prompt is answered and the forwards are read and bound, SIGINT and
+    // SIGTERM keep their default action (and the terminal's echo is given back by the handler
+    // of the prompt), so nothing at start can leave a daemon that ignores them.
+    let signals = sys::signals::Signals::install(&[
+        sys::signals::SIGHUP,
+        sys::signals::SIGTERM,
+        sys::signals::SIGINT,
+        sys::signals::SIGUSR1,
+    ])
+    .kind_ctx(Kind::Usage, starting)?;
+    engine
+        .poll
+        .registry()
+        .register(&mut SourceFd(&signals.fd()), SIGNALS, Interest::READABLE)
+        .kind_ctx(Kind::Usage, starting)?;
     engine.log.release();
     engine.serve(&signals)
 }
@@ -240,8 +245,8 @@ impl Engine<'_> {
                 .map_err(|e| Error::msg(Kind::Usage, e))?;
         }
         if let Some(path) = &self.listen.file {
-            let text = std::fs::read_to_string(path)
-                .kind_ctx(Kind::Usage, || format!("reading {}", path.display()))?;
+            let text =
+                read_forwards(path).map_err(|e| Error::msg(Kind::Usage, format!("{e:#}")))?;
             let plans = self.plans_from(path, &text, true)?;
             for plan in plans {
                 self.bind(plan, false)
@@ -983,11 +988,11 @@ impl Engine<'_> {
         f.reload_at = None;
         let path = f.path.clone();
         let shown = path.display().to_string();
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_forwards(&path) {
             Ok(t) => t,
             Err(e) => {
                 self.log.line(format_args!(
-                    "reloading {shown}: {e}; keeping the previous forwards"
+                    "reloading: {e:#}; keeping the previous forwards"
                 ));
                 return;
             }
@@ -1065,6 +1070,17 @@ impl Engine<'_> {
             f.stamp = stamp(&f.path);
         }
     }
+}
+
+/// The largest forwards file read; a bigger one is refused (it is surely the wrong file).
+const MAX_FORWARDS: u64 = 1024 * 1024;
+
+/// Reads the forwards file without ever blocking the loop: a FIFO, a device or a directory
+/// put in its place is refused, and so is a file over [`MAX_FORWARDS`].
+fn read_forwards(path: &Path) -> anyhow::Result<String> {
+    let bytes = credentials::read_regular(path, "forwards file", MAX_FORWARDS, |_| Ok(()))?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| anyhow::anyhow!("reading forwards file {}: it is not UTF-8", path.display()))
 }
 
 /// The command line's credentials with the password asked for now if it is missing: a reload

@@ -743,3 +743,87 @@ fn a_forwards_line_may_name_a_chain_of_http_then_socks5h() {
             .starts_with(&format!("CONNECT {} HTTP/1.1\r\n", socks.addr()))
     );
 }
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Starts gimlet and waits (hang-guarded) for it to exit; returns the status and its log.
+#[track_caller]
+fn exit_of(args: &[&str]) -> (ExitStatus, String) {
+    let (status, log) = Daemon::start(args).wait();
+    (status, log.join("\n"))
+}
+
+#[test]
+fn a_fifo_as_forwards_file_is_refused_at_start_without_waiting_for_a_writer() {
+    let dir = scratch_path("forwards-fifo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("forwards");
+    mkfifo(&fifo);
+    let (status, stderr) = exit_of(&["--forwards", fifo.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+}
+
+#[test]
+fn a_device_as_forwards_file_is_refused_at_start() {
+    let (status, stderr) = exit_of(&["--forwards", "/dev/zero"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+}
+
+#[test]
+fn a_forwards_file_over_one_mib_is_refused_naming_the_limit() {
+    let file = forwards_file(&"# padding\n".repeat(110_000));
+    let (status, stderr) = exit_of(&["--forwards", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("larger than 1 MiB"), "{stderr}");
+}
+
+#[test]
+fn a_fifo_swapped_in_for_the_forwards_file_is_refused_on_reload_and_sigterm_still_drains() {
+    let echo = EchoServer::start(b"");
+    let file = forwards_file(&format!("0 127.0.0.1 {}\n", echo.port()));
+    let mut d = Daemon::start(&["--forwards", file.to_str().unwrap()]);
+    let port = d.listening_port();
+    std::fs::remove_file(&file).unwrap();
+    mkfifo(&file);
+    d.signal(libc::SIGHUP);
+    let refused = d.wait_for("keeping the previous forwards");
+    assert!(refused.contains("not a regular file"), "{refused}");
+    // The previous forward still serves, and the loop still answers signals.
+    let mut s = connect(port);
+    round_trip(&mut s, b"still here");
+    drop(s);
+    d.signal(libc::SIGTERM);
+    let (status, log) = d.wait();
+    assert_eq!(status.code(), Some(0), "{log:#?}");
+}
+
+#[test]
+fn sigint_while_the_start_up_password_is_asked_ends_listen_mode() {
+    // The askpass program says it runs, then waits (as a person at a prompt would); its
+    // sleep lets go of the log pipe so that gimlet's end is seen.
+    let askpass = scratch_file(
+        "askpass-hangs.sh",
+        b"#!/bin/sh\necho \"askpass running $$\" >&2\nexec sleep 60 2>/dev/null\n",
+        0o700,
+    );
+    let mut cmd = gimlet_std();
+    cmd.args(["-U", "alice", "-L", "0:127.0.0.1:22", "http://127.0.0.1:9"])
+        .env("GIMLET_ASKPASS", &askpass);
+    let mut d = Daemon::start_with(&mut cmd);
+    let line = d.wait_for("askpass running ");
+    let at = line.find("askpass running ").unwrap() + "askpass running ".len();
+    let pid: libc::pid_t = line[at..].trim().parse().unwrap();
+    d.signal(libc::SIGINT);
+    let (status, log) = d.wait();
+    // SAFETY: plain syscall on the pid the askpass program gave.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    assert!(status.code() != Some(0), "{status:?} {log:#?}");
+}
