@@ -737,6 +737,7 @@ impl Engine<'_> {
             }
         };
         let route = Arc::as_ptr(&plan.upstream) as usize;
+        let dynamic = plan.dynamic.is_some();
         self.pending.insert(
             id,
             Pending {
@@ -747,6 +748,19 @@ impl Engine<'_> {
             },
         );
         let job = Job { id, work };
+        if dynamic {
+            // A -D client may take its time to say where it goes (up to --connect-timeout):
+            // that wait is the client's, not the upstream's, so it never counts against the
+            // route's share of the workers (sixteen silent clients would shut the port).
+            self.workers.submit(job);
+            if self.workers.spawned() == 0 {
+                self.pending.remove(&id);
+                self.log.line(format_args!(
+                    "failed #{id}: no handshake thread could be started"
+                ));
+            }
+            return;
+        }
         let queue = self.routes.entry(route).or_default();
         let cap = match queue.done {
             0 => WARM_UP,
@@ -811,6 +825,7 @@ impl Engine<'_> {
         let Some(route) = self
             .pending
             .get(&id)
+            .filter(|p| p.plan.dynamic.is_none())
             .map(|p| Arc::as_ptr(&p.plan.upstream) as usize)
         else {
             return;

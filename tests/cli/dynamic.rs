@@ -926,3 +926,19 @@ fn a_port_with_client_auth_file_serves_only_clients_that_know_the_password() {
 fn basic_token(pair: &str) -> String {
     basic(pair).trim_start_matches("Basic ").to_owned()
 }
+
+#[test]
+fn silent_clients_never_hold_up_a_socks_client_that_asks() {
+    let echo = echo_server(b"hi\n");
+    // A long --connect-timeout: the silent clients hold whatever they hold for a minute,
+    // well past the hang guard on the answer below.
+    let mut d = Daemon::start(&["-D", "0", "--connect-timeout", "60"]);
+    let silent: Vec<TcpStream> = (0..20).map(|_| d.connect()).collect();
+    d.wait_for("accepted #20 ");
+    let mut s = d.connect();
+    s.write_all(&socks5_domain("localhost", echo)).unwrap();
+    assert_eq!(read_n(&mut s, 2), [5, 0]);
+    assert_eq!(read_n(&mut s, 10), [5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(read_n(&mut s, 3), b"hi\n");
+    drop(silent);
+}
