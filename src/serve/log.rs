@@ -15,6 +15,8 @@ pub struct Log {
     quiet: bool,
     /// Lines held back while starting: a start that fails prints only its error line.
     held: Option<Vec<String>>,
+    /// Lines the log file could not take (non-blocking, full); reported with the next line.
+    dropped: u64,
 }
 
 impl Log {
@@ -26,6 +28,7 @@ impl Log {
             file,
             quiet,
             held: Some(Vec::new()),
+            dropped: 0,
         })
     }
 
@@ -70,7 +73,28 @@ impl Log {
     fn write(&mut self, text: &str) {
         match &mut self.file {
             Some(f) => {
-                let _ = f.write_all(text.as_bytes());
+                if self.dropped > 0 {
+                    let note = format!(
+                        "{} gimlet: {} log line(s) dropped: the log could not take them\n",
+                        timestamp(SystemTime::now()),
+                        self.dropped
+                    );
+                    // All or nothing: a short write of a line would leave half a line.
+                    match f.write(note.as_bytes()) {
+                        Ok(n) if n == note.len() => self.dropped = 0,
+                        _ => {
+                            self.dropped += 1;
+                            return;
+                        }
+                    }
+                }
+                match f.write(text.as_bytes()) {
+                    Ok(n) if n == text.len() => {}
+                    Ok(n) => {
+                        let _ = f.write_all(&text.as_bytes()[n..]);
+                    }
+                    Err(_) => self.dropped += 1,
+                }
             }
             None if !self.quiet => {
                 let _ = io::stderr().lock().write_all(text.as_bytes());
@@ -80,8 +104,16 @@ impl Log {
     }
 }
 
+/// Opened non-blocking: a FIFO with no reader fails at once (ENXIO) instead of stopping the
+/// loop in open(2), and a write the file cannot take now drops the line (counted) instead of
+/// stalling every session. A regular file is not affected by the flag.
 fn open_append(path: &std::path::Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
 }
 
 /// RFC 3339 in UTC with milliseconds.

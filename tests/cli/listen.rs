@@ -827,3 +827,35 @@ fn sigint_while_the_start_up_password_is_asked_ends_listen_mode() {
     }
     assert!(status.code() != Some(0), "{status:?} {log:#?}");
 }
+
+#[test]
+fn a_fifo_in_place_of_the_log_file_on_sigusr1_never_blocks_the_loop() {
+    let echo = EchoServer::start(b"");
+    let spec = format!("0:127.0.0.1:{}", echo.port());
+    let dir = scratch_path("log-fifo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("listen.log");
+    let rotated = dir.join("listen.log.1");
+    let d = Daemon::start(&["-L", &spec, "--log", log.to_str().unwrap()]);
+    let wait_for_text = |path: &Path, needle: &str| {
+        let deadline = Instant::now() + HANG;
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in {text}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_text(&log, "listening on");
+    std::fs::rename(&log, &rotated).unwrap();
+    mkfifo(&log);
+    d.signal(libc::SIGUSR1);
+    // Nobody reads the FIFO: the reopen fails at once and the old file stays in use.
+    wait_for_text(&rotated, "reopening the log file");
+    d.signal(libc::SIGTERM);
+    let (status, _) = d.wait();
+    assert_eq!(status.code(), Some(0));
+    wait_for_text(&rotated, "stopped");
+}
