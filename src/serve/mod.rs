@@ -777,6 +777,19 @@ impl Engine<'_> {
             self.log.line(format_args!(
                 "failed #{id}: no handshake thread could be started"
             ));
+            // Give the route its slot back, and fail what waited behind it: with no thread
+            // nothing would ever finish to let them run.
+            if let Some(queue) = self.routes.get_mut(&route) {
+                queue.busy -= 1;
+                let waiting: Vec<u64> = queue.waiting.drain(..).map(|j| j.id).collect();
+                for id in waiting {
+                    if self.pending.remove(&id).is_some() {
+                        self.log.line(format_args!(
+                            "failed #{id}: no handshake thread could be started"
+                        ));
+                    }
+                }
+            }
         }
     }
 
