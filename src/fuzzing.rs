@@ -634,8 +634,9 @@ pub fn ntlm(data: &[u8]) {
     };
     // The NTLMv2 response carries the server's target info back: a server that put the
     // password there gets it back, as it may.
+    // (Without its last byte, a zero that the padding after the target info can supply.)
     let utf16: Vec<u8> = PASSWORD.encode_utf16().flat_map(u16::to_le_bytes).collect();
-    if contains(data, PASSWORD.as_bytes()) || contains(data, &utf16) {
+    if contains(data, PASSWORD.as_bytes()) || contains(data, &utf16[..utf16.len() - 1]) {
         return;
     }
     for user in USERS {
@@ -753,8 +754,14 @@ fn secret_ranges(prev: Option<&str>, arg: &str) -> Vec<std::ops::Range<usize>> {
 /// Whether every marker in the arguments lies where a password goes.
 fn markers_are_secrets(args: &[String], env: &[(String, String)]) -> bool {
     let mut any = false;
+    // After `--` every word is positional: no option gives the next one a meaning.
+    let dashdash = args.iter().position(|a| a == "--");
     for (i, arg) in args.iter().enumerate() {
-        let ranges = secret_ranges(i.checked_sub(1).map(|p| args[p].as_str()), arg);
+        let prev = i
+            .checked_sub(1)
+            .filter(|&p| dashdash.is_none_or(|d| p < d))
+            .map(|p| args[p].as_str());
+        let ranges = secret_ranges(prev, arg);
         for (at, _) in arg.match_indices(MARKER) {
             any = true;
             if !ranges
@@ -1100,6 +1107,10 @@ mod tests {
         ));
         assert!(!markers_are_secrets(
             &args(&["-U", &format!("--u:{m}")]),
+            &[]
+        ));
+        assert!(!markers_are_secrets(
+            &args(&["--", "-U", &format!("u:{m}")]),
             &[]
         ));
         let env = [(crate::config::AUTH_ENV.to_owned(), format!("u:{m}"))];
