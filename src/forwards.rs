@@ -176,11 +176,10 @@ fn split_options<'a, 'w>(words: &'a [&'w str]) -> anyhow::Result<(&'a [&'w str],
     Ok((fields, opts))
 }
 
-/// One line; `None` for a blank or comment line.
-fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
-    // A comment starts at a '#' that begins a word: one inside a word (a password in a proxy
-    // URL, a URL fragment) is part of it.
-    let line = match line.char_indices().find(|&(i, c)| {
+/// The line without its comment. A comment starts at a '#' that begins a word: one inside a
+/// word (a password in a proxy URL, a URL fragment) is part of it.
+pub(crate) fn strip_comment(line: &str) -> &str {
+    match line.char_indices().find(|&(i, c)| {
         c == '#'
             && line[..i]
                 .chars()
@@ -189,7 +188,12 @@ fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
     }) {
         Some((i, _)) => &line[..i],
         None => line,
-    };
+    }
+}
+
+/// One line; `None` for a blank or comment line.
+fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
+    let line = strip_comment(line);
     let words: Vec<&str> = line.split_ascii_whitespace().collect();
     if words.is_empty() {
         return Ok(None);

@@ -869,9 +869,9 @@ pub fn forwards(data: &[u8]) {
         return; // The fuzzer spelled the marker itself: no way to tell what it meant.
     }
     // Only a marker in a URL's password (`scheme://user:MARKER@`) is a secret.
-    // A comment is never shown: only the text before `#` counts.
+    // A comment is never shown: only the text before it counts, cut where the parser cuts.
     let secret = text.lines().all(|line| {
-        let line = line.split('#').next().unwrap_or("");
+        let line = crate::forwards::strip_comment(line);
         line.match_indices(MARKER).all(|(at, _)| {
             let word_start = line[..at].rfind([' ', '\t', ',']).map_or(0, |i| i + 1);
             let word_end = line[at..]
