@@ -366,14 +366,10 @@ fn listen_mode(
     let mut local = cli
         .local_forward
         .iter()
-        .map(|spec| {
-            crate::forwards::parse_local(spec).with_context(|| format!("parsing -L {spec}"))
-        })
+        .map(|spec| crate::forwards::parse_local(spec).map_err(|e| spec_error("-L", spec, e)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for spec in &cli.dynamic {
-        local.push(
-            crate::forwards::parse_dynamic(spec).with_context(|| format!("parsing -D {spec}"))?,
-        );
+        local.push(crate::forwards::parse_dynamic(spec).map_err(|e| spec_error("-D", spec, e))?);
     }
     let allow = cli
         .allow
@@ -473,6 +469,16 @@ pub fn clap_error_line(e: &clap::Error, args: &[String]) -> String {
         &format!("parsing arguments: {why} (see gimlet --help)"),
         args,
     )
+}
+
+/// A `-L`/`-D` value that does not parse, quoted as the message says it, with a password
+/// redacted wherever the message repeats it: a proxy URL given there by mistake (for `-p`)
+/// must not show its password.
+fn spec_error(option: &str, spec: &str, e: anyhow::Error) -> anyhow::Error {
+    anyhow!(crate::route::redact_args(
+        &format!("parsing {option} {spec}: {e:#}"),
+        &[spec.to_owned()]
+    ))
 }
 
 /// Stars out the passwords of `-U USER:PASSWORD` and of proxy URLs in gimlet's own command

@@ -116,6 +116,9 @@ fn argument_errors_never_show_a_password() {
         &["--proxy-usr=al:Zq9w", "p.test:1", "h", "22"],
         &["-p", "http://al:Zq9w@p.test:1", "-Z", "h", "22"],
         &["http://al:Z/q9w@p.test:1", "example.test:22"],
+        // A proxy URL given to -D or -L by mistake.
+        &["-D", "http://al:Zq9w@p.test:80"],
+        &["-L", "http://al:Zq9w@p.test:1:h:2"],
     ] {
         let line = usage_error(args);
         assert!(!line.contains("Zq9w"), "{line:?}");
