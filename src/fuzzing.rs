@@ -688,33 +688,31 @@ pub fn netrc(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // config: argv and environment to Config.
 
-/// Options whose value is never a proxy URL or credentials.
-const OTHER_VALUE_OPTIONS: &[&str] = &[
-    "-H",
-    "--header",
-    "-A",
-    "--user-agent",
-    "--proxy-auth",
-    "--proxy-auth-file",
-    "--netrc-file",
-    "--connect-timeout",
-    "--idle-timeout",
-    "--keepalive",
-    "--proxy-cacert",
-    "--proxy-pinnedpubkey",
-    "--proxy-servername",
-    "--proxy-cert",
-    "--proxy-key",
-    "--cacert",
-    "--servername",
-    "--pinnedpubkey",
-];
+/// Options whose value is never a proxy URL or credentials: every option that takes a value
+/// but `-p`/`--proxy` and `-U`/`--proxy-user`. Read from the clap definition, so an option
+/// added later is covered without touching this harness.
+fn other_value_options() -> &'static [String] {
+    use clap::CommandFactory;
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        crate::cli::Cli::command()
+            .get_arguments()
+            .filter(|a| a.get_action().takes_values())
+            .filter(|a| !matches!(a.get_id().as_str(), "proxy" | "proxy_user"))
+            .flat_map(|a| {
+                let short = a.get_short().map(|c| format!("-{c}"));
+                let long = a.get_long().map(|l| format!("--{l}"));
+                short.into_iter().chain(long)
+            })
+            .collect()
+    })
+}
 
 /// Where the password marker may be in `arg` (given the argument before it): byte ranges that
 /// hold a secret. Only markers inside these are checked, so a marker the fuzzer put in a host
 /// name (which errors rightly quote) is not mistaken for a password.
 fn secret_ranges(prev: Option<&str>, arg: &str) -> Vec<std::ops::Range<usize>> {
-    if prev.is_some_and(|p| OTHER_VALUE_OPTIONS.contains(&p)) {
+    if prev.is_some_and(|p| other_value_options().iter().any(|o| o == p)) {
         return Vec::new();
     }
     let user_value = match prev {
