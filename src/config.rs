@@ -177,10 +177,6 @@ impl Config {
     pub fn from_cli(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> Result<Config, Error> {
         build(cli, env).kind(Kind::Usage)
     }
-
-    pub fn proxy(&self) -> &Proxy {
-        &self.proxies[0]
-    }
 }
 
 fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Config> {
@@ -1209,7 +1205,7 @@ mod tests {
     #[test]
     fn three_argument_form() {
         let c = config(&["proxy.corp:3128", "example.com", "22"]).unwrap();
-        assert_eq!(c.proxy().endpoint.to_string(), "proxy.corp:3128");
+        assert_eq!(c.proxies[0].endpoint.to_string(), "proxy.corp:3128");
         assert_eq!(c.target.to_string(), "example.com:22");
         assert_eq!(c.connect_timeout, Duration::from_secs(30));
         assert_eq!(c.keepalive, Some(Duration::from_secs(60)));
@@ -1222,9 +1218,9 @@ mod tests {
     #[test]
     fn corkscrew_forms() {
         let c = config(&["proxy", "3128", "h", "22"]).unwrap();
-        assert_eq!(c.proxy().endpoint.to_string(), "proxy:3128");
+        assert_eq!(c.proxies[0].endpoint.to_string(), "proxy:3128");
         let c = config(&["::1", "3128", "::1", "22"]).unwrap();
-        assert_eq!(c.proxy().endpoint.to_string(), "[::1]:3128");
+        assert_eq!(c.proxies[0].endpoint.to_string(), "[::1]:3128");
         assert_eq!(c.target.to_string(), "[::1]:22");
         let err = format!(
             "{:#}",
@@ -1236,7 +1232,7 @@ mod tests {
     #[test]
     fn proxy_option_form() {
         let c = config(&["-p", "http://[::1]", "h", "22"]).unwrap();
-        assert_eq!(c.proxy().endpoint.to_string(), "[::1]:80");
+        assert_eq!(c.proxies[0].endpoint.to_string(), "[::1]:80");
         assert!(config(&["-p", "p:1", "p:1", "h", "22"]).is_err());
         // HOST PORT alone, with no proxy variable set: direct, and -v says why.
         let c = config(&["h", "22"]).unwrap();
@@ -1513,7 +1509,7 @@ mod tests {
         for password in ["Zq9/w", "Zq9?w", "Zq9#w", "Zq9@w", "Zq9/@w", "a://b"] {
             let c = config(&[&format!("http://al:{password}@proxy:8080/"), "h", "1"]).unwrap();
             assert_eq!(known(&c.credentials), ("al", password));
-            assert_eq!(c.proxy().endpoint.to_string(), "proxy:8080");
+            assert_eq!(c.proxies[0].endpoint.to_string(), "proxy:8080");
         }
     }
 
@@ -1526,19 +1522,19 @@ mod tests {
             index: lo,
         };
         assert_eq!(
-            c.proxy().endpoint.host,
+            c.proxies[0].endpoint.host,
             Host::Scoped(Ipv6Addr::LOCALHOST, zone.clone())
         );
-        assert_eq!(c.proxy().endpoint.to_string(), "[::1%lo]:3128");
+        assert_eq!(c.proxies[0].endpoint.to_string(), "[::1%lo]:3128");
         for url in ["http://[::1%25lo]:3128", "http://[::1%lo]:3128/"] {
             let c = config(&[url, "h", "1"]).unwrap();
             assert_eq!(
-                c.proxy().endpoint.host,
+                c.proxies[0].endpoint.host,
                 Host::Scoped(Ipv6Addr::LOCALHOST, zone.clone())
             );
         }
         let c = config(&["fe80::1%7", "3128", "h", "1"]).unwrap();
-        assert_eq!(c.proxy().endpoint.to_string(), "[fe80::1%7]:3128");
+        assert_eq!(c.proxies[0].endpoint.to_string(), "[fe80::1%7]:3128");
         for bad in [
             "[fe80::1%]:1",
             "[fe80::1%0]:1",
