@@ -271,16 +271,11 @@ pub fn open(up: &Upstream, target: &Endpoint) -> Result<Opened, Error> {
     let hop = &up.hops[last];
     let who = up.who(last);
     info!("{who} agreed to HTTP/2; asking for CONNECT {target}");
-    let (tcp, tls) = stream
-        .into_parts()
-        .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with {who}"))?;
-    let tls = tls.expect("ALPN came from a TLS session");
     let proxy_name = hop.proxy.endpoint.to_string();
     let no_askers = credentials::Askers::default();
     let askers = up.askers.as_ref().unwrap_or(&no_askers);
     let tunnel = crate::hop::h2::connect(
-        tcp,
-        tls,
+        stream,
         crate::hop::h2::Exchange {
             target,
             proxy: &proxy_name,

@@ -37,7 +37,8 @@ use crate::credentials::{Credentials, Secret};
 use crate::diag::{debug, info};
 use crate::error::{Error, Kind, ResultExt};
 use crate::handshake::Reply;
-use crate::transport::async_tls::AsyncTls;
+use crate::transport::async_tls;
+use crate::transport::stream::Stream;
 
 /// Per-stream receive window: one tunnel's bytes in flight. 8 MiB keeps a 1 Gbit/s path
 /// with 60 ms round trips busy, and bounds what a stalled stdout can make us hold.
@@ -97,12 +98,10 @@ pub fn describe(e: &h2::Error) -> String {
     }
 }
 
-/// Starts HTTP/2 on the TLS session `tls` (ALPN said `h2`) and sends CONNECT, answering 407s.
-pub fn connect(
-    tcp: std::net::TcpStream,
-    tls: rustls::ClientConnection,
-    x: Exchange<'_>,
-) -> Result<Tunnel, Error> {
+/// Starts HTTP/2 on `below`, whatever the hops before this one established (TCP, TLS inside
+/// their tunnels, an earlier HTTP/2 hop's tunnel) with this hop's TLS session outermost (ALPN
+/// said `h2`), and sends CONNECT, answering 407s.
+pub fn connect(below: Stream, x: Exchange<'_>) -> Result<Tunnel, Error> {
     let proxy = x.proxy.to_owned();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -112,7 +111,9 @@ pub fn connect(
     let clock = x.clock;
     let goaway = Arc::new(Mutex::new(None));
     let opened = runtime.block_on(async {
-        let io = AsyncTls::new(tcp, tls)
+        let io = below
+            .into_stack()
+            .and_then(|(socket, sessions)| async_tls::stack(socket, sessions))
             .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with proxy {proxy}"))?;
         let (send_request, connection) = within(
             clock,

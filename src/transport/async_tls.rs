@@ -1,10 +1,14 @@
-//! A TLS session that the blocking handshake already finished, driven as tokio's
-//! `AsyncRead`/`AsyncWrite` for the HTTP/2 hop. The TLS handshake stays in the blocking code
+//! TLS sessions that the blocking handshakes already finished, driven as tokio's
+//! `AsyncRead`/`AsyncWrite` for the HTTP/2 hop. The TLS handshakes stay in the blocking code
 //! (ALPN decides there whether HTTP/2 runs at all, so nothing of tokio starts for HTTP/1.1);
-//! only after `h2` was agreed does the session move onto the h2 hop's runtime.
+//! only after `h2` was agreed does the stack move onto the h2 hop's runtime.
 //!
-//! Readiness follows tokio's rules: `try_read`/`try_write` on the socket, and a `WouldBlock`
-//! clears the readiness so that the next `poll_*_ready` registers the waker.
+//! The stack is what the route built below the HTTP/2 hop: a TCP socket (the hop is first or
+//! follows plain hops), or the socket pair of an earlier HTTP/2 hop's tunnel, with one
+//! [`AsyncTls`] per TLS session on it (an `https://` hop before this one), the HTTP/2 hop's own
+//! session outermost. Each layer reads and writes the one below through tokio's poll methods,
+//! so a `Pending` below is a `WouldBlock` to rustls and the waker is the one the layer below
+//! registered.
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
@@ -12,54 +16,91 @@ use std::task::{Context, Poll, ready};
 
 use rustls::ClientConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-/// TLS over a tokio socket.
-pub struct AsyncTls {
-    tcp: TcpStream,
-    conn: ClientConnection,
-    /// The proxy closed the TCP connection (with or without close_notify).
-    eof: bool,
+use crate::transport::stream::Socket;
+
+/// A transport the HTTP/2 connection runs over: any depth of TLS on a socket.
+pub trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncIo for T {}
+
+/// `socket` (blocking, as the handshakes left it) with `sessions` stacked on it, outermost
+/// (next to the socket) first. Must be called within the runtime (the socket is registered
+/// with its reactor).
+pub fn stack(socket: Socket, sessions: Vec<ClientConnection>) -> io::Result<Box<dyn AsyncIo>> {
+    let base: Box<dyn AsyncIo> = match socket {
+        Socket::Tcp(s) => {
+            s.set_nonblocking(true)?;
+            Box::new(tokio::net::TcpStream::from_std(s)?)
+        }
+        Socket::Unix(s) => {
+            s.set_nonblocking(true)?;
+            Box::new(tokio::net::UnixStream::from_std(s)?)
+        }
+    };
+    Ok(sessions.into_iter().fold(base, |io, conn| {
+        Box::new(AsyncTls {
+            io,
+            conn,
+            eof: false,
+            closing: false,
+        })
+    }))
 }
 
-/// `io::Read`/`io::Write` on the socket for rustls, without blocking.
-struct Nb<'a>(&'a TcpStream);
+/// TLS over another async transport.
+pub struct AsyncTls<IO> {
+    io: IO,
+    conn: ClientConnection,
+    /// The layer below ended (with or without close_notify).
+    eof: bool,
+    /// close_notify is queued (once, however often shutdown is polled).
+    closing: bool,
+}
 
-impl Read for Nb<'_> {
+/// `io::Read`/`io::Write` on the layer below for rustls, without blocking: `Pending` becomes
+/// `WouldBlock` (the layer below has registered the waker).
+struct Nb<'a, 'b, IO> {
+    io: &'a mut IO,
+    cx: &'a mut Context<'b>,
+}
+
+impl<IO: AsyncRead + Unpin> Read for Nb<'_, '_, IO> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
+            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 }
 
-impl Write for Nb<'_> {
+impl<IO: AsyncWrite + Unpin> Write for Nb<'_, '_, IO> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
+        match Pin::new(&mut *self.io).poll_write(self.cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match Pin::new(&mut *self.io).poll_flush(self.cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 }
 
-impl AsyncTls {
-    /// Must be called within the runtime (the socket is registered with its reactor).
-    pub fn new(tcp: std::net::TcpStream, conn: ClientConnection) -> io::Result<AsyncTls> {
-        tcp.set_nonblocking(true)?;
-        Ok(AsyncTls {
-            tcp: TcpStream::from_std(tcp)?,
-            conn,
-            eof: false,
-        })
-    }
-
-    /// Writes out what rustls holds, waiting for the socket as needed.
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncTls<IO> {
+    /// Writes out what rustls holds, waiting for the layer below as needed.
     fn poll_write_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.conn.wants_write() {
-            match self.conn.write_tls(&mut Nb(&self.tcp)) {
+            match self.conn.write_tls(&mut Nb {
+                io: &mut self.io,
+                cx,
+            }) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.tcp.poll_write_ready(cx))?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
@@ -67,7 +108,7 @@ impl AsyncTls {
     }
 }
 
-impl AsyncRead for AsyncTls {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for AsyncTls<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -84,7 +125,7 @@ impl AsyncRead for AsyncTls {
                 Err(e) => return Poll::Ready(Err(e)),
             }
             if this.eof {
-                // The socket ended without close_notify: a truncation, said as an error.
+                // The layer below ended without close_notify: a truncation, said as an error.
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the proxy closed the TLS connection without close_notify",
@@ -94,25 +135,25 @@ impl AsyncRead for AsyncTls {
             if this.conn.wants_write() {
                 let _ = this.poll_write_tls(cx)?;
             }
-            match this.conn.read_tls(&mut Nb(&this.tcp)) {
+            match this.conn.read_tls(&mut Nb {
+                io: &mut this.io,
+                cx,
+            }) {
                 Ok(0) => this.eof = true,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(this.tcp.poll_read_ready(cx))?;
-                    continue;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
                 Err(e) => return Poll::Ready(Err(e)),
             }
             if let Err(e) = this.conn.process_new_packets() {
                 // Tell the proxy why before giving up (the alert is queued by rustls).
-                let _ = this.conn.write_tls(&mut Nb(&this.tcp));
+                let _ = this.poll_write_tls(cx);
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
             }
         }
     }
 }
 
-impl AsyncWrite for AsyncTls {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AsyncTls<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -122,26 +163,28 @@ impl AsyncWrite for AsyncTls {
         // Room first: rustls's send buffer is bounded, so memory is too.
         ready!(this.poll_write_tls(cx))?;
         let n = this.conn.writer().write(buf)?;
-        // Send now what fits in the socket; the rest goes with the next write or flush.
-        while this.conn.wants_write() {
-            match this.conn.write_tls(&mut Nb(&this.tcp)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        // Send now what fits below; the rest goes with the next write or flush.
+        match this.poll_write_tls(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(n)),
         }
-        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_write_tls(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_tls(cx))?;
+        // A TLS layer below holds what it was given until it is flushed too.
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.conn.send_close_notify();
+        if !this.closing {
+            this.closing = true;
+            this.conn.send_close_notify();
+        }
         ready!(this.poll_write_tls(cx))?;
-        match socket2::SockRef::from(&this.tcp).shutdown(std::net::Shutdown::Write) {
+        match ready!(Pin::new(&mut this.io).poll_shutdown(cx)) {
             // The proxy already closed: nothing left to shut.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
             other => Poll::Ready(other),

@@ -6,6 +6,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
 
 use rustls::{ClientConnection, StreamOwned};
 
@@ -13,6 +14,13 @@ use crate::connect::{self, Deadline};
 use crate::handshake::Conn;
 use crate::relay::Tunnel;
 use crate::tls::TlsTunnel;
+
+/// The socket at the bottom of a route's stack: TCP to the first hop, or the socket pair end of
+/// an HTTP/2 hop's tunnel (the hops after it run through that).
+pub enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
 
 /// A blocking connection: the socket, or TLS over another `Stream`.
 pub enum Stream {
@@ -63,6 +71,13 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// The socket (blocking, without timeouts) and every TLS session on it, outermost first:
+    /// for an HTTP/2 hop, which drives them all on its runtime.
+    pub fn into_stack(self) -> io::Result<(Socket, Vec<ClientConnection>)> {
+        let (tcp, sessions) = self.into_layers()?;
+        Ok((Socket::Tcp(tcp), sessions))
     }
 
     /// The socket and at most one TLS session, for callers that relay one layer themselves;
