@@ -69,6 +69,8 @@ pub struct Proxy {
     pub tls: bool,
     /// `socks4://`, `socks4a://`, `socks5://`, `socks5h://`: a SOCKS hop instead of HTTP CONNECT.
     pub socks: Option<crate::hop::socks::Version>,
+    /// `https+h2://`: `h2` offered to this hop by ALPN (`--proxy-http2` for this hop alone).
+    pub h2: bool,
 }
 
 impl Proxy {
@@ -315,6 +317,20 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         bail!(
             "checking -L and --forwards: --fdpass and --tls are for the pipe mode (a forward carries the client's own bytes, TLS or not)"
         );
+    }
+    if let Some(h2) = proxies.iter().find(|p| p.h2) {
+        if listen.is_some() {
+            bail!(
+                "checking proxy https+h2://{}: HTTP/2 to a proxy works in the pipe mode for now (-L, -D and --forwards speak HTTP/1.1 to the proxy: write it as https://)",
+                h2.endpoint
+            );
+        }
+        if auth_scheme == Some(Scheme::Ntlm) {
+            bail!(
+                "checking --proxy-auth ntlm: proxy https+h2://{} speaks HTTP/2, and NTLM authenticates a connection rather than a request, which HTTP/2 shares: write that proxy as https:// to use NTLM over HTTP/1.1",
+                h2.endpoint
+            );
+        }
     }
     if cli.fdpass && (any_tls_hop || target_tls.is_some()) {
         bail!(
@@ -565,7 +581,14 @@ fn parse_proxies(args: &[String]) -> anyhow::Result<Vec<Proxy>> {
 /// no port is given (curl's default).
 fn parse_env_proxy(value: &str) -> anyhow::Result<Proxy> {
     if value.contains("://") {
-        return parse_proxy(value);
+        let proxy = parse_proxy(value)?;
+        if proxy.h2 {
+            // curl, git and every other program read this variable too, and refuse the scheme.
+            bail!(
+                "https+h2:// is gimlet's own spelling, which the other programs that read this variable refuse: keep https:// there and give --proxy-http2"
+            );
+        }
+        return Ok(proxy);
     }
     let has_port = match value.strip_prefix('[') {
         Some(rest) => rest.contains("]:"),
@@ -898,15 +921,22 @@ pub fn parse_proxy(s: &str) -> anyhow::Result<Proxy> {
     let (tls, default_port, socks) = match scheme.as_deref() {
         None => (false, None, None),
         Some("http") => (false, Some(80), None),
-        Some("https") => (true, Some(443), None),
+        Some("https" | "https+h2") => (true, Some(443), None),
         Some("socks4") => (false, Some(socks::DEFAULT_PORT), Some(Version::V4)),
         Some("socks4a") => (false, Some(socks::DEFAULT_PORT), Some(Version::V4a)),
         Some("socks5") => (false, Some(socks::DEFAULT_PORT), Some(Version::V5)),
         Some("socks5h") => (false, Some(socks::DEFAULT_PORT), Some(Version::V5h)),
+        Some(other) if other.ends_with("+h2") => bail!(
+            "{other}:// cannot speak HTTP/2: h2 is agreed by ALPN inside TLS, so only https+h2:// takes it (gimlet speaks no cleartext h2c)"
+        ),
+        Some(other @ ("h2" | "h2c" | "http2")) => bail!(
+            "unsupported proxy scheme {other:?}: for CONNECT over HTTP/2 to a TLS proxy write https+h2://HOST[:PORT]"
+        ),
         Some(other) => bail!(
-            "unsupported proxy scheme {other:?} (expected http://, https://, socks4://, socks4a://, socks5:// or socks5h://)"
+            "unsupported proxy scheme {other:?} (expected http://, https://, https+h2://, socks4://, socks4a://, socks5:// or socks5h://)"
         ),
     };
+    let h2 = scheme.as_deref() == Some("https+h2");
     let (userinfo, rest) = match rest.rsplit_once('@') {
         Some((u, h)) if scheme.is_some() => (Some(u), h),
         Some(_) => bail!("credentials need the URL form http://user:password@host:port"),
@@ -943,6 +973,7 @@ pub fn parse_proxy(s: &str) -> anyhow::Result<Proxy> {
         credentials,
         tls,
         socks,
+        h2,
     })
 }
 
@@ -1550,6 +1581,29 @@ mod tests {
         for target in ["fe80::1%eth0", "[fe80::1%25eth0]", "[::1%lo]", "fe80::1%1"] {
             let err = format!("{:#}", config(&["p:1", target, "1"]).unwrap_err());
             assert!(err.contains("zone id"), "{err}");
+        }
+    }
+
+    #[test]
+    fn https_h2_is_an_https_proxy_offered_http2() {
+        for (url, port) in [
+            ("https+h2://p.example", 443),
+            ("HTTPS+H2://p.example:8443/", 8443),
+            ("https+h2://al:pw@p.example:1", 1),
+        ] {
+            let p = parse_proxy(url).unwrap();
+            assert!(p.tls && p.h2 && p.socks.is_none(), "{url}");
+            assert_eq!(p.endpoint.port, port, "{url}");
+        }
+        let p = parse_proxy("https://p.example").unwrap();
+        assert!(p.tls && !p.h2);
+        for bad in [
+            "http+h2://p:1",
+            "socks5h+h2://p",
+            "h2://p:443",
+            "h2c://p:80",
+        ] {
+            assert!(parse_proxy(bad).is_err(), "{bad:?} accepted");
         }
     }
 

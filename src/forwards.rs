@@ -510,7 +510,7 @@ mod tests {
             ),
             (
                 "2222 h 22 http://a:1,ftp://b:2",
-                "error: parsing hop 2 of the chain: unsupported proxy scheme \"ftp\" (expected http://, https://, socks4://, socks4a://, socks5:// or socks5h://)",
+                "error: parsing hop 2 of the chain: unsupported proxy scheme \"ftp\" (expected http://, https://, https+h2://, socks4://, socks4a://, socks5:// or socks5h://)",
             ),
             (
                 "2222 h 22 socks5://p",

@@ -90,13 +90,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
             "checking standard output for --fdpass: it is not a Unix socket (ssh gives one with ProxyUseFdpass yes)",
         ));
     }
-    let established = match tunnel::open(&upstream, &config.target)? {
-        tunnel::Opened::Stream(established) => established,
-        tunnel::Opened::H2(h2) => {
-            drop(upstream);
-            return relay_h2(h2, config, &via, target_tls);
-        }
-    };
+    let established = establish(&upstream, &config.target)?;
     // The last copy of the credentials: zeroed now, before any tunnel byte moves.
     drop(upstream);
 
@@ -146,11 +140,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         }
         None => None,
     };
-    let (tcp, mut sessions) = stream
-        .into_layers()
-        .and_then(|(s, c)| s.set_nonblocking(true).map(|()| (s, c)))
-        .kind_ctx(Kind::Tunnel, relaying)?;
-    let socket = mio::net::TcpStream::from_std(tcp);
+    let (socket, mut sessions, pumps) = stream.into_bottom().kind_ctx(Kind::Tunnel, relaying)?;
     // With --tls the leftover went into the destination's TLS session, not to stdout.
     let first = if inner.is_some() {
         &[][..]
@@ -161,17 +151,28 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         idle_timeout: config.idle_timeout,
         splice: config.splice,
     };
-    // Every TLS session of the route, and the destination's innermost; none: plain socket.
+    // Every TLS session of the route, and the destination's innermost; none: a plain socket
+    // (TCP, or the socket pair an HTTP/2 hop's thread serves).
     sessions.extend(inner);
-    let stats = match sessions.len() {
-        0 => relay_stdio(socket, first, opts),
-        _ => relay_stdio(
-            transport::stream::Layers::new(socket, sessions),
+    let relayed = match (socket, sessions.len()) {
+        (transport::stream::Socket::Tcp(tcp), 0) => {
+            tcp.set_nonblocking(true).kind_ctx(Kind::Tunnel, relaying)?;
+            relay_stdio(mio::net::TcpStream::from_std(tcp), first, opts)
+        }
+        (transport::stream::Socket::Unix(pair), 0) => {
+            pair.set_nonblocking(true)
+                .kind_ctx(Kind::Tunnel, relaying)?;
+            relay_stdio(mio::net::UnixStream::from_std(pair), first, opts)
+        }
+        (socket, _) => relay_stdio(
+            transport::stream::Layers::new(socket, sessions).kind_ctx(Kind::Tunnel, relaying)?,
             first,
             opts,
         ),
-    }
-    .kind_ctx(Kind::Tunnel, relaying)?;
+    };
+    // An HTTP/2 hop's end (a reset, GOAWAY) says more than the relay's view of it.
+    finish(pumps).map_err(|e| e.context(relaying()))?;
+    let stats = relayed.kind_ctx(Kind::Tunnel, relaying)?;
     info!(
         "tunnel closed: {} bytes sent, {} bytes received",
         stats.up, stats.down
@@ -179,66 +180,17 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Relays stdio through an HTTP/2 CONNECT stream: the stdio relay drives one end of a socket
-/// pair, the h2 runtime's thread the other (see `hop::h2`).
-/// With `--tls`, the destination's TLS session runs over that socket pair.
-fn relay_h2(
-    tunnel: hop::h2::Tunnel,
-    config: &Config,
-    via: &str,
-    target_tls: Option<(
-        std::sync::Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
-) -> Result<(), Error> {
-    let relaying = || format!("relaying to {} {via} (HTTP/2)", config.target);
-    let (mut pair, pump) = tunnel.bridge().kind_ctx(Kind::Tunnel, relaying)?;
-    let opts = relay::Options {
-        idle_timeout: config.idle_timeout,
-        splice: config.splice,
-    };
-    let inner = match target_tls {
-        Some((tls_config, name)) => {
-            let peer = match via.strip_prefix("via ") {
-                Some(proxy) => format!("{} through {proxy}", config.target),
-                None => config.target.to_string(),
-            };
-            // The handshake's deadline: --connect-timeout, as for the proxy's own.
-            let shaken = pair
-                .set_read_timeout(Some(config.connect_timeout))
-                .kind_ctx(Kind::Tunnel, relaying)
-                .and_then(|()| tls::start(tls_config, &name, &mut pair, &peer));
-            match shaken {
-                Ok(conn) => {
-                    info!("TLS with {} through the tunnel", config.target);
-                    Some(conn)
-                }
-                Err(e) => {
-                    drop(pair);
-                    let _ = pump.finish();
-                    return Err(e);
-                }
-            }
+/// Waits for the threads of the route's HTTP/2 hops, innermost first (each closes the stream
+/// the next one out carries), and returns the error of the outermost that failed: its end
+/// ended the hops inside it too.
+fn finish(pumps: transport::stream::Pumps) -> Result<(), Error> {
+    let mut outermost = None;
+    for pump in pumps.into_iter().rev() {
+        if let Err(e) = pump.finish() {
+            outermost = Some(e);
         }
-        None => None,
-    };
-    let socket = pair
-        .set_read_timeout(None)
-        .and_then(|()| pair.set_nonblocking(true))
-        .map(|()| mio::net::UnixStream::from_std(pair))
-        .kind_ctx(Kind::Tunnel, relaying)?;
-    let relayed = match inner {
-        Some(conn) => relay_stdio(tls::TlsTunnel::new(conn, socket), &[], opts),
-        None => relay_stdio(socket, &[], opts),
-    };
-    // The pump's error (a reset, GOAWAY) says more than the relay's view of it.
-    pump.finish().map_err(|e| e.context(relaying()))?;
-    let stats = relayed.kind_ctx(Kind::Tunnel, relaying)?;
-    info!(
-        "tunnel closed: {} bytes sent, {} bytes received",
-        stats.up, stats.down
-    );
-    Ok(())
+    }
+    outermost.map_or(Ok(()), Err)
 }
 
 /// The configuration and server name of one TLS leg. Failures here come from the user's files

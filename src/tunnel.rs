@@ -1,7 +1,9 @@
 //! Opening a tunnel along a route: dial the first hop, then ask each hop in turn for the next
 //! (HTTP CONNECT or SOCKS) through the tunnel the hops before it opened, with TLS inside that
 //! tunnel for an `https://` hop; the last hop is asked for the destination. An empty route is
-//! a direct connection.
+//! a direct connection. A hop offered `h2` (`https+h2://`, `--proxy-http2`) that agrees gets
+//! its CONNECT over HTTP/2 (`hop::h2`), and its tunnel comes back as a socket pair
+//! (`transport::stream::Bridged`) the next hops and the relay run over.
 //!
 //! [`Upstream`] is prepared once (credentials asked for, TLS configured) and is `Sync`:
 //! [`establish`] runs per tunnel, from any thread (listen mode calls it per accepted
@@ -25,7 +27,7 @@ use crate::error::{Error, Kind, ResultExt};
 use crate::handshake::{self, Established, Negotiation, Request};
 use crate::hop::socks::{self, Socks, Step};
 use crate::tls;
-use crate::transport::stream::Stream;
+use crate::transport::stream::{Bridged, Finish, Stream};
 
 /// One prepared hop.
 struct Hop {
@@ -82,14 +84,19 @@ impl Upstream {
     /// it carries.
     pub fn route(config: &Config, proxies: &[Proxy], interactive: bool) -> Result<Upstream, Error> {
         let mut hops = Vec::with_capacity(proxies.len());
-        for (i, proxy) in proxies.iter().enumerate() {
-            // HTTP/2 for the hop asked for the destination, when no TLS hop comes before it
-            // (the h2 runtime drives one TLS session over a plain socket).
-            let h2 = config.proxy_http2
-                && i + 1 == proxies.len()
-                && proxy.tls
-                && proxy.socks.is_none()
-                && !proxies[..i].iter().any(|p| p.tls);
+        for proxy in proxies {
+            // HTTP/2 offered to an https+h2:// hop, and to every https:// hop with
+            // --proxy-http2, wherever it is in the chain.
+            if proxy.h2 && config.listen.is_some() {
+                return Err(Error::msg(
+                    Kind::Usage,
+                    format_args!(
+                        "checking proxy https+h2://{}: HTTP/2 to a proxy works in the pipe mode for now (-L, -D and --forwards speak HTTP/1.1 to the proxy: write it as https://)",
+                        proxy.endpoint
+                    ),
+                ));
+            }
+            let h2 = (proxy.h2 || config.proxy_http2) && proxy.tls && proxy.socks.is_none();
             hops.push(prepare(config, proxy, h2)?);
         }
         let route_name = match hops.as_slice() {
@@ -246,65 +253,6 @@ pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<Stream>
     Ok(established)
 }
 
-/// A tunnel as opened: HTTP/1.1 (or SOCKS, or direct) over a [`Stream`], or an HTTP/2 stream.
-pub enum Opened {
-    Stream(Established<Stream>),
-    H2(crate::hop::h2::Tunnel),
-}
-
-/// Like [`establish`], and when the last hop offered `h2` (`--proxy-http2`) and the proxy
-/// agreed, CONNECT over HTTP/2 instead.
-pub fn open(up: &Upstream, target: &Endpoint) -> Result<Opened, Error> {
-    let Some(last) = up.hops.len().checked_sub(1).filter(|&i| up.hops[i].h2) else {
-        return establish(up, target).map(Opened::Stream);
-    };
-    let clock = Clock::start(up.dialer.timeout);
-    let stream = reach(up, last, &clock)?;
-    let agreed = match &stream {
-        Stream::Tls(s) => s.conn.alpn_protocol() == Some(b"h2"),
-        Stream::Plain(_) => false,
-    };
-    if !agreed {
-        info!("{} chose HTTP/1.1", up.who(last));
-        return ask(up, last, stream, target, &clock).map(Opened::Stream);
-    }
-    let hop = &up.hops[last];
-    let who = up.who(last);
-    info!("{who} agreed to HTTP/2; asking for CONNECT {target}");
-    let proxy_name = hop.proxy.endpoint.to_string();
-    let no_askers = credentials::Askers::default();
-    let askers = up.askers.as_ref().unwrap_or(&no_askers);
-    let tunnel = crate::hop::h2::connect(
-        stream,
-        crate::hop::h2::Exchange {
-            target,
-            proxy: &proxy_name,
-            user_agent: up.user_agent.as_deref(),
-            headers: &up.headers,
-            credentials: hop.credentials.clone(),
-            scheme: up.scheme,
-            ask: &mut || match up.askers {
-                None => Ok(None),
-                Some(_) => clock
-                    .pause(|| credentials::ask(&proxy_name, None, askers))
-                    .kind_ctx(Kind::Auth, || {
-                        format!("asking for credentials for proxy {proxy_name}")
-                    }),
-            },
-            negotiate: Some(auth::negotiate::Setup::system(
-                auth::negotiate::service_name(
-                    up.service_name.as_deref(),
-                    &hop.proxy.endpoint.host.to_string(),
-                ),
-            )),
-            clock: &clock,
-        },
-    )
-    .map_err(|e| up.at(last, e))?;
-    info!("tunnel to {target} open: {:?} (HTTP/2)", tunnel.status_line);
-    Ok(Opened::H2(tunnel))
-}
-
 /// A connection on which hop `i` is listening: hop 0 dialled, or hop `i - 1` asked for hop
 /// `i`; TLS with the hop when it is `https://`.
 fn reach(up: &Upstream, i: usize, clock: &Clock) -> Result<Stream, Error> {
@@ -387,7 +335,100 @@ fn ask(
     let hop = &up.hops[i];
     match hop.proxy.socks {
         Some(version) => socks_hop(up, i, version, stream, next, clock),
-        None => http_hop(up, i, stream, next, clock).map_err(|e| up.at(i, e)),
+        None if hop.h2 && stream.alpn() == Some(b"h2") => {
+            h2_hop(up, i, stream, next, clock).map_err(|e| up.at(i, e))
+        }
+        None => {
+            if hop.h2 {
+                info!("{} chose HTTP/1.1", up.who(i));
+            }
+            http_hop(up, i, stream, next, clock).map_err(|e| up.at(i, e))
+        }
+    }
+}
+
+/// CONNECT over HTTP/2 with hop `i` (it agreed to `h2` on `stream`). The stream's stack moves
+/// onto the hop's runtime thread, and the tunnel comes back as the near end of a socket pair
+/// that thread serves: the next hop's handshake, or the relay, runs over it like over TCP.
+fn h2_hop(
+    up: &Upstream,
+    i: usize,
+    mut stream: Stream,
+    next: &Endpoint,
+    clock: &Clock,
+) -> Result<Established<Stream>, Error> {
+    let hop = &up.hops[i];
+    let who = up.who(i);
+    info!("{who} agreed to HTTP/2; asking for CONNECT {next}");
+    // The threads of HTTP/2 hops beneath keep serving this one's connection.
+    let mut pumps = stream.take_pumps();
+    let proxy_name = hop.proxy.endpoint.to_string();
+    let no_askers = credentials::Askers::default();
+    let askers = up.askers.as_ref().unwrap_or(&no_askers);
+    let tunnel = crate::hop::h2::connect(
+        stream,
+        crate::hop::h2::Exchange {
+            target: next,
+            proxy: &proxy_name,
+            user_agent: up.user_agent.as_deref(),
+            headers: &up.headers,
+            credentials: hop.credentials.clone(),
+            scheme: up.scheme,
+            ask: &mut || match up.askers {
+                None => Ok(None),
+                Some(_) => clock
+                    .pause(|| credentials::ask(&proxy_name, None, askers))
+                    .kind_ctx(Kind::Auth, || {
+                        format!("asking for credentials for proxy {proxy_name}")
+                    }),
+            },
+            negotiate: Some(auth::negotiate::Setup::system(
+                auth::negotiate::service_name(
+                    up.service_name.as_deref(),
+                    &hop.proxy.endpoint.host.to_string(),
+                ),
+            )),
+            clock,
+        },
+    )?;
+    let status_line = tunnel.status_line.clone();
+    let (near, pump) = tunnel
+        .bridge()
+        .kind_ctx(Kind::Tunnel, || format!("HTTP/2 tunnel through {who}"))?;
+    pumps.push(Box::new(HopPump {
+        pump,
+        who: (up.hops.len() > 1).then_some(who),
+    }));
+    let code = status_line
+        .rsplit(' ')
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(200);
+    Ok(Established {
+        stream: Stream::Bridged(Bridged::new(near, clock.clone(), pumps)),
+        reply: handshake::Reply {
+            version: 2,
+            code,
+            status_line,
+            headers: Vec::new(),
+        },
+        leftover: Vec::new(),
+    })
+}
+
+/// An HTTP/2 hop's thread, named for messages in a chain.
+struct HopPump {
+    pump: crate::hop::h2::Pump,
+    who: Option<String>,
+}
+
+impl Finish for HopPump {
+    fn finish(self: Box<Self>) -> Result<(), Error> {
+        let HopPump { pump, who } = *self;
+        pump.finish().map_err(|e| match who {
+            Some(who) => e.context(who),
+            None => e,
+        })
     }
 }
 

@@ -396,7 +396,7 @@ fn ntlm_refused(proxy: &str) -> Error {
     Error::msg(
         Kind::Auth,
         format_args!(
-            "proxy {proxy} wants NTLM, which authenticates a connection rather than a request and cannot be used over HTTP/2 (where one connection carries many requests): drop --proxy-http2 to use NTLM over HTTP/1.1"
+            "proxy {proxy} wants NTLM, which authenticates a connection rather than a request and cannot be used over HTTP/2 (where one connection carries many requests): drop --proxy-http2 (and write an https+h2:// proxy as https://) to use NTLM over HTTP/1.1"
         ),
     )
 }

@@ -2,6 +2,10 @@
 //! TCP, an `https://` hop 2 as TLS inside hop 1's tunnel, an `https://` hop 3 as TLS inside
 //! that, and so on. [`Stream`] is the blocking form the handshakes use (one deadline on the
 //! socket under all layers); [`Layers`] is the same stack rebuilt for the non-blocking relay.
+//!
+//! An HTTP/2 hop ends the socket's part: its tunnel is a stream inside its connection, served
+//! by the hop's own thread through a socket pair ([`Bridged`]), and the hops after it (and the
+//! relay) run over the near end of that pair as they would over TCP.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -10,7 +14,8 @@ use std::os::unix::net::UnixStream;
 
 use rustls::{ClientConnection, StreamOwned};
 
-use crate::connect::{self, Deadline};
+use crate::connect::{self, Clock, Deadline};
+use crate::error::Error;
 use crate::handshake::Conn;
 use crate::relay::Tunnel;
 use crate::tls::TlsTunnel;
@@ -25,7 +30,77 @@ pub enum Socket {
 /// A blocking connection: the socket, or TLS over another `Stream`.
 pub enum Stream {
     Plain(Deadline),
+    /// The tunnel through an HTTP/2 hop.
+    Bridged(Bridged),
     Tls(Box<StreamOwned<ClientConnection, Stream>>),
+}
+
+/// What serves the far end of a [`Bridged`] socket pair (an HTTP/2 hop's thread). It runs
+/// until the relay is done; `finish` then waits for it and says how its part of the tunnel
+/// ended (a RST_STREAM or GOAWAY says more than the socket pair's end).
+pub trait Finish: Send {
+    fn finish(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// The threads serving bridged tunnels, outermost first.
+pub type Pumps = Vec<Box<dyn Finish>>;
+
+/// The near end of a socket pair whose far end a hop's thread serves, with the route's
+/// deadline on every read and write of the handshakes run through it.
+pub struct Bridged {
+    socket: UnixStream,
+    clock: Clock,
+    /// The threads serving this tunnel and every bridged tunnel beneath it, outermost first:
+    /// all must run as long as this one is used.
+    pumps: Pumps,
+}
+
+impl Bridged {
+    pub fn new(socket: UnixStream, clock: Clock, pumps: Pumps) -> Bridged {
+        Bridged {
+            socket,
+            clock,
+            pumps,
+        }
+    }
+
+    fn arm(&self, write: bool) -> io::Result<()> {
+        let left = self
+            .clock
+            .remaining()
+            .ok_or_else(|| self.clock.timed_out())?;
+        match write {
+            true => self.socket.set_write_timeout(Some(left)),
+            false => self.socket.set_read_timeout(Some(left)),
+        }
+    }
+
+    fn check<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.clock.timed_out(),
+            _ => e,
+        })
+    }
+}
+
+impl Read for Bridged {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(false)?;
+        let r = self.socket.read(buf);
+        self.check(r)
+    }
+}
+
+impl Write for Bridged {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(true)?;
+        let r = self.socket.write(buf);
+        self.check(r)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Stream {
@@ -48,21 +123,46 @@ impl Stream {
     /// How many TLS sessions are stacked on the socket.
     pub fn tls_layers(&self) -> usize {
         match self {
-            Stream::Plain(_) => 0,
+            Stream::Plain(_) | Stream::Bridged(_) => 0,
             Stream::Tls(s) => 1 + s.sock.tls_layers(),
         }
     }
 
-    /// The socket (blocking, without timeouts) and the TLS sessions, outermost (next to the
-    /// socket) first.
+    /// The protocol the outermost TLS session agreed by ALPN, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Tls(s) => s.conn.alpn_protocol(),
+            _ => None,
+        }
+    }
+
+    /// The TCP socket (blocking, without timeouts) and the TLS sessions, outermost (next to
+    /// the socket) first. A tunnel through an HTTP/2 hop has no TCP socket of its own.
     pub fn into_layers(self) -> io::Result<(TcpStream, Vec<ClientConnection>)> {
+        match self.into_bottom()? {
+            (Socket::Tcp(tcp), sessions, _) => Ok((tcp, sessions)),
+            (Socket::Unix(_), ..) => Err(io::Error::other(
+                "a tunnel through an HTTP/2 hop is no TCP connection to hand over",
+            )),
+        }
+    }
+
+    /// The socket (blocking, without timeouts), the TLS sessions on it (outermost first) and
+    /// the threads serving the bridged tunnels beneath (outermost first; see [`Finish`]).
+    pub fn into_bottom(self) -> io::Result<(Socket, Vec<ClientConnection>, Pumps)> {
         let mut sessions = Vec::new();
         let mut s = self;
         loop {
             match s {
                 Stream::Plain(d) => {
                     sessions.reverse();
-                    return Ok((d.into_inner()?, sessions));
+                    return Ok((Socket::Tcp(d.into_inner()?), sessions, Vec::new()));
+                }
+                Stream::Bridged(b) => {
+                    sessions.reverse();
+                    b.socket.set_read_timeout(None)?;
+                    b.socket.set_write_timeout(None)?;
+                    return Ok((Socket::Unix(b.socket), sessions, b.pumps));
                 }
                 Stream::Tls(b) => {
                     let StreamOwned { conn, sock } = *b;
@@ -73,11 +173,27 @@ impl Stream {
         }
     }
 
+    /// Takes the threads serving the bridged tunnels beneath (outermost first), for a hop
+    /// that moves the stack onto its own thread and keeps them running itself.
+    pub fn take_pumps(&mut self) -> Pumps {
+        match self {
+            Stream::Plain(_) => Vec::new(),
+            Stream::Bridged(b) => std::mem::take(&mut b.pumps),
+            Stream::Tls(s) => s.sock.take_pumps(),
+        }
+    }
+
     /// The socket (blocking, without timeouts) and every TLS session on it, outermost first:
-    /// for an HTTP/2 hop, which drives them all on its runtime.
+    /// for an HTTP/2 hop, which drives them all on its runtime. The threads serving a bridged
+    /// tunnel beneath must have been taken ([`Stream::take_pumps`]): dropped here, they would
+    /// stop serving it.
     pub fn into_stack(self) -> io::Result<(Socket, Vec<ClientConnection>)> {
-        let (tcp, sessions) = self.into_layers()?;
-        Ok((Socket::Tcp(tcp), sessions))
+        match self.into_bottom()? {
+            (socket, sessions, pumps) if pumps.is_empty() => Ok((socket, sessions)),
+            _ => Err(io::Error::other(
+                "the threads serving the tunnel beneath were not taken over",
+            )),
+        }
     }
 
     /// The socket and at most one TLS session, for callers that relay one layer themselves;
@@ -98,6 +214,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(d) => d.read(buf),
+            Stream::Bridged(b) => b.read(buf),
             Stream::Tls(s) => s.read(buf),
         }
     }
@@ -107,6 +224,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(d) => d.write(buf),
+            Stream::Bridged(b) => b.write(buf),
             Stream::Tls(s) => s.write(buf),
         }
     }
@@ -114,6 +232,7 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(d) => d.flush(),
+            Stream::Bridged(b) => b.flush(),
             Stream::Tls(s) => s.flush(),
         }
     }
@@ -124,7 +243,7 @@ impl Conn for Stream {
     fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
         match self {
             Stream::Plain(d) => d.peek(buf),
-            Stream::Tls(_) => None,
+            Stream::Bridged(_) | Stream::Tls(_) => None,
         }
     }
 }
@@ -132,15 +251,26 @@ impl Conn for Stream {
 /// The non-blocking stack for the relay: the socket, or TLS over another layer.
 pub enum Layers {
     Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
     Tls(Box<TlsTunnel<Layers>>),
 }
 
 impl Layers {
-    /// Stacks `sessions` (outermost first) on a non-blocking socket.
-    pub fn new(socket: mio::net::TcpStream, sessions: Vec<ClientConnection>) -> Layers {
-        sessions.into_iter().fold(Layers::Tcp(socket), |io, conn| {
+    /// Stacks `sessions` (outermost first) on `socket`, made non-blocking.
+    pub fn new(socket: Socket, sessions: Vec<ClientConnection>) -> io::Result<Layers> {
+        let base = match socket {
+            Socket::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                Layers::Tcp(mio::net::TcpStream::from_std(s))
+            }
+            Socket::Unix(s) => {
+                s.set_nonblocking(true)?;
+                Layers::Unix(mio::net::UnixStream::from_std(s))
+            }
+        };
+        Ok(sessions.into_iter().fold(base, |io, conn| {
             Layers::Tls(Box::new(TlsTunnel::new(conn, io)))
-        })
+        }))
     }
 }
 
@@ -148,6 +278,7 @@ impl Read for Layers {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Layers::Tcp(s) => s.read(buf),
+            Layers::Unix(s) => s.read(buf),
             Layers::Tls(t) => t.read(buf),
         }
     }
@@ -157,6 +288,7 @@ impl Write for Layers {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Layers::Tcp(s) => s.write(buf),
+            Layers::Unix(s) => s.write(buf),
             Layers::Tls(t) => t.write(buf),
         }
     }
@@ -164,6 +296,7 @@ impl Write for Layers {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Layers::Tcp(s) => s.flush(),
+            Layers::Unix(s) => s.flush(),
             Layers::Tls(t) => t.flush(),
         }
     }
@@ -173,6 +306,7 @@ impl mio::event::Source for Layers {
     fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
         match self {
             Layers::Tcp(s) => s.register(r, t, i),
+            Layers::Unix(s) => s.register(r, t, i),
             Layers::Tls(l) => l.register(r, t, i),
         }
     }
@@ -180,6 +314,7 @@ impl mio::event::Source for Layers {
     fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
         match self {
             Layers::Tcp(s) => s.reregister(r, t, i),
+            Layers::Unix(s) => s.reregister(r, t, i),
             Layers::Tls(l) => l.reregister(r, t, i),
         }
     }
@@ -187,6 +322,7 @@ impl mio::event::Source for Layers {
     fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
         match self {
             Layers::Tcp(s) => s.deregister(r),
+            Layers::Unix(s) => s.deregister(r),
             Layers::Tls(l) => l.deregister(r),
         }
     }
@@ -196,6 +332,7 @@ impl Tunnel for Layers {
     fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Layers::Tcp(s) => s.shutdown_write(),
+            Layers::Unix(s) => s.shutdown_write(),
             Layers::Tls(t) => t.shutdown_write(),
         }
     }
@@ -203,6 +340,7 @@ impl Tunnel for Layers {
     fn splice_fd(&self) -> Option<RawFd> {
         match self {
             Layers::Tcp(s) => s.splice_fd(),
+            Layers::Unix(s) => s.splice_fd(),
             Layers::Tls(_) => None,
         }
     }

@@ -11,6 +11,7 @@ mod errors;
 mod fdpass;
 mod generated;
 mod h2;
+mod h2_routes;
 mod input;
 mod listen;
 mod negotiate;
