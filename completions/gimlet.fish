@@ -36,7 +36,7 @@ complete -c gimlet -l drain-timeout -d 'On SIGTERM or SIGINT, let open tunnels f
 complete -c gimlet -l log -d 'Append listen mode\'s log to FILE instead of standard error' -r -F
 complete -c gimlet -l netrc -d 'Take credentials from ~/.netrc'
 complete -c gimlet -l proxy-insecure -d 'Do not verify an https:// proxy\'s certificate (a warning is printed)'
-complete -c gimlet -l proxy-http2 -d 'Offer HTTP/2 to an https:// proxy (ALPN h2, then http/1.1)'
+complete -c gimlet -l proxy-http2 -d 'Offer HTTP/2 to every https:// proxy (ALPN h2, then http/1.1)'
 complete -c gimlet -l tls -d 'Speak TLS to HOST through the tunnel'
 complete -c gimlet -l insecure -d 'With --tls, do not verify HOST\'s certificate (a warning is printed)'
 complete -c gimlet -l fdpass -d 'Hand the connected socket to ssh and exit (ProxyUseFdpass yes)'

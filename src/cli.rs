@@ -29,6 +29,7 @@ const SHORT_ARGUMENTS: &str = "\
 Arguments:
   PROXY      host:port, [v6addr]:port, http[s]://[user[:password]@]host[:port]
              or socks4|socks4a|socks5|socks5h://[user[:password]@]host[:port]
+             (https+h2:// offers HTTP/2 to that proxy)
   HOST PORT  the destination, as ssh's %h %p give it; alone, the proxy comes from
              https_proxy/all_proxy unless no_proxy matches
   PROXYHOST PROXYPORT HOST PORT [AUTHFILE]
@@ -39,7 +40,8 @@ Arguments:
   PROXY      host:port, [v6addr]:port, http[s]://[user[:password]@]host[:port]
              or socks4|socks4a|socks5|socks5h://[user[:password]@]host[:port]
              (userinfo percent-decoded; no port in a URL: 80, 443 for https://,
-             1080 for SOCKS; socks4a and socks5h let the proxy resolve HOST)
+             1080 for SOCKS; socks4a and socks5h let the proxy resolve HOST);
+             https+h2:// is https:// offering HTTP/2 (--proxy-http2 for that hop)
   HOST PORT  the destination (ssh's %h %p); an IPv6 HOST needs no brackets. Given
              alone, the proxy is the first non-empty of https_proxy, HTTPS_PROXY,
              all_proxy, ALL_PROXY, unless no_proxy/NO_PROXY (or --noproxy) matches
@@ -55,7 +57,8 @@ pub const ARGUMENTS: &[(&str, &str)] = &[
          socks4|socks4a|socks5|socks5h://[user[:password]@]host[:port] (userinfo \
          percent-decoded; a URL without a port means 80, 443 for https://, which speaks TLS \
          to the proxy, or 1080 for SOCKS). socks4 and socks5 have gimlet resolve HOST; socks4a \
-         and socks5h let the proxy resolve it, as curl's schemes do.",
+         and socks5h let the proxy resolve it, as curl's schemes do. https+h2:// is an \
+         https:// proxy offered HTTP/2 by ALPN, --proxy-http2 for that proxy alone.",
     ),
     (
         "HOST PORT",
@@ -119,6 +122,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "gimlet -p http://proxy.corp:3128 -p https://edge.example:443 git.example.com 22",
     ),
     (
+        "A chain whose second hop speaks HTTP/2 (CONNECT over h2), the first HTTP/1.1:",
+        "gimlet -p http://proxy.corp:3128 -p https+h2://edge.example:443 git.example.com 22",
+    ),
+    (
         "With credentials from the environment, showing the steps:",
         "GIMLET_PROXY_AUTH='alice:s3cret' gimlet -v -p http://proxy.corp:8080 example.com 443",
     ),
@@ -163,10 +170,12 @@ pub struct Cli {
     /// host:port, [v6addr]:port, http[s]://[user[:password]@]host[:port] or
     /// socks4|socks4a|socks5|socks5h://[user[:password]@]host[:port] (userinfo
     /// percent-decoded; port 80, 443 or 1080 when a URL omits it). https:// speaks TLS to the
-    /// proxy. A link-local proxy names its interface: [fe80::1%eth0]:3128 or
+    /// proxy; https+h2:// also offers it HTTP/2 (ALPN h2, then http/1.1), as --proxy-http2
+    /// does for every https:// hop. A link-local proxy names its interface: [fe80::1%eth0]:3128 or
     /// http://[fe80::1%25eth0]:3128. Given more than once, the proxies form a chain in order:
     /// gimlet connects to the first, asks it for the second, and so on, the last being asked
-    /// for HOST PORT; any mix of schemes, https:// anywhere (TLS inside the tunnel before it).
+    /// for HOST PORT; any mix of schemes, https:// and https+h2:// anywhere (TLS inside the
+    /// tunnel before it; the hops after an HTTP/2 hop run inside its CONNECT stream).
     /// --connect-timeout covers the whole chain.
     #[arg(short = 'p', long = "proxy", value_name = "URL", help_heading = PROXY)]
     pub proxy: Vec<String>,
@@ -268,12 +277,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "proxy_cert", help_heading = PROXY_TLS)]
     pub proxy_key: Option<PathBuf>,
 
-    /// Offer HTTP/2 to an https:// proxy (ALPN h2, then http/1.1)
+    /// Offer HTTP/2 to every https:// proxy (ALPN h2, then http/1.1)
     ///
-    /// When the proxy picks h2, the tunnel is an HTTP/2 CONNECT stream (RFC 9113 §8.5); when it
-    /// picks http/1.1, nothing changes. Applies to the last hop of a chain (the one asked for
-    /// HOST); Basic, Digest and Negotiate work over h2, NTLM (bound to a connection) does not.
-    /// Pipe mode only for now.
+    /// When a proxy picks h2, its tunnel is an HTTP/2 CONNECT stream (RFC 9113 §8.5); when it
+    /// picks http/1.1, nothing changes. Applies to every https:// hop of a chain; write one hop
+    /// as https+h2:// to offer h2 to it alone. Basic, Digest and Negotiate work over h2, NTLM
+    /// (bound to a connection) does not. Pipe mode only for now.
     #[arg(long, help_heading = PROXY_TLS)]
     pub proxy_http2: bool,
 
