@@ -2,20 +2,17 @@
 //! naming its destination; a real gimlet followed through its log on stderr, clients written
 //! byte by byte here, echo servers and fake upstream proxies on the loopback interface.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::thread;
-use std::time::Instant;
 
 use crate::support::*;
 
 /// A running `gimlet -D`; its stderr log is read line by line as it comes.
 struct Daemon {
     child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    log: DaemonLog,
     port: u16,
 }
 
@@ -26,26 +23,10 @@ impl Daemon {
 
     #[track_caller]
     fn start_with(cmd: &mut Command) -> Daemon {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start gimlet");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let (child, log) = spawn_logged(cmd);
         let mut d = Daemon {
             child,
-            lines,
-            seen: Vec::new(),
+            log,
             port: 0,
         };
         let line = d.wait_for("listening on 127.0.0.1:");
@@ -61,22 +42,7 @@ impl Daemon {
     /// The next log line containing `needle`.
     #[track_caller]
     fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + HANG;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line with {needle:?}; log so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        self.log.wait_for(needle)
     }
 
     fn connect(&self) -> TcpStream {

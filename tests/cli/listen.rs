@@ -1,11 +1,10 @@
 //! Listen mode (`-L`, `--forwards`): a real gimlet daemon, followed through its log lines on
 //! stderr, forwarding to echo servers and fake proxies on the loopback interface.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,7 @@ use crate::support::*;
 /// A running gimlet in listen mode; its stderr log is read line by line as it comes.
 struct Daemon {
     child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    log: DaemonLog,
 }
 
 impl Daemon {
@@ -24,56 +22,19 @@ impl Daemon {
     }
 
     fn start_with(cmd: &mut Command) -> Daemon {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start gimlet");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Daemon {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        let (child, log) = spawn_logged(cmd);
+        Daemon { child, log }
     }
 
-    /// The next log line containing `needle` (earlier lines are kept in `seen`).
+    /// The next log line containing `needle` (earlier lines are kept).
     #[track_caller]
     fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + HANG;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line with {needle:?}; log so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        self.log.wait_for(needle)
     }
 
     /// Everything logged so far, for failure messages.
     fn log_so_far(&mut self) -> String {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
+        self.log.so_far()
     }
 
     /// The port of the next "listening on 127.0.0.1:PORT" line.
@@ -96,17 +57,15 @@ impl Daemon {
         let deadline = Instant::now() + HANG;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                self.seen.extend(self.lines.iter());
-                return (status, std::mem::take(&mut self.seen));
+                self.log.rest();
+                return (status, std::mem::take(&mut self.log.seen));
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("gimlet did not exit; log:\n{}", self.seen.join("\n"));
+                panic!("gimlet did not exit; log:\n{}", self.log.seen.join("\n"));
             }
             // Drain the log meanwhile (and wait on it rather than spin).
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
-                self.seen.push(line);
-            }
+            self.log.take_one(Duration::from_millis(50));
         }
     }
 

@@ -4,9 +4,11 @@
 //! what the authentication tests need: proxies that ask for credentials and
 //! check them with their own Basic, Digest and NTLM computations.
 
+mod daemon;
 mod schemes;
 mod socks;
 
+pub use daemon::*;
 pub use schemes::*;
 pub use socks::*;
 
