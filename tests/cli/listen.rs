@@ -40,8 +40,17 @@ impl Daemon {
     /// The port of the next "listening on 127.0.0.1:PORT" line.
     #[track_caller]
     fn listening_port(&mut self) -> u16 {
-        let line = self.wait_for("listening on 127.0.0.1:");
+        let line = self.wait_for("gimlet: listening on 127.0.0.1:");
         port_after(&line, "listening on 127.0.0.1:")
+    }
+
+    /// Waits until gimlet listens on 127.0.0.1:`port`. Only the event's own line counts: a
+    /// failure ("FILE:2: listening on 127.0.0.1:PORT: Address already in use; this line is
+    /// not in force") names the same address, and taking it for success sent a test to
+    /// whatever else listened there (a reset, under load).
+    #[track_caller]
+    fn listening_on(&mut self, port: u16) {
+        self.wait_for(&format!("gimlet: listening on 127.0.0.1:{port} for "));
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -161,15 +170,6 @@ fn round_trip(s: &mut TcpStream, data: &[u8]) {
     let got = read_exact(s, data.len());
     writer.join().unwrap();
     assert!(got == data, "bytes differ after the round trip");
-}
-
-/// A port nobody listens on right now (bound then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Replaces `path` as editors do: write a temporary file, rename it over.
@@ -334,11 +334,18 @@ fn handshakes_never_hold_up_accepting() {
 fn reload_sequence_never_cuts_an_open_transfer() {
     let one = EchoServer::start(b"one\n");
     let two = EchoServer::start(b"two\n");
-    let (a, b, c) = (free_port(), free_port(), free_port());
+    // Held for the whole test: a port released and found again later may meanwhile be taken
+    // by a test running in parallel (seen as "Address already in use" under load).
+    let (ra, rb, rc) = (
+        ReservedPort::new(),
+        ReservedPort::new(),
+        ReservedPort::new(),
+    );
+    let (a, b, c) = (ra.port, rb.port, rc.port);
     let line_a1 = format!("{a} 127.0.0.1 {}\n", one.port());
     let file = forwards_file(&line_a1);
     let mut d = Daemon::start(&["--forwards", file.to_str().unwrap()]);
-    d.wait_for(&format!("listening on 127.0.0.1:{a}"));
+    d.listening_on(a);
     let mut kept = connect(a);
     assert_eq!(read_exact(&mut kept, 4), b"one\n");
     let mut seed = 10;
@@ -351,7 +358,7 @@ fn reload_sequence_never_cuts_an_open_transfer() {
     // Add a line.
     let line_b = format!("{b} 127.0.0.1 {} direct\n", two.port());
     save(&file, &format!("{line_a1}{line_b}"));
-    d.wait_for(&format!("listening on 127.0.0.1:{b}"));
+    d.listening_on(b);
     d.wait_for("reloaded");
     assert_eq!(read_exact(&mut connect(b), 4), b"two\n");
     step(&mut kept);
@@ -380,7 +387,7 @@ fn reload_sequence_never_cuts_an_open_transfer() {
     step(&mut kept);
 
     // A port in use: logged, the rest applies.
-    let blocker = TcpListener::bind(("127.0.0.1", c)).unwrap();
+    rc.block();
     save(&file, &format!("{line_a2}{c} 127.0.0.1 {}\n", one.port()));
     let failed = d.wait_for("this line is not in force");
     assert!(
@@ -391,9 +398,9 @@ fn reload_sequence_never_cuts_an_open_transfer() {
     step(&mut kept);
 
     // SIGHUP retries it once the port is free.
-    drop(blocker);
+    rc.unblock();
     d.signal(libc::SIGHUP);
-    d.wait_for(&format!("listening on 127.0.0.1:{c}"));
+    d.listening_on(c);
     assert_eq!(read_exact(&mut connect(c), 4), b"one\n");
     step(&mut kept);
 
@@ -618,7 +625,8 @@ fn listen_mode_refuses_pipe_only_options() {
 fn a_password_asked_at_start_serves_lines_added_by_a_reload() {
     let proxy = FakeProxy::echo();
     let askpass = scratch_file("askpass.sh", b"#!/bin/sh\necho 's3cret'\n", 0o700);
-    let (a, b) = (free_port(), free_port());
+    let (ra, rb) = (ReservedPort::new(), ReservedPort::new());
+    let (a, b) = (ra.port, rb.port);
     let file = forwards_file(&format!("{a} one.example 22 127.0.0.1 {}\n", proxy.port()));
     let mut cmd = gimlet_std();
     cmd.args([
@@ -631,7 +639,7 @@ fn a_password_asked_at_start_serves_lines_added_by_a_reload() {
     ])
     .env("GIMLET_ASKPASS", &askpass);
     let mut d = Daemon::start_with(&mut cmd);
-    d.wait_for(&format!("listening on 127.0.0.1:{a}"));
+    d.listening_on(a);
     save(
         &file,
         &format!(
@@ -639,7 +647,7 @@ fn a_password_asked_at_start_serves_lines_added_by_a_reload() {
             p = proxy.port()
         ),
     );
-    d.wait_for(&format!("listening on 127.0.0.1:{b}"));
+    d.listening_on(b);
     let mut s = connect(b);
     round_trip(&mut s, b"through the new line");
     drop(s);
