@@ -56,6 +56,12 @@ impl Log {
         }
     }
 
+    /// Lines held back while starting (tests).
+    #[cfg(test)]
+    pub fn held(&self) -> &[String] {
+        self.held.as_deref().unwrap_or_default()
+    }
+
     /// Writes one timestamped line. A failing log never stops the forwards.
     pub fn line(&mut self, msg: std::fmt::Arguments<'_>) {
         // Escaped as every diagnostic is: a proxy's text in an error must not start a line.
@@ -163,6 +169,63 @@ mod tests {
             "{:?}",
             held[0]
         );
+    }
+
+    /// A log whose file is one end of a socket pair that nobody reads until told: a reader
+    /// that fell behind, as a full FIFO is.
+    fn log_to_a_slow_reader() -> (Log, std::os::unix::net::UnixStream) {
+        let (writer, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+        writer.set_nonblocking(true).unwrap();
+        reader.set_nonblocking(true).unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(writer));
+        let mut log = Log::open(None, true).unwrap();
+        log.file = Some(file);
+        log.release();
+        (log, reader)
+    }
+
+    fn read_all(reader: &mut std::os::unix::net::UnixStream) -> String {
+        use std::io::Read;
+        let mut text = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("reading the log: {e}"),
+            }
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn lines_a_full_log_cannot_take_are_counted_and_reported_with_the_next_line() {
+        let (mut log, mut reader) = log_to_a_slow_reader();
+        // Fill the socket until lines are dropped (never blocking: the loop would stall).
+        let mut written = 0;
+        while log.dropped == 0 {
+            log.line(format_args!("filler line {written}"));
+            written += 1;
+            assert!(written < 1_000_000, "the log never filled up");
+        }
+        log.line(format_args!("dropped too"));
+        log.line(format_args!("and this one"));
+        assert_eq!(log.dropped, 3);
+        // The reader catches up: the next line says how many were lost, then goes out whole.
+        let before = read_all(&mut reader);
+        assert!(before.ends_with('\n'), "half a line written: {before:?}");
+        assert!(!before.contains("dropped too"));
+        log.line(format_args!("caught up"));
+        let after = read_all(&mut reader);
+        let lines: Vec<&str> = after.lines().collect();
+        assert_eq!(lines.len(), 2, "{after:?}");
+        assert!(
+            lines[0].ends_with(" gimlet: 3 log line(s) dropped: the log could not take them"),
+            "{after:?}"
+        );
+        assert!(lines[1].ends_with(" gimlet: caught up"), "{after:?}");
+        assert_eq!(log.dropped, 0);
     }
 
     #[test]

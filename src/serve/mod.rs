@@ -175,47 +175,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         .ok_or_else(|| Error::msg(Kind::Usage, "listen mode needs -L or --forwards"))?;
     let starting = || "starting listen mode";
     let fd_limit = sys::rlimit::raise_nofile().unwrap_or(1024);
-    let log =
-        Log::open(listen.log.clone(), config.quiet).kind_ctx(Kind::Usage, || {
-            match &listen.log {
-                Some(p) => format!("opening the log file {}", p.display()),
-                None => "opening the log".to_owned(),
-            }
-        })?;
-    let poll = Poll::new().kind_ctx(Kind::Usage, starting)?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER).kind_ctx(Kind::Usage, starting)?);
-    let (workers, done) = Workers::new(waker);
-    let credentials = ask_once(config)?;
-    let reserve = FD_RESERVE.min(fd_limit / 4);
-    let max_tunnels = listen
-        .max_tunnels
-        .unwrap_or(((fd_limit - reserve) / 2).max(1) as usize);
-    let mut engine = Engine {
-        config,
-        listen,
-        poll,
-        log,
-        pool: PipePool::new(),
-        workers,
-        done,
-        listeners: Vec::new(),
-        sessions: Vec::new(),
-        free: Vec::new(),
-        pending: HashMap::new(),
-        hot: VecDeque::new(),
-        next_id: 1,
-        max_tunnels,
-        paused: None,
-        backoff: None,
-        draining: None,
-        file: None,
-        default_route: None,
-        credentials,
-        routes: HashMap::new(),
-    };
-    engine.log.line(format_args!(
-        "starting: open-file limit {fd_limit}, at most {max_tunnels} tunnels"
-    ));
+    let mut engine = Engine::new(config, listen, fd_limit)?;
     engine.start()?;
     // Only now: until the prompt is answered and the forwards are read and bound, SIGINT and
     // SIGTERM keep their default action (and the terminal's echo is given back by the handler
@@ -236,7 +196,55 @@ pub fn run(config: &Config) -> Result<(), Error> {
     engine.serve(&signals)
 }
 
-impl Engine<'_> {
+impl<'a> Engine<'a> {
+    /// The engine with nothing bound yet; a missing start-up password is asked for here.
+    fn new(config: &'a Config, listen: &'a Listen, fd_limit: u64) -> Result<Engine<'a>, Error> {
+        let starting = || "starting listen mode";
+        let log =
+            Log::open(listen.log.clone(), config.quiet).kind_ctx(
+                Kind::Usage,
+                || match &listen.log {
+                    Some(p) => format!("opening the log file {}", p.display()),
+                    None => "opening the log".to_owned(),
+                },
+            )?;
+        let poll = Poll::new().kind_ctx(Kind::Usage, starting)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).kind_ctx(Kind::Usage, starting)?);
+        let (workers, done) = Workers::new(waker);
+        let credentials = ask_once(config)?;
+        let reserve = FD_RESERVE.min(fd_limit / 4);
+        let max_tunnels = listen
+            .max_tunnels
+            .unwrap_or(((fd_limit - reserve) / 2).max(1) as usize);
+        let mut engine = Engine {
+            config,
+            listen,
+            poll,
+            log,
+            pool: PipePool::new(),
+            workers,
+            done,
+            listeners: Vec::new(),
+            sessions: Vec::new(),
+            free: Vec::new(),
+            pending: HashMap::new(),
+            hot: VecDeque::new(),
+            next_id: 1,
+            max_tunnels,
+            paused: None,
+            backoff: None,
+            draining: None,
+            file: None,
+            default_route: None,
+            credentials,
+            routes: HashMap::new(),
+        };
+        engine.log.line(format_args!(
+            "starting: open-file limit {fd_limit}, at most {max_tunnels} tunnels"
+        ));
+        Ok(engine)
+    }
+
     /// Binds every forward; at start any failure is fatal (nothing is running yet).
     fn start(&mut self) -> Result<(), Error> {
         for forward in &self.listen.local {
@@ -1207,4 +1215,64 @@ fn out_of_resources(e: &io::Error) -> bool {
 fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::io::Read;
+
+    fn config(args: &[&str]) -> Config {
+        let argv = std::iter::once("gimlet").chain(args.iter().copied());
+        let cli = crate::cli::Cli::try_parse_from(argv).expect("arguments");
+        Config::from_cli(cli, |_| None).expect("config")
+    }
+
+    /// Accepts on listener `slot` until `n` connections were taken (waiting on the poll, not
+    /// spinning: a connection may reach the queue just after its client's connect returned).
+    fn accept_until(engine: &mut Engine<'_>, slot: usize, n: u64) {
+        let mut events = Events::with_capacity(16);
+        while engine.next_id <= n {
+            engine
+                .poll
+                .poll(&mut events, Some(Duration::from_secs(20)))
+                .expect("poll");
+            assert!(!events.is_empty(), "no connection came within 20s");
+            engine.accept(slot);
+        }
+    }
+
+    #[test]
+    fn a_handshake_thread_that_cannot_start_gives_the_route_its_slot_back() {
+        let config = config(&["-q", "-L", "0:127.0.0.1:9"]);
+        let listen = config.listen.as_ref().expect("listen mode");
+        let mut engine = Engine::new(&config, listen, 1024).expect("engine");
+        engine.workers.refuse_threads = true;
+        engine.start().expect("start");
+        let local = engine.listeners[0].as_ref().expect("listener").local;
+        // Three clients of one route: the first handshake runs alone (WARM_UP), so a slot
+        // kept by the failed start would leave the others waiting for ever.
+        let clients: Vec<std::net::TcpStream> = (0..3)
+            .map(|_| std::net::TcpStream::connect(local).expect("connect"))
+            .collect();
+        accept_until(&mut engine, 0, 3);
+        assert!(engine.pending.is_empty(), "clients left waiting");
+        for queue in engine.routes.values() {
+            assert_eq!(queue.busy, 0, "the route's slot was not given back");
+            assert!(queue.waiting.is_empty());
+        }
+        for (i, mut c) in clients.into_iter().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut byte = [0u8; 1];
+            assert_eq!(c.read(&mut byte).expect("EOF, not a hang"), 0, "client {i}");
+        }
+        let failed = engine
+            .log
+            .held()
+            .iter()
+            .filter(|l| l.contains("no handshake thread could be started"))
+            .count();
+        assert_eq!(failed, 3, "{:#?}", engine.log.held());
+    }
 }

@@ -44,6 +44,9 @@ pub struct Workers<T> {
     idle: Arc<AtomicUsize>,
     queued: Arc<AtomicUsize>,
     spawned: usize,
+    /// Tests: every thread start fails, as when the system has no threads left.
+    #[cfg(test)]
+    pub refuse_threads: bool,
 }
 
 impl<T: Send + 'static> Workers<T> {
@@ -59,6 +62,8 @@ impl<T: Send + 'static> Workers<T> {
             idle: Arc::new(AtomicUsize::new(0)),
             queued: Arc::new(AtomicUsize::new(0)),
             spawned: 0,
+            #[cfg(test)]
+            refuse_threads: false,
         };
         (workers, done)
     }
@@ -80,6 +85,10 @@ impl<T: Send + 'static> Workers<T> {
     }
 
     fn spawn(&mut self) {
+        #[cfg(test)]
+        if self.refuse_threads {
+            return;
+        }
         let (queue, results, waker) =
             (self.queue.clone(), self.results.clone(), self.waker.clone());
         let (idle, queued) = (self.idle.clone(), self.queued.clone());
