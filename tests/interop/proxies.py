@@ -512,6 +512,11 @@ def launch_stunnel_chain(site: Site) -> None:
     site.hops.append(f"http://127.0.0.1:{back.port}")
 
 
+def launch_nghttpx_chain(site: Site, extra_ports: tuple[int, ...] = ()) -> None:
+    """nghttpx in front of squid, squid allowed to CONNECT to the chain's next hop."""
+    launch_nghttpx(site, backend=partial(launch_squid, extra_ports=extra_ports))
+
+
 def launch_dante_chain(site: Site, extra_ports: tuple[int, ...] = ()) -> None:
     launch_dante(site)
 
@@ -650,6 +655,12 @@ PROXIES = [
           skip={"coalesced": "coalesce.py splits HTTP reply heads"}),
     Proxy("stunnel-squid>apache", (*SQUID_TLS, "apache2"), launch_stunnel_chain,
           refused_status=503, tls=VERIFIED, skip=NOT_THROUGH_TLS),
+    # https+h2:// as hop 1 (no --proxy-http2): hop 2's CONNECT and everything after it run
+    # inside nghttpx's h2 CONNECT stream.
+    Proxy("nghttpx-squid>tinyproxy", (*H2_PACKAGES, "tinyproxy"),
+          partial(launch_chain, first=launch_nghttpx_chain, then=launch_tinyproxy,
+                  then_url="http://127.0.0.1:{port}"),
+          refused_status=500, tls=VERIFIED, scheme="https+h2", skip=H2_SKIP, proxy_log=H2_LOG),
     # gimlet %h %p: HTTPS_PROXY names squid, NO_PROXY sends localhost direct.
     Proxy("env-squid", ("squid",), launch_squid, refused_status=503, from_env=True,
           gimlet_env={"HTTPS_PROXY": "http://127.0.0.1:{port}", "NO_PROXY": "localhost"}),
