@@ -310,7 +310,8 @@ pub struct Cli {
 
     /// Give up when the proxy is not connected and answering within SECS
     ///
-    /// TCP connect plus the whole handshake; fractions allowed, at most 1000000000.
+    /// TCP connect plus the whole handshake; fractions allowed, at most 1000000000. On a -D
+    /// port, also how long a client has to send its whole request.
     #[arg(long, value_name = "SECS", default_value = "30", help_heading = CONNECTION)]
     pub connect_timeout: String,
 
@@ -385,12 +386,14 @@ pub struct Cli {
     /// Serve SOCKS4, SOCKS4a, SOCKS5 and HTTP proxy requests on [BIND:]PORT, like ssh -D
     ///
     /// A local proxy for every program: each client names its destination (SOCKS, CONNECT, or
-    /// an absolute-form request such as GET http://host/path, forwarded), and gimlet opens
-    /// the tunnel through PROXY or --proxy, with its own credentials,
-    /// or directly where --noproxy or no_proxy/NO_PROXY says. With no proxy given, the proxy
-    /// comes from https_proxy, HTTPS_PROXY, all_proxy or ALL_PROXY, as for the pipe mode.
-    /// BIND is 127.0.0.1 unless given; any other address needs --allow. In a forwards file:
-    /// dynamic [BIND:]PORT [ROUTE] [key=value ...]. Repeatable.
+    /// an absolute-form request such as GET http://host/path), and gimlet opens the tunnel
+    /// through PROXY or --proxy, with its own credentials, or directly where --noproxy or
+    /// no_proxy/NO_PROXY says. Absolute-form requests go to an HTTP proxy as they are, with
+    /// gimlet's Proxy-Authorization (its 407s answered by gimlet), else to the origin. With no
+    /// proxy given, the proxy comes from https_proxy, HTTPS_PROXY, all_proxy or ALL_PROXY, as
+    /// for the pipe mode. A client has --connect-timeout to send its request. BIND is
+    /// 127.0.0.1 unless given; any other address needs --allow. One log line per request. In
+    /// a forwards file: dynamic [BIND:]PORT [ROUTE] [key=value ...]. Repeatable.
     #[arg(short = 'D', long = "dynamic", value_name = "[BIND:]PORT", help_heading = LISTEN)]
     pub dynamic: Vec<String>,
 

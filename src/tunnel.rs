@@ -146,6 +146,40 @@ impl Upstream {
         self.hops.len()
     }
 
+    /// The last hop when it is an HTTP proxy (not SOCKS): a `-D` port sends it absolute-form
+    /// requests (RFC 9112 §3.2.2) with gimlet's `Proxy-Authorization`, rather than CONNECT.
+    pub fn http_proxy(&self) -> Option<HttpProxy> {
+        let hop = self
+            .hops
+            .last()
+            .filter(|h| h.proxy.socks.is_none() && !h.h2)?;
+        Some(HttpProxy {
+            name: hop.proxy.endpoint.to_string(),
+            credentials: hop.credentials.clone(),
+            scheme: self.scheme,
+            headers: self
+                .headers
+                .iter()
+                .filter(|(n, _)| {
+                    !n.eq_ignore_ascii_case("Host") && !n.eq_ignore_ascii_case("User-Agent")
+                })
+                .cloned()
+                .collect(),
+        })
+    }
+
+    /// A connection on which the last hop listens (through the hops before it, TLS with it
+    /// when it is `https://`), within `--connect-timeout`.
+    pub fn reach_last(&self) -> Result<Stream, Error> {
+        let last = self
+            .hops
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| Error::msg(Kind::Usage, "a direct route has no proxy to reach"))?;
+        let clock = Clock::start(self.dialer.timeout);
+        reach(self, last, &clock)
+    }
+
     /// How messages name hop `i`: the proxy alone, or its place in the chain.
     fn who(&self, i: usize) -> String {
         match self.hops.len() {
@@ -161,6 +195,17 @@ impl Upstream {
             _ => e.context(self.who(i)),
         }
     }
+}
+
+/// What absolute-form requests to a route's last hop need (see [`Upstream::http_proxy`]).
+pub struct HttpProxy {
+    /// `host:port`, for messages.
+    pub name: String,
+    pub credentials: Option<Credentials>,
+    /// `--proxy-auth`: the scheme to use, `None` for the strongest offered.
+    pub scheme: Option<auth::Scheme>,
+    /// `-H` fields for the proxy (Host and User-Agent stay the client's).
+    pub headers: Vec<(String, String)>,
 }
 
 /// Credentials asked for now when only the user is known; TLS configured for `https://`.

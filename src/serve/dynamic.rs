@@ -1,14 +1,16 @@
-//! A `-D` port's handshake, run on a worker thread: read the client's request ([`front`], with
-//! `--connect-timeout` as its deadline), choose the route for its destination (the exclusion
-//! list sends it direct, else the port's proxy), establish the tunnel with the pipe mode's code,
-//! answer the client in its own protocol and hand the tunnel back to the loop.
+//! A `-D` port's requests. The client's request (the SOCKS greeting and request, or an HTTP
+//! request head) is read on the engine's loop ([`Asking`], the sans-IO [`front`] fed from a
+//! non-blocking socket, with `--connect-timeout` as its deadline); only once it is whole does
+//! a worker thread take the client: it chooses the route for the destination (the exclusion
+//! list sends it direct, else the port's proxy), establishes the tunnel with the pipe mode's
+//! code, answers the client in its own protocol and hands the tunnel back to the loop (a `-D`
+//! tunnel is a `-L` tunnel once it is open), or serves absolute-form requests ([`super::forward`]).
 //!
-//! Why on the worker and not on the loop: the request is a few dozen bytes that usually come in
-//! one read, right after accept; reading it where the handshake with the proxy already runs
-//! keeps the loop's sessions unchanged (a `-D` tunnel is a `-L` tunnel once it is open). The
-//! cost is that a client that sends its request slowly holds a worker until its deadline.
+//! Why the request on the loop: a client that connects and says nothing (or says it slowly)
+//! then costs a socket and a few hundred bytes until its deadline, not a worker: 64 silent
+//! clients used to hold every worker and shut the port for everyone.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,18 +38,56 @@ pub struct Dynamic {
     pub client_auth: Option<Arc<front::ClientAuth>>,
 }
 
-/// An open tunnel and how the log names it: `SOCKS5 host:22 via proxy p:3128`.
+/// An open tunnel and how the log names it.
 pub struct Served {
     pub established: Established<Stream>,
+    /// `SOCKS5 host:22 via proxy p:3128`, for the line that says it is open.
     pub route: String,
+    /// `SOCKS5 host:22`, `CONNECT host:443`.
+    pub what: String,
+    /// `direct`, `via proxy p:3128`.
+    pub via: String,
+    /// The answer given: `200` (CONNECT), `granted` (SOCKS).
+    pub status: String,
+    /// When the request was whole: its log line counts from here.
+    pub started: Instant,
     /// Log lines of the HTTP requests served on this connection before its CONNECT.
     pub lines: Vec<String>,
+}
+
+impl Served {
+    /// What the loop keeps to write that line after the tunnel is handed over.
+    pub fn log(&self) -> TunnelLog {
+        TunnelLog {
+            what: self.what.clone(),
+            via: self.via.clone(),
+            status: self.status.clone(),
+            started: self.started,
+        }
+    }
+}
+
+/// How a `-D` tunnel's closing line names it.
+pub struct TunnelLog {
+    pub what: String,
+    pub via: String,
+    pub status: String,
+    pub started: Instant,
+}
+
+/// `SOCKS5 host:22 direct: granted, 10 bytes sent, 20 bytes received in 1.000s`.
+pub fn tunnel_line(t: &TunnelLog, sent: u64, received: u64, failed: Option<&str>) -> String {
+    let status = match failed {
+        Some(why) => format!("{}, then failed ({why})", t.status),
+        None => t.status.clone(),
+    };
+    request_line(&t.what, &t.via, &status, sent, received, t.started)
 }
 
 /// How a client's connection ends on the worker.
 pub enum Outcome {
     /// A tunnel for the loop to relay.
-    Tunnel(Served),
+    Tunnel(Box<Served>),
     /// Absolute-form requests were served and the connection is done: one log line each.
     Done { lines: Vec<String> },
 }
@@ -75,126 +115,166 @@ fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-/// Serves one client: `client` is a second handle on the loop's socket (non-blocking, which
-/// is shared: it is made non-blocking again before returning, whatever happens).
-/// `local` is the port's own address: requests for it are loops.
+/// A `-D` client on the loop while its request comes in.
+pub struct Asking {
+    front: Front,
+    /// When the whole request must be in (`--connect-timeout` from the accept).
+    pub deadline: Instant,
+    pub accepted: Instant,
+}
+
+/// What the loop does with an asking client after it was readable.
+pub enum Heard {
+    /// Wait for more.
+    More,
+    /// The request is whole: a worker takes it.
+    Ask(front::Ask),
+    /// Close the client; the log line says why (the answer, if any, is sent).
+    Close(String),
+}
+
+impl Asking {
+    pub fn new(d: &Dynamic) -> Asking {
+        let now = Instant::now();
+        Asking {
+            front: Front::with_auth(d.client_auth.clone()),
+            deadline: now + d.timeout,
+            accepted: now,
+        }
+    }
+
+    /// Reads what the client sent (until the socket would block), feeds it to the front and
+    /// sends what the front says (a SOCKS5 method choice). Never blocks: a reply the socket
+    /// does not take at once (a few bytes into an empty send buffer) closes the client.
+    pub fn readable(&mut self, mut client: impl Read + Write) -> Heard {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match client.read(&mut buf) {
+                Ok(0) => {
+                    return Heard::Close(
+                        self.closed("closed", "the client closed before its request was whole"),
+                    );
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Heard::More,
+                Err(e) => {
+                    return Heard::Close(
+                        self.closed("failed", &format!("reading the client's request: {e}")),
+                    );
+                }
+            };
+            let (send, outcome) = match self.front.feed(&buf[..n]) {
+                Step::More { send } => (send, Heard::More),
+                Step::Ask { send, ask } => (send, Heard::Ask(ask)),
+                Step::Refuse { send, why } => {
+                    let status = front::status_of(&send);
+                    let _ = client.write(&send);
+                    return Heard::Close(self.closed(&status, &format!("refused: {why}")));
+                }
+            };
+            if !send.is_empty() && !matches!(client.write(&send), Ok(n) if n == send.len()) {
+                return Heard::Close(
+                    self.closed("failed", "the client does not take gimlet's answer"),
+                );
+            }
+            if let Heard::Ask(_) = outcome {
+                return outcome;
+            }
+        }
+    }
+
+    /// The deadline passed: the client is closed without an answer.
+    pub fn expired(&self) -> String {
+        self.closed(
+            "closed",
+            "no whole request within --connect-timeout (closed without an answer)",
+        )
+    }
+
+    /// Too many clients are still asking: the oldest one goes.
+    pub fn evicted(&self) -> String {
+        self.closed(
+            "closed",
+            "too many clients were still sending their requests; this one, the oldest, was closed",
+        )
+    }
+
+    fn closed(&self, status: &str, why: &str) -> String {
+        format!(
+            "request: {status} ({why}) in {:.3}s",
+            self.accepted.elapsed().as_secs_f64()
+        )
+    }
+}
+
+/// Serves one client whose request `ask` is whole: `client` is a second handle on the loop's
+/// socket (non-blocking, which is shared: it is made non-blocking again before returning,
+/// whatever happens). `local` is the port's own address: requests for it are loops.
 pub fn serve(
     client: TcpStream,
-    peer: SocketAddr,
+    ask: front::Ask,
     local: SocketAddr,
     d: &Dynamic,
 ) -> Result<Outcome, Error> {
-    if !allowed(peer.ip(), &d.allow) {
-        return Err(Error::msg(
-            Kind::Usage,
-            format_args!(
-                "refused {peer}: not loopback and not in --allow (closed without an answer)"
-            ),
-        ));
-    }
-    let deadline = Instant::now() + d.timeout;
     let result = client
         .set_nonblocking(false)
-        .map_err(|e| Error::new(Kind::Tunnel, e).context("reading the client's request"))
-        .and_then(|()| serve_blocking(&client, deadline, local, d));
+        .map_err(|e| Error::new(Kind::Tunnel, e).context("serving the client's request"))
+        .and_then(|()| {
+            let _ = client.set_write_timeout(Some(d.timeout));
+            match ask.protocol {
+                Protocol::HttpForward => super::forward::serve(&client, ask, local, d),
+                _ => Ok(tunnel(&client, ask, local, d)),
+            }
+        });
     let _ = client.set_read_timeout(None);
     let _ = client.set_write_timeout(None);
     let _ = client.set_nonblocking(true);
     result
 }
 
-fn serve_blocking(
-    mut client: &TcpStream,
-    deadline: Instant,
-    local: SocketAddr,
-    d: &Dynamic,
-) -> Result<Outcome, Error> {
-    let reading = || "reading the client's request";
-    let mut front = Front::with_auth(d.client_auth.clone());
-    let mut buf = [0u8; 4096];
-    let ask = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::msg(
-                Kind::Unreachable,
-                "reading the client's request: no whole request within --connect-timeout",
-            ));
-        }
-        let _ = client.set_read_timeout(Some(left));
-        let _ = client.set_write_timeout(Some(left));
-        let n = match client.read(&mut buf) {
-            Ok(0) => {
-                return Err(Error::msg(
-                    Kind::Tunnel,
-                    "reading the client's request: the client closed before it was whole",
-                ));
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(Error::msg(
-                    Kind::Unreachable,
-                    "reading the client's request: no whole request within --connect-timeout",
-                ));
-            }
-            Err(e) => return Err(Error::new(Kind::Tunnel, e).context(reading())),
-        };
-        match front.feed(&buf[..n]) {
-            Step::More { send } => send_all(client, &send)?,
-            Step::Ask { send, ask } => {
-                send_all(client, &send)?;
-                break ask;
-            }
-            Step::Refuse { send, why } => {
-                let _ = client.write_all(&send);
-                return Err(Error::msg(
-                    Kind::Protocol,
-                    format_args!("refused the request: {why}"),
-                ));
-            }
-        }
-    };
-    if ask.protocol == Protocol::HttpForward {
-        return super::forward::serve(client, ask, local, d);
-    }
-    tunnel(client, ask, local, d).map(Outcome::Tunnel)
-}
-
-/// Opens the tunnel a SOCKS or CONNECT request asks for and answers the client.
+/// Opens the tunnel a SOCKS or CONNECT request asks for and answers the client; a failure is
+/// answered in the client's protocol and logged in one line.
 pub(super) fn tunnel(
     client: &TcpStream,
     ask: front::Ask,
     local: SocketAddr,
     d: &Dynamic,
-) -> Result<Served, Error> {
+) -> Outcome {
     let mut client = client;
+    let started = Instant::now();
     let what = format!("{} {}", ask.protocol, ask.target);
+    let (upstream, via) = route_for(&ask.target.host, d);
+    let mut refused = |answer: Vec<u8>, why: &str| {
+        let _ = client.write_all(&answer);
+        let status = format!("{} ({why})", front::status_of(&answer));
+        Outcome::Done {
+            lines: vec![request_line(&what, &via, &status, 0, 0, started)],
+        }
+    };
     if is_self(&ask.target, local) {
         let why = format!("{} is this -D port itself (a loop)", ask.target);
-        let _ = client.write_all(&front::failure(ask.protocol, Failure::NotAllowed, &why));
-        return Err(Error::msg(
-            Kind::Refused,
-            format_args!("{what}: refused: {why}"),
-        ));
+        return refused(
+            front::failure(ask.protocol, Failure::NotAllowed, &why),
+            &format!("refused: {why}"),
+        );
     }
-    let (upstream, via) = route_for(&ask.target.host, d);
     let route = format!("{what} {via}");
     let mut established = match establish(upstream, &ask.target) {
         Ok(e) => e,
         Err(e) => {
-            let failure = failure_of(&e);
             let why = format!("{e:#}");
-            let _ = client.write_all(&front::failure(ask.protocol, failure, &why));
-            return Err(e.context(format!("{route} ({} failure sent)", ask.protocol)));
+            return refused(front::failure(ask.protocol, failure_of(&e), &why), &why);
         }
     };
-    send_all(client, &front::success(ask.protocol))?;
-    if !ask.leftover.is_empty() {
+    let status = match ask.protocol {
+        Protocol::HttpConnect => "200",
+        _ => "granted",
+    };
+    let sent = send_all(client, &front::success(ask.protocol)).and_then(|()| {
+        if ask.leftover.is_empty() {
+            return Ok(());
+        }
         established
             .stream
             .write_all(&ask.leftover)
@@ -202,13 +282,41 @@ pub(super) fn tunnel(
             .map_err(|e| {
                 Error::new(Kind::Tunnel, e)
                     .context(format!("{route}: sending the client's first bytes"))
-            })?;
+            })
+    });
+    if let Err(e) = sent {
+        let status = format!("{status}, then failed ({e:#})");
+        return Outcome::Done {
+            lines: vec![request_line(&what, &via, &status, 0, 0, started)],
+        };
     }
-    Ok(Served {
+    Outcome::Tunnel(Box::new(Served {
         established,
         route,
+        what,
+        via,
+        status: status.to_owned(),
+        started,
         lines: Vec::new(),
-    })
+    }))
+}
+
+/// One request's log line (the loop puts the connection's number and client first):
+/// `GET http://host/path via proxy p:3128: 200, 12 bytes sent, 345 bytes received in 0.012s`.
+/// `what` and `status` hold nothing secret: targets come without userinfo, reasons from
+/// errors that never carry credentials.
+pub fn request_line(
+    what: &str,
+    route: &str,
+    status: &str,
+    sent: u64,
+    received: u64,
+    started: Instant,
+) -> String {
+    format!(
+        "{what} {route}: {status}, {sent} bytes sent, {received} bytes received in {:.3}s",
+        started.elapsed().as_secs_f64()
+    )
 }
 
 fn send_all(mut client: &TcpStream, bytes: &[u8]) -> Result<(), Error> {

@@ -1,9 +1,14 @@
-//! Absolute-form requests on a `-D` port (`GET http://host/path HTTP/1.1`): each is sent to
-//! its origin in origin-form ([`http1`]), through a tunnel opened along the route the
-//! destination takes (direct, or CONNECT through the proxy with gimlet's credentials, any
-//! scheme, any chain), and the response comes back with the body framed as RFC 9112 says.
-//! Kept connections both ways: the client's (pipelined requests included) until it closes or
-//! stays idle for [`KEEP_ALIVE`], the origin's while the next request goes to the same place.
+//! Absolute-form requests on a `-D` port (`GET http://host/path HTTP/1.1`). Where the
+//! destination's route ends in an HTTP proxy, each request goes to that proxy as it came, in
+//! absolute-form (RFC 9112 §3.2.2), with gimlet's `Proxy-Authorization` in place of the
+//! client's: any 407 is answered here (Basic, Digest, NTLM on the kept connection), so the
+//! client never sees the proxy's challenge while gimlet has credentials, and gets gimlet's own
+//! 407 when it has none. On a direct route, or one ending in a SOCKS proxy, the request goes
+//! to its origin in origin-form ([`http1`]) through the tunnel the route opens. Either way the
+//! response comes back with its body framed as RFC 9112 says. Kept connections both ways:
+//! the client's (pipelined requests included) until it closes or stays idle for
+//! [`KEEP_ALIVE`], the upstream's while the next request goes the same way (to the same
+//! origin, or through the same proxy to any origin).
 //!
 //! Why on the worker thread, blocking: an HTTP exchange is request, then response, then the
 //! next request; on a worker that is a loop of reads and writes with deadlines, and every
@@ -23,66 +28,133 @@ use rustls::{ClientConnection, StreamOwned};
 use super::dynamic::{Dynamic, Outcome, failure_of, is_self, route_for};
 use super::front::{self, Ask, Failure, Front, Protocol, Step};
 use super::http1::{self, Body, Framing};
+use crate::auth::{self, Authenticator, NoScheme, Scheme};
 use crate::config::Endpoint;
+use crate::credentials::Secret;
 use crate::error::{Error, Kind};
-use crate::establish;
+use crate::transport::stream::Stream;
+use crate::tunnel::HttpProxy;
+use crate::{Upstream, establish};
 
 /// How long a kept client connection may stay silent between requests.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How long a read or write may wait for the peer in the middle of a message.
 const STALL: Duration = Duration::from_secs(300);
+/// The largest request body held back so that it can be sent again after a 407. A longer one
+/// goes out as it comes; should the proxy then ask for credentials, the client gets a 502
+/// saying so (the next request on the connection carries them from the start with Basic).
+pub const MAX_REPLAY: usize = 1024 * 1024;
+/// The largest 407 body skipped to keep the proxy's connection; past it gimlet reconnects.
+const MAX_DRAIN: u64 = 1024 * 1024;
+/// Most authentication rounds for one request: NTLM needs two, a stale Digest nonce one more.
+const MAX_ROUNDS: usize = 4;
 
-/// The origin's connection: a socket, or TLS to an `https://` proxy on it.
-enum Origin {
+/// The upstream connection: a socket, or TLS to an `https://` proxy on it.
+enum Conn {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
 
-impl Origin {
+impl Conn {
     fn socket(&self) -> &TcpStream {
         match self {
-            Origin::Plain(s) => s,
-            Origin::Tls(s) => &s.sock,
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => &s.sock,
         }
+    }
+
+    /// The connection a route's handshake left, ready for blocking reads with [`STALL`].
+    fn from_stream(stream: Stream, what: &Endpoint) -> Result<Conn, Error> {
+        let (tcp, mut sessions) = stream
+            .into_layers()
+            .map_err(|e| Error::new(Kind::Tunnel, e).context(format!("opening {what}")))?;
+        let conn = match sessions.len() {
+            0 => Conn::Plain(tcp),
+            1 => Conn::Tls(Box::new(StreamOwned::new(sessions.remove(0), tcp))),
+            n => {
+                return Err(Error::msg(
+                    Kind::Tunnel,
+                    format_args!(
+                        "{what}: {n} nested TLS sessions are not supported for HTTP requests"
+                    ),
+                ));
+            }
+        };
+        let _ = conn.socket().set_read_timeout(Some(STALL));
+        let _ = conn.socket().set_write_timeout(Some(STALL));
+        Ok(conn)
     }
 }
 
-impl Read for Origin {
+impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Origin::Plain(s) => s.read(buf),
-            Origin::Tls(s) => s.read(buf),
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
         }
     }
 }
 
-impl Write for Origin {
+impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Origin::Plain(s) => s.write(buf),
-            Origin::Tls(s) => s.write(buf),
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Origin::Plain(s) => s.flush(),
-            Origin::Tls(s) => s.flush(),
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
         }
     }
 }
 
-/// A kept connection to one origin.
-struct Kept {
-    target: Endpoint,
-    origin: Origin,
-    /// Bytes read from the origin and not yet passed on.
+/// A kept upstream connection.
+struct Kept<'d> {
+    /// The origin a tunnel reaches; `None` for the route's HTTP proxy, which takes requests
+    /// for any origin.
+    origin: Option<Endpoint>,
+    upstream: &'d Upstream,
+    /// Set when requests go to the proxy in absolute-form.
+    proxy: Option<HttpProxy>,
+    conn: Conn,
+    /// Bytes read from upstream and not yet passed on.
     buf: Vec<u8>,
     via: String,
+    /// Basic credentials the proxy accepted on this connection: sent with each next request.
+    basic: Option<Secret>,
+}
+
+impl Kept<'_> {
+    /// Whether a request for `target` along `upstream` may use this connection.
+    fn serves(&self, target: &Endpoint, upstream: &Upstream) -> bool {
+        match &self.origin {
+            Some(origin) => origin == target,
+            None => std::ptr::eq(self.upstream, upstream),
+        }
+    }
+}
+
+/// Why a request failed, and how the client is told when nothing was answered yet.
+struct Failed {
+    failure: Failure,
+    why: String,
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Failed {
+        Failed {
+            failure: Failure::General,
+            why,
+        }
+    }
 }
 
 /// Serves `first` and the requests after it on `client`, until the client closes, stays idle,
-/// or asks for a CONNECT tunnel (handed back as [`Outcome::Tunnel`]).
+/// or asks for a CONNECT tunnel (handed back as [`Outcome::Tunnel`]). Each request adds one
+/// line to the log: what, which way, the status, bytes each way, how long.
 pub fn serve(
     mut client: &TcpStream,
     first: Ask,
@@ -104,55 +176,70 @@ pub fn serve(
         let mut pending = std::mem::take(&mut ask.leftover);
         let started = Instant::now();
         let what = format!(
-            "HTTP {} http://{}{}",
-            request.method, ask.target, request.path
+            "{} {}",
+            request.method,
+            http1::absolute_uri(&ask.target, &request.path)
         );
+        let (upstream, via) = route_for(&ask.target.host, d);
+        let done = |status: &str, sent: u64, received: u64| {
+            super::dynamic::request_line(&what, &via, status, sent, received, started)
+        };
         if is_self(&ask.target, local) {
             let why = format!("{} is this -D port itself (a loop)", ask.target);
             let _ = client.write_all(&front::failure(ask.protocol, Failure::NotAllowed, &why));
-            lines.push(format!("{what}: refused: {why}"));
+            lines.push(done(&format!("403 (refused: {why})"), 0, 0));
             return Ok(Outcome::Done { lines });
         }
-        if kept.as_ref().is_some_and(|k| k.target != ask.target) {
+        if kept
+            .as_ref()
+            .is_some_and(|k| !k.serves(&ask.target, upstream))
+        {
             kept = None;
         }
         let k = match &mut kept {
             Some(k) => k,
-            None => match open(&ask.target, d) {
+            None => match open(&ask.target, upstream, via.clone()) {
                 Ok(k) => kept.insert(k),
                 Err(e) => {
                     let why = format!("{e:#}");
-                    let _ = client.write_all(&front::failure(ask.protocol, failure_of(&e), &why));
-                    lines.push(format!("{what}: failed: {why}"));
+                    let failure = failure_of(&e);
+                    let answer = front::failure(ask.protocol, failure, &why);
+                    let _ = client.write_all(&answer);
+                    lines.push(done(
+                        &format!("{} ({why})", front::status_of(&answer)),
+                        0,
+                        0,
+                    ));
                     return Ok(Outcome::Done { lines });
                 }
             },
         };
         let mut answered = false;
-        let result = exchange(client, k, &request, &mut pending, &mut answered);
-        let line = |end: &str| {
-            format!(
-                "{what} {}: {end} in {:.3}s",
-                k_via(&kept),
-                started.elapsed().as_secs_f64()
-            )
-        };
+        let result = exchange(
+            client,
+            k,
+            &ask.target,
+            &request,
+            &mut pending,
+            &mut answered,
+        );
         let ended = match result {
             Ok(ended) => ended,
-            Err(e) => {
+            Err(Failed { failure, why }) => {
+                let mut status = "failed".to_owned();
                 if !answered {
-                    // Nothing of a response went out yet: the client gets gimlet's own 502.
-                    let _ = client.write_all(&front::failure(ask.protocol, Failure::General, &e));
+                    // Nothing of a response went out yet: the client gets gimlet's own answer
+                    // (a 502, or a 407 when the proxy wants credentials gimlet lacks).
+                    let answer = front::failure(ask.protocol, failure, &why);
+                    let _ = client.write_all(&answer);
+                    status = front::status_of(&answer);
                 }
-                lines.push(line(&format!("failed: {e:#}")));
+                lines.push(done(&format!("{status} ({why})"), 0, 0));
                 return Ok(Outcome::Done { lines });
             }
         };
-        lines.push(line(&format!(
-            "{}, {} bytes sent, {} bytes received",
-            ended.status, ended.sent, ended.received
-        )));
-        if !ended.origin_keeps {
+        lines.push(done(&ended.status.to_string(), ended.sent, ended.received));
+        if !ended.upstream_keeps {
             kept = None;
         }
         if ended.close_client {
@@ -163,57 +250,61 @@ pub fn serve(
         match next_request(client, pending, d) {
             Ok(Some(Step::Ask { ask: next, .. })) if next.protocol == Protocol::HttpConnect => {
                 drop(kept);
-                return super::dynamic::tunnel(client, next, local, d).map(|mut served| {
-                    served.lines = lines;
-                    Outcome::Tunnel(served)
+                return Ok(match super::dynamic::tunnel(client, next, local, d) {
+                    Outcome::Tunnel(mut served) => {
+                        served.lines = lines;
+                        Outcome::Tunnel(served)
+                    }
+                    Outcome::Done { lines: more } => {
+                        lines.extend(more);
+                        Outcome::Done { lines }
+                    }
                 });
             }
             Ok(Some(Step::Ask { ask: next, .. })) => ask = next,
             Ok(Some(Step::Refuse { send, why })) => {
                 let _ = client.write_all(&send);
-                lines.push(format!("HTTP request refused: {why}"));
+                lines.push(format!("HTTP request: {} ({why})", front::status_of(&send)));
                 return Ok(Outcome::Done { lines });
             }
             Ok(_) => return Ok(Outcome::Done { lines }),
             Err(e) => {
-                lines.push(format!("after {} request(s): {e}", lines.len()));
+                lines.push(format!("HTTP request: failed ({e})"));
                 return Ok(Outcome::Done { lines });
             }
         }
     }
 }
 
-fn k_via(kept: &Option<Kept>) -> &str {
-    kept.as_ref().map_or("", |k| k.via.as_str())
-}
-
-/// Opens a tunnel to `target` along its route, for HTTP messages.
-fn open(target: &Endpoint, d: &Dynamic) -> Result<Kept, Error> {
-    let (upstream, via) = route_for(&target.host, d);
-    let established = establish(upstream, target)?;
-    let (tcp, mut sessions) = established
-        .stream
-        .into_layers()
-        .map_err(|e| Error::new(Kind::Tunnel, e).context(format!("opening {target}")))?;
-    let origin = match sessions.len() {
-        0 => Origin::Plain(tcp),
-        1 => Origin::Tls(Box::new(StreamOwned::new(sessions.remove(0), tcp))),
-        n => {
-            return Err(Error::msg(
-                Kind::Tunnel,
-                format_args!(
-                    "{target}: {n} nested TLS sessions are not supported for HTTP requests"
-                ),
-            ));
+/// Opens the way to `target` along `upstream`: a connection to the route's HTTP proxy for
+/// absolute-form requests, else a tunnel to the origin (direct, or through SOCKS).
+fn open<'d>(target: &Endpoint, upstream: &'d Upstream, via: String) -> Result<Kept<'d>, Error> {
+    let proxy = upstream.http_proxy();
+    let (stream, buf, origin) = match &proxy {
+        Some(p) => {
+            let stream = upstream
+                .reach_last()
+                .map_err(|e| e.context(format!("forwarding a request for {target}")))?;
+            crate::diag::info!("connected to proxy {} for absolute-form requests", p.name);
+            (stream, Vec::new(), None)
+        }
+        None => {
+            let established = establish(upstream, target)?;
+            (
+                established.stream,
+                established.leftover,
+                Some(target.clone()),
+            )
         }
     };
-    let _ = origin.socket().set_read_timeout(Some(STALL));
-    let _ = origin.socket().set_write_timeout(Some(STALL));
     Ok(Kept {
-        target: target.clone(),
         origin,
-        buf: established.leftover,
+        upstream,
+        conn: Conn::from_stream(stream, target)?,
+        proxy,
+        buf,
         via,
+        basic: None,
     })
 }
 
@@ -222,76 +313,40 @@ struct Ended {
     sent: u64,
     received: u64,
     close_client: bool,
-    origin_keeps: bool,
+    upstream_keeps: bool,
 }
+
+/// A response head: status, minor version, reason, fields.
+type Response = (u16, u8, Vec<u8>, Vec<http1::Field>);
 
 /// One request and its response. `pending` holds client bytes already read; on return, what
 /// follows the request's body.
 fn exchange(
     mut client: &TcpStream,
     k: &mut Kept,
+    target: &Endpoint,
     request: &front::HttpRequest,
     pending: &mut Vec<u8>,
     answered: &mut bool,
-) -> Result<Ended, String> {
-    let expects_continue = http1_expects_continue(&request.fields);
-    let head = http1::origin_request(&request.method, &k.target, &request.path, &request.fields);
-    k.origin
-        .write_all(&head)
-        .map_err(|e| format!("sending the request: {e}"))?;
-    if expects_continue && request.framing != Framing::None {
-        // The origin never saw the Expect field: gimlet says go on itself.
+) -> Result<Ended, Failed> {
+    if http1_expects_continue(&request.fields) && request.framing != Framing::None {
+        // The next hop never sees the Expect field: gimlet says go on itself.
         client
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .map_err(|e| format!("answering the client: {e}"))?;
     }
-    // The request body, exactly as framed.
     let mut body = Body::new(request.framing);
-    let mut sent = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if !pending.is_empty() {
-            let n = body
-                .feed(pending)
-                .map_err(|e| format!("request body: {e}"))?;
-            k.origin
-                .write_all(&pending[..n])
-                .map_err(|e| format!("sending the request body: {e}"))?;
-            pending.drain(..n);
-            sent += n as u64;
-        }
-        if body.done() {
-            break;
-        }
-        match client.read(&mut buf) {
-            Ok(0) => return Err("the client closed in the middle of its request body".into()),
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading the request body: {e}")),
-        }
+    // With credentials to give, the proxy may answer 407 and want the request again: its body
+    // is held (up to MAX_REPLAY) before anything is sent.
+    let mut held = Vec::new();
+    if k.proxy.as_ref().is_some_and(|p| p.credentials.is_some()) {
+        hold_body(client, pending, &mut body, &mut held)?;
     }
-    k.origin
-        .flush()
-        .map_err(|e| format!("sending the request: {e}"))?;
-    // The response head; 1xx heads pass on first (RFC 9110 §15.2).
+    let (response, sent) = send_request(client, k, target, request, pending, body, &held)?;
+    let (status, minor, reason, fields) = response;
     let head_request = request.method.eq_ignore_ascii_case("HEAD");
-    let (status, minor, fields, framing, reason) = loop {
-        let (status, minor, reason, fields, used) = read_response_head(k, &mut buf)?;
-        k.buf.drain(..used);
-        if status == 101 {
-            return Err("the origin switched protocols, which was not asked for".into());
-        }
-        if (100..200).contains(&status) {
-            *answered = true;
-            client
-                .write_all(&http1::client_response(status, &reason, &fields, false))
-                .map_err(|e| format!("answering the client: {e}"))?;
-            continue;
-        }
-        let framing = http1::response_framing(status, head_request, &fields)
-            .map_err(|e| format!("response from the origin: {e}"))?;
-        break (status, minor, fields, framing, reason);
-    };
+    let framing = http1::response_framing(status, head_request, &fields)
+        .map_err(|e| format!("response from {}: {e}", k.via))?;
     let client_keeps = http1::keeps_alive(request.minor, &request.fields);
     let close_client = !client_keeps || framing == Framing::Close;
     *answered = true;
@@ -305,6 +360,7 @@ fn exchange(
         .map_err(|e| format!("answering the client: {e}"))?;
     let mut body = Body::new(framing);
     let mut received = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         if !k.buf.is_empty() {
             let n = body
@@ -319,24 +375,310 @@ fn exchange(
         if body.done() {
             break;
         }
-        match k.origin.read(&mut buf) {
+        match k.conn.read(&mut buf) {
             Ok(0) if body.until_close() => break,
-            Ok(0) => return Err("the origin closed in the middle of its response body".into()),
+            Ok(0) => return Err("the origin closed in the middle of its response body".to_owned())?,
             Ok(n) => k.buf.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if body.until_close() && e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(format!("reading the response: {e}")),
+            Err(e) => return Err(format!("reading the response: {e}"))?,
         }
     }
-    let origin_keeps =
+    let upstream_keeps =
         framing != Framing::Close && http1::keeps_alive(minor, &fields) && k.buf.is_empty();
     Ok(Ended {
         status,
         sent,
         received,
         close_client,
-        origin_keeps,
+        upstream_keeps,
     })
+}
+
+/// Reads the request body into `held` until it ends or passes [`MAX_REPLAY`].
+fn hold_body(
+    mut client: &TcpStream,
+    pending: &mut Vec<u8>,
+    body: &mut Body,
+    held: &mut Vec<u8>,
+) -> Result<(), Failed> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if !pending.is_empty() {
+            let n = body
+                .feed(pending)
+                .map_err(|e| format!("request body: {e}"))?;
+            held.extend_from_slice(&pending[..n]);
+            pending.drain(..n);
+        }
+        if body.done() || held.len() > MAX_REPLAY {
+            return Ok(());
+        }
+        match client.read(&mut buf) {
+            Ok(0) => Err("the client closed in the middle of its request body".to_owned())?,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => Err(format!("reading the request body: {e}"))?,
+        }
+    }
+}
+
+/// Sends the request (`held` first, then the rest of the body as it comes) and reads the
+/// final response head; 1xx heads pass on to the client (RFC 9110 §15.2). A proxy's 407 is
+/// answered here with gimlet's credentials and the request sent again, on the same
+/// connection when the proxy keeps it. Returns the head and the body bytes sent.
+fn send_request(
+    mut client: &TcpStream,
+    k: &mut Kept,
+    target: &Endpoint,
+    request: &front::HttpRequest,
+    pending: &mut Vec<u8>,
+    mut body: Body,
+    held: &[u8],
+) -> Result<(Response, u64), Failed> {
+    let uri = http1::absolute_uri(target, &request.path);
+    let mut auth: Option<Authenticator> = None;
+    let mut authorization = k.basic.clone();
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..=MAX_ROUNDS {
+        let head = match &k.proxy {
+            Some(p) => http1::proxy_request(
+                &request.method,
+                target,
+                &request.path,
+                &request.fields,
+                authorization.as_ref(),
+                &p.headers,
+            ),
+            None => zeroize::Zeroizing::new(http1::origin_request(
+                &request.method,
+                target,
+                &request.path,
+                &request.fields,
+            )),
+        };
+        let sending = |e: io::Error| format!("sending the request to {}: {e}", k.via);
+        k.conn.write_all(&head).map_err(sending)?;
+        k.conn.write_all(held).map_err(sending)?;
+        let mut sent = held.len() as u64;
+        // The body past what was held: as it comes.
+        loop {
+            if !pending.is_empty() && !body.done() {
+                let n = body
+                    .feed(pending)
+                    .map_err(|e| format!("request body: {e}"))?;
+                k.conn
+                    .write_all(&pending[..n])
+                    .map_err(|e| format!("sending the request body to {}: {e}", k.via))?;
+                pending.drain(..n);
+                sent += n as u64;
+            }
+            if body.done() {
+                break;
+            }
+            match client.read(&mut buf) {
+                Ok(0) => Err("the client closed in the middle of its request body".to_owned())?,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => Err(format!("reading the request body: {e}"))?,
+            }
+        }
+        k.conn.flush().map_err(sending)?;
+        let response = loop {
+            let (status, minor, reason, fields, used) = read_response_head(k, &mut buf)?;
+            k.buf.drain(..used);
+            if status == 101 {
+                Err("the origin switched protocols, which was not asked for".to_owned())?;
+            }
+            if (100..200).contains(&status) {
+                client
+                    .write_all(&http1::client_response(status, &reason, &fields, false))
+                    .map_err(|e| format!("answering the client: {e}"))?;
+                continue;
+            }
+            break (status, minor, reason, fields);
+        };
+        let Some(proxy) = k.proxy.as_ref().filter(|_| response.0 == 407) else {
+            if let Some(a) = auth.as_ref().filter(|a| a.scheme() == Scheme::Basic) {
+                crate::diag::debug!("keeping Basic credentials for user \"{}\"", a.user());
+                k.basic = authorization;
+            }
+            return Ok((response, sent));
+        };
+        let value = answer_407(proxy, &mut auth, &response, &request.method, &uri)?;
+        let name = proxy.name.clone();
+        if held.len() as u64 != sent {
+            Err(format!(
+                "proxy {name} asked for credentials after a request body over {} KiB had gone out, which gimlet cannot send twice: {}",
+                MAX_REPLAY >> 10,
+                status_line(&response)
+            ))?;
+        }
+        authorization = Some(value);
+        k.basic = None;
+        // Again on this connection when the proxy keeps it and its 407 body can be skipped
+        // exactly; else on a new one. NTLM's answer must go back on the connection that
+        // carried its challenge.
+        if !skip_body(k, &response, &mut buf) {
+            if auth
+                .as_ref()
+                .is_some_and(Authenticator::bound_to_connection)
+            {
+                return Err(Failed {
+                    failure: Failure::Auth,
+                    why: format!(
+                        "proxy {name} closed the connection in the middle of {} authentication: {}",
+                        auth.as_ref().map_or(Scheme::Ntlm, Authenticator::scheme),
+                        status_line(&response)
+                    ),
+                });
+            }
+            let stream = k
+                .upstream
+                .reach_last()
+                .map_err(|e| format!("reconnecting to proxy {name}: {e:#}"))?;
+            k.conn = Conn::from_stream(stream, target).map_err(|e| format!("{e:#}"))?;
+            k.buf.clear();
+        }
+        body = Body::new(request.framing);
+        let _ = body.feed(held);
+    }
+    Err(Failed {
+        failure: Failure::Auth,
+        why: format!(
+            "proxy {} kept asking for authentication after {MAX_ROUNDS} rounds",
+            k.proxy.as_ref().map_or("", |p| p.name.as_str())
+        ),
+    })
+}
+
+/// The status line of a response head, printable, quoted: for messages.
+fn status_line(r: &Response) -> String {
+    let line = format!("HTTP/1.{} {} {}", r.1, r.0, String::from_utf8_lossy(&r.2));
+    format!("{:?}", crate::handshake::printable(line.as_bytes()))
+}
+
+/// The `Proxy-Authorization` that answers a proxy's 407: the first of a scheme gimlet picks
+/// among those offered, or the next of the one under way. Without credentials, or when the
+/// proxy rejects them, the client gets gimlet's own 407 saying why.
+fn answer_407(
+    proxy: &HttpProxy,
+    auth: &mut Option<Authenticator>,
+    response: &Response,
+    method: &str,
+    uri: &str,
+) -> Result<Secret, Failed> {
+    let name = &proxy.name;
+    let signed = auth::Target { method, uri };
+    let challenges = auth::parse_challenges(
+        response
+            .3
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Proxy-Authenticate"))
+            .map(|(_, v)| v.as_slice()),
+    );
+    let offered = challenges
+        .iter()
+        .map(|c| c.scheme.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let failed = |why: String| Failed {
+        failure: Failure::Auth,
+        why,
+    };
+    if let Some(a) = auth {
+        return a
+            .next(&challenges, &signed)
+            .map_err(|e| {
+                failed(format!(
+                    "authenticating to proxy {name} with {}: {e:#}",
+                    a.scheme()
+                ))
+            })?
+            .ok_or_else(|| {
+                failed(format!(
+                    "proxy {name} rejected the {} credentials for user \"{}\"{}: {}",
+                    a.scheme(),
+                    a.user(),
+                    a.source_phrase(),
+                    status_line(response)
+                ))
+            });
+    }
+    let Some(credentials) = proxy.credentials.clone() else {
+        return Err(failed(format!(
+            "proxy {name} requires authentication (offers {offered}): {}; gimlet has no credentials for it (give -U, --proxy-auth-file, {} or --netrc)",
+            status_line(response),
+            crate::config::AUTH_ENV
+        )));
+    };
+    // Negotiate answers with a ticket, not these credentials: left to CONNECT tunnels.
+    let usable: Vec<auth::Challenge> = challenges
+        .iter()
+        .filter(|c| !c.is(Scheme::Negotiate))
+        .cloned()
+        .collect();
+    let (scheme, challenge) = auth::choose(&usable, proxy.scheme).map_err(|none| {
+        failed(match none {
+            NoScheme::Offered(_) => format!(
+                "proxy {name} requires authentication with {offered}, and gimlet answers absolute-form requests with Digest, NTLM or Basic: {}",
+                status_line(response)
+            ),
+            NoScheme::Digest(why) => format!(
+                "proxy {name} offers Digest only in a form gimlet cannot answer: {why}: {}",
+                status_line(response)
+            ),
+        })
+    })?;
+    crate::diag::info!(
+        "proxy {name} asks for authentication (offers {offered}); answering with {scheme} for user \"{}\"",
+        credentials.user
+    );
+    let (a, value) =
+        Authenticator::start(scheme, credentials, Some(challenge), &signed).map_err(|e| {
+            failed(format!(
+                "authenticating to proxy {name} with {scheme}: {e:#}"
+            ))
+        })?;
+    *auth = Some(a);
+    Ok(value)
+}
+
+/// Skips a 407's body when the proxy keeps the connection; false when the connection cannot
+/// be used again (closing, close-delimited, too long, or it failed).
+fn skip_body(k: &mut Kept, response: &Response, buf: &mut [u8]) -> bool {
+    let (status, minor, _, fields) = response;
+    if !http1::keeps_alive(*minor, fields) {
+        return false;
+    }
+    let framing = match http1::response_framing(*status, false, fields) {
+        Ok(Framing::Length(n)) if n > MAX_DRAIN => return false,
+        Ok(Framing::Close) | Err(_) => return false,
+        Ok(f) => f,
+    };
+    let mut body = Body::new(framing);
+    let mut skipped = 0u64;
+    loop {
+        if !k.buf.is_empty() {
+            let Ok(n) = body.feed(&k.buf) else {
+                return false;
+            };
+            k.buf.drain(..n);
+            skipped += n as u64;
+        }
+        if body.done() {
+            return true;
+        }
+        if skipped > MAX_DRAIN {
+            return false;
+        }
+        match k.conn.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => k.buf.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 fn http1_expects_continue(fields: &[http1::Field]) -> bool {
@@ -373,7 +715,7 @@ fn read_response_head(k: &mut Kept, buf: &mut [u8]) -> Result<Head, String> {
             Ok(httparse::Status::Partial) => {}
             Err(e) => return Err(format!("the origin's response head is malformed: {e}")),
         }
-        match k.origin.read(buf) {
+        match k.conn.read(buf) {
             Ok(0) => return Err("the origin closed before its response".into()),
             Ok(n) => k.buf.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

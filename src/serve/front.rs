@@ -639,6 +639,25 @@ fn http_407(why: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// How the log names one of gimlet's own answers: the HTTP status code, or the SOCKS reply
+/// (a SOCKS5 answer may come after the method choice, in the same bytes).
+pub fn status_of(answer: &[u8]) -> String {
+    let n = answer.len();
+    match answer {
+        [] => "closed".to_owned(),
+        [b'H', b'T', b'T', b'P', ..] => answer.split(|&b| b == b' ').nth(1).map_or_else(
+            || "failed".to_owned(),
+            |c| String::from_utf8_lossy(c).into_owned(),
+        ),
+        [0, 90, ..] => "granted".to_owned(),
+        [0, rep, ..] => format!("rejected ({rep})"),
+        [5, 0xFF] => "no acceptable method".to_owned(),
+        [.., 1, 1] if n <= 4 => "authentication failed".to_owned(),
+        [5, ..] if n >= 10 => format!("SOCKS5 reply {}", answer[n - 9]),
+        _ => "answered".to_owned(),
+    }
+}
+
 /// The answer to send once the tunnel is open.
 pub fn success(protocol: Protocol) -> Vec<u8> {
     match protocol {
@@ -1056,6 +1075,26 @@ mod tests {
                 other => panic!("{input:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_log_names_each_answer() {
+        let table: &[(&[u8], &str)] = &[
+            (b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", "407"),
+            (&[5, 0xFF], "no acceptable method"),
+            (&[5, 2, 1, 1], "authentication failed"),
+            (&[5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0], "SOCKS5 reply 7"),
+            (&[5, 2, 0, 1, 0, 0, 0, 0, 0, 0], "SOCKS5 reply 2"),
+            (&[0, 91, 0, 0, 0, 0, 0, 0], "rejected (91)"),
+            (&[], "closed"),
+        ];
+        for (answer, want) in table {
+            assert_eq!(status_of(answer), *want, "{answer:?}");
+        }
+        assert_eq!(
+            status_of(&failure(Protocol::Socks5, Failure::Refused, "x")),
+            "SOCKS5 reply 5"
+        );
     }
 
     #[test]

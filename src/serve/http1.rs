@@ -8,7 +8,10 @@
 
 use std::fmt::Write as _;
 
+use zeroize::Zeroizing;
+
 use crate::config::Endpoint;
+use crate::credentials::Secret;
 
 /// The most bytes of chunk extensions and trailer fields accepted, together.
 const MAX_META: usize = 16 * 1024;
@@ -142,25 +145,86 @@ fn hop_by_hop(fields: &[Field]) -> Vec<String> {
 /// The request for the origin: origin-form, `Host` from the URI, hop-by-hop fields removed,
 /// `Expect` removed (gimlet answers `100 Continue` itself), HTTP/1.1.
 pub fn origin_request(method: &str, target: &Endpoint, path: &str, fields: &[Field]) -> Vec<u8> {
-    let drop = hop_by_hop(fields);
-    let mut head = format!("{method} {path} HTTP/1.1\r\n");
-    let host = match target.port {
+    let head = format!("{method} {path} HTTP/1.1\r\n");
+    forwarded(head, target, fields, None, &[]).to_vec()
+}
+
+/// The authority as a URI and `Host` write it: the port left out when it is 80.
+pub fn authority(target: &Endpoint) -> String {
+    match target.port {
         80 => target.host.to_string(),
         _ => target.to_string(),
-    };
-    let _ = write!(head, "Host: {host}\r\n");
-    let mut out = head.into_bytes();
+    }
+}
+
+/// The request for an upstream HTTP proxy: absolute-form (RFC 9112 §3.2.2), `Host` from the
+/// URI, the client's hop-by-hop fields removed (its `Proxy-Authorization` with them: that
+/// was for gimlet), then gimlet's own `Proxy-Authorization` and `-H` fields for the proxy.
+/// Zeroed on drop: it holds the credential.
+pub fn proxy_request(
+    method: &str,
+    target: &Endpoint,
+    path: &str,
+    fields: &[Field],
+    authorization: Option<&Secret>,
+    extra: &[(String, String)],
+) -> Zeroizing<Vec<u8>> {
+    let head = format!("{method} {} HTTP/1.1\r\n", absolute_uri(target, path));
+    forwarded(head, target, fields, authorization, extra)
+}
+
+/// `http://host[:port]/path`: the target URI as an absolute-form request names it.
+pub fn absolute_uri(target: &Endpoint, path: &str) -> String {
+    format!("http://{}{path}", authority(target))
+}
+
+fn forwarded(
+    head: String,
+    target: &Endpoint,
+    fields: &[Field],
+    authorization: Option<&Secret>,
+    extra: &[(String, String)],
+) -> Zeroizing<Vec<u8>> {
+    let drop = hop_by_hop(fields);
+    let mut head = head;
+    let _ = write!(head, "Host: {}\r\n", authority(target));
+    let mut out = Zeroizing::new(head.into_bytes());
+    // Sized before the credential goes in: a growing buffer leaves copies in freed memory.
+    let more: usize = fields
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 4)
+        .sum::<usize>()
+        + extra
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()
+        + authorization.map_or(0, |a| a.expose().len() + 23)
+        + 2;
+    out.reserve_exact(more);
     for (name, value) in fields {
         let lower = name.to_ascii_lowercase();
         if lower == "host" || lower == "expect" || drop.contains(&lower) {
             continue;
         }
-        out.extend(name.as_bytes());
-        out.extend(b": ");
-        out.extend(value);
-        out.extend(b"\r\n");
+        for part in [name.as_bytes(), b": ", value, b"\r\n"] {
+            out.extend_from_slice(part);
+        }
     }
-    out.extend(b"\r\n");
+    for (name, value) in extra {
+        for part in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+            out.extend_from_slice(part);
+        }
+    }
+    if let Some(a) = authorization {
+        for part in [
+            &b"Proxy-Authorization: "[..],
+            a.expose().as_bytes(),
+            b"\r\n",
+        ] {
+            out.extend_from_slice(part);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
     out
 }
 
@@ -474,6 +538,45 @@ mod tests {
             resp(200, false, &[("Transfer-Encoding", "chunked")]),
             Ok(Framing::Chunked)
         );
+    }
+
+    #[test]
+    fn requests_for_a_proxy_stay_absolute_and_carry_gimlets_credential_only() {
+        let target = |host: &str, port| Endpoint {
+            host: crate::config::parse_host(host).unwrap(),
+            port,
+        };
+        let client_fields = fields(&[
+            ("Host", "www.example"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Proxy-Authorization", "Basic Y2xpZW50"),
+            ("Connection", "X-Hop"),
+            ("X-Hop", "1"),
+            ("Content-Length", "0"),
+        ]);
+        let secret = Secret::new("Basic Z2ltbGV0OnB3".to_owned());
+        let extra = [("X-Corp".to_owned(), "1".to_owned())];
+        let table = [
+            (
+                target("www.example", 80),
+                "GET http://www.example/a?b HTTP/1.1\r\nHost: www.example\r\n",
+            ),
+            (
+                target("[2001:db8::1]", 8080),
+                "GET http://[2001:db8::1]:8080/a?b HTTP/1.1\r\nHost: [2001:db8::1]:8080\r\n",
+            ),
+        ];
+        for (t, start) in table {
+            let got = proxy_request("GET", &t, "/a?b", &client_fields, Some(&secret), &extra);
+            assert_eq!(
+                String::from_utf8(got.to_vec()).unwrap(),
+                format!(
+                    "{start}Content-Length: 0\r\nX-Corp: 1\r\nProxy-Authorization: Basic Z2ltbGV0OnB3\r\n\r\n"
+                )
+            );
+        }
+        let got = proxy_request("GET", &target("h", 80), "/", &client_fields, None, &[]);
+        assert!(!String::from_utf8_lossy(&got).contains("Authorization"));
     }
 
     #[test]

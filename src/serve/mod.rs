@@ -18,7 +18,7 @@ pub mod log;
 pub mod session;
 pub mod workers;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
@@ -48,6 +48,8 @@ const WATCH: Token = Token(2);
 /// Listener tokens start here; session tokens at `SESSIONS` (two per session).
 const LISTENERS: usize = 16;
 const SESSIONS: usize = 1 << 32;
+/// `-D` clients still sending their request: `ASKING + id`.
+const ASKING: usize = 1 << 40;
 
 /// Shortest and longest pause of `accept` after EMFILE (or ENFILE, ENOBUFS, ENOMEM).
 const PAUSE_MIN: Duration = Duration::from_millis(100);
@@ -96,6 +98,19 @@ struct Live {
     session: Session<TcpStream, dyn Tunnel>,
     route: String,
     idle_timeout: Option<Duration>,
+    /// A `-D` tunnel: its client and how its closing line names it.
+    request: Option<(SocketAddr, dynamic::TunnelLog)>,
+}
+
+/// A `-D` client whose request is still coming in: read here, on the loop, so that a client
+/// that says nothing never holds a worker.
+struct Waiting {
+    client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    plan: Arc<Plan>,
+    dynamic: Arc<dynamic::Dynamic>,
+    asking: dynamic::Asking,
 }
 
 /// What a worker hands back: the tunnel's socket, its TLS session if any, and the rest.
@@ -108,6 +123,8 @@ struct Opened {
     route: Option<String>,
     /// Log lines of HTTP requests served on the connection before it became this tunnel.
     lines: Vec<String>,
+    /// A `-D` tunnel: how its closing line names it.
+    request: Option<dynamic::TunnelLog>,
 }
 
 /// What a worker hands back: a tunnel for the loop, or a `-D` connection whose HTTP requests
@@ -129,6 +146,8 @@ struct Engine<'a> {
     sessions: Vec<Option<Live>>,
     free: Vec<usize>,
     pending: HashMap<u64, Pending>,
+    /// `-D` clients sending their request, oldest first (ids grow).
+    asking: BTreeMap<u64, Waiting>,
     hot: VecDeque<usize>,
     next_id: u64,
     max_tunnels: usize,
@@ -228,6 +247,7 @@ impl<'a> Engine<'a> {
             sessions: Vec::new(),
             free: Vec::new(),
             pending: HashMap::new(),
+            asking: BTreeMap::new(),
             hot: VecDeque::new(),
             next_id: 1,
             max_tunnels,
@@ -505,7 +525,7 @@ impl<'a> Engine<'a> {
     }
 
     fn tunnels(&self) -> usize {
-        self.pending.len() + (self.sessions.len() - self.free.len())
+        self.pending.len() + self.asking.len() + (self.sessions.len() - self.free.len())
     }
 
     fn serve(&mut self, signals: &sys::signals::Signals) -> Result<(), Error> {
@@ -547,6 +567,7 @@ impl<'a> Engine<'a> {
                         }
                     }
                     WATCH => self.file_event(),
+                    Token(t) if t >= ASKING => self.heard((t - ASKING) as u64),
                     Token(t) if t >= SESSIONS => {
                         let (slot, tunnel_side) = ((t - SESSIONS) / 2, (t - SESSIONS) % 2 == 1);
                         let hangup =
@@ -574,6 +595,7 @@ impl<'a> Engine<'a> {
                 }
             }
             let now = Instant::now();
+            self.expire_asking(now);
             if self.paused.is_some_and(|until| now >= until) {
                 self.resume_accepting();
             }
@@ -609,6 +631,9 @@ impl<'a> Engine<'a> {
         if let Some(d) = self.draining {
             next = next.min(d);
         }
+        if let Some(w) = self.asking.values().next() {
+            next = next.min(w.asking.deadline);
+        }
         if self
             .sessions
             .iter()
@@ -640,6 +665,8 @@ impl<'a> Engine<'a> {
                 for slot in 0..self.listeners.len() {
                     self.unbind(slot, None);
                 }
+                // Clients that have not said where they go are owed nothing.
+                self.asking.clear();
                 self.log.line(format_args!(
                     "{name}: no longer accepting; draining {} tunnel(s) for up to {}s",
                     self.tunnels(),
@@ -716,36 +743,17 @@ impl<'a> Engine<'a> {
         }
         let _ = client.set_nodelay(true);
         set_keepalive(&client, plan.keepalive);
+        if let Some(d) = plan.dynamic.clone() {
+            return self.ask(id, client, peer, local, plan, d);
+        }
         self.log.line(format_args!(
             "accepted #{id} from {peer} on {local}: {}",
             plan.route
         ));
-        let work: Box<dyn FnOnce() -> Result<Handed, Error> + Send> = match &plan.dynamic {
-            Some(d) => {
-                // The worker reads the request on a second handle; this one waits here.
-                let handle = socket2::SockRef::from(&client)
-                    .try_clone()
-                    .map(std::net::TcpStream::from);
-                let d = d.clone();
-                Box::new(move || {
-                    let handle = handle.kind_ctx(Kind::Tunnel, || "serving the client")?;
-                    match dynamic::serve(handle, peer, local, &d)? {
-                        dynamic::Outcome::Tunnel(served) => {
-                            let mut opened = hand_over(served.established, Some(served.route))?;
-                            opened.lines = served.lines;
-                            Ok(Handed::Tunnel(Box::new(opened)))
-                        }
-                        dynamic::Outcome::Done { lines } => Ok(Handed::Served(lines)),
-                    }
-                })
-            }
-            None => {
-                let (upstream, target) = (plan.upstream.clone(), plan.forward.target.clone());
-                Box::new(move || open(&upstream, &target).map(|o| Handed::Tunnel(Box::new(o))))
-            }
-        };
+        let (upstream, target) = (plan.upstream.clone(), plan.forward.target.clone());
+        let work: Box<dyn FnOnce() -> Result<Handed, Error> + Send> =
+            Box::new(move || open(&upstream, &target).map(|o| Handed::Tunnel(Box::new(o))));
         let route = Arc::as_ptr(&plan.upstream) as usize;
-        let dynamic = plan.dynamic.is_some();
         self.pending.insert(
             id,
             Pending {
@@ -756,19 +764,6 @@ impl<'a> Engine<'a> {
             },
         );
         let job = Job { id, work };
-        if dynamic {
-            // A -D client may take its time to say where it goes (up to --connect-timeout):
-            // that wait is the client's, not the upstream's, so it never counts against the
-            // route's share of the workers (sixteen silent clients would shut the port).
-            self.workers.submit(job);
-            if self.workers.spawned() == 0 {
-                self.pending.remove(&id);
-                self.log.line(format_args!(
-                    "failed #{id}: no handshake thread could be started"
-                ));
-            }
-            return;
-        }
         let queue = self.routes.entry(route).or_default();
         let cap = match queue.done {
             0 => WARM_UP,
@@ -801,6 +796,127 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// A `-D` client: its request is read here, on the loop, until it is whole (then a worker
+    /// takes it), refused, or late. Clients in that phase are bounded: past a quarter of
+    /// `--max-tunnels`, the oldest is closed to make room.
+    fn ask(
+        &mut self,
+        id: u64,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        plan: Arc<Plan>,
+        d: Arc<dynamic::Dynamic>,
+    ) {
+        if !dynamic::allowed(peer.ip(), &d.allow) {
+            self.log.line(format_args!(
+                "#{id} {peer} request: refused (not loopback and not in --allow; closed without an answer)"
+            ));
+            return;
+        }
+        while self.asking.len() >= (self.max_tunnels / 4).max(1) {
+            let Some((old, w)) = self.asking.pop_first() else {
+                break;
+            };
+            self.log
+                .line(format_args!("#{old} {} {}", w.peer, w.asking.evicted()));
+        }
+        if let Err(e) = self.poll.registry().register(
+            &mut client,
+            Token(ASKING + id as usize),
+            Interest::READABLE,
+        ) {
+            self.log.line(format_args!(
+                "#{id} {peer} request: failed (registering the socket: {e})"
+            ));
+            return;
+        }
+        let asking = dynamic::Asking::new(&d);
+        self.asking.insert(
+            id,
+            Waiting {
+                client,
+                peer,
+                local,
+                plan,
+                dynamic: d,
+                asking,
+            },
+        );
+        // The request may be in already.
+        self.heard(id);
+    }
+
+    /// An asking client's socket is readable.
+    fn heard(&mut self, id: u64) {
+        let Some(w) = self.asking.get_mut(&id) else {
+            return;
+        };
+        let heard = w.asking.readable(&w.client);
+        let ask = match heard {
+            dynamic::Heard::More => return,
+            dynamic::Heard::Ask(ask) => ask,
+            dynamic::Heard::Close(line) => {
+                if let Some(w) = self.asking.remove(&id) {
+                    self.log.line(format_args!("#{id} {} {line}", w.peer));
+                }
+                return;
+            }
+        };
+        let Some(mut w) = self.asking.remove(&id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut w.client);
+        // The worker serves the request on a second handle; this one waits in `pending`.
+        let handle = socket2::SockRef::from(&w.client)
+            .try_clone()
+            .map(std::net::TcpStream::from);
+        let (d, local) = (w.dynamic.clone(), w.local);
+        let work: Box<dyn FnOnce() -> Result<Handed, Error> + Send> = Box::new(move || {
+            let handle = handle.kind_ctx(Kind::Tunnel, || "serving the client")?;
+            match dynamic::serve(handle, ask, local, &d)? {
+                dynamic::Outcome::Tunnel(served) => {
+                    let log = served.log();
+                    let mut opened = hand_over(served.established, Some(served.route))?;
+                    opened.lines = served.lines;
+                    opened.request = Some(log);
+                    Ok(Handed::Tunnel(Box::new(opened)))
+                }
+                dynamic::Outcome::Done { lines } => Ok(Handed::Served(lines)),
+            }
+        });
+        self.pending.insert(
+            id,
+            Pending {
+                client: w.client,
+                peer: w.peer,
+                plan: w.plan,
+                accepted: w.asking.accepted,
+            },
+        );
+        // Not counted against the route's share of the workers: which route it takes is the
+        // worker's choice (no-proxy), and an HTTP client may keep its worker between requests.
+        self.workers.submit(Job { id, work });
+        if self.workers.spawned() == 0 {
+            self.pending.remove(&id);
+            self.log.line(format_args!(
+                "failed #{id}: no handshake thread could be started"
+            ));
+        }
+    }
+
+    /// Closes the asking clients whose deadline passed (the oldest come first).
+    fn expire_asking(&mut self, now: Instant) {
+        while let Some(entry) = self.asking.first_entry() {
+            if entry.get().asking.deadline > now {
+                return;
+            }
+            let (id, w) = entry.remove_entry();
+            self.log
+                .line(format_args!("#{id} {} {}", w.peer, w.asking.expired()));
+        }
+    }
+
     /// After a pause: try every listener; a new EMFILE pauses again, longer.
     fn resume_accepting(&mut self) {
         self.paused = None;
@@ -824,13 +940,8 @@ impl<'a> Engine<'a> {
                 Ok(Handed::Tunnel(opened)) => self.start_session(id, p, *opened),
                 Ok(Handed::Served(lines)) => {
                     for line in &lines {
-                        self.log.line(format_args!("#{id} from {}: {line}", p.peer));
+                        self.log.line(format_args!("#{id} {} {line}", p.peer));
                     }
-                    self.log.line(format_args!(
-                        "closed #{id} after {:.3}s: {} HTTP request(s)",
-                        p.accepted.elapsed().as_secs_f64(),
-                        lines.len()
-                    ));
                 }
                 Err(e) => self.log.line(format_args!(
                     "failed #{id} after {:.3}s: {:#}",
@@ -876,9 +987,10 @@ impl<'a> Engine<'a> {
             status,
             route,
             lines,
+            request,
         } = opened;
         for line in &lines {
-            self.log.line(format_args!("#{id} from {}: {line}", p.peer));
+            self.log.line(format_args!("#{id} {} {line}", p.peer));
         }
         let socket = TcpStream::from_std(tcp);
         let tunnel: Box<dyn Tunnel> = match tls {
@@ -919,6 +1031,7 @@ impl<'a> Engine<'a> {
             session,
             route: route.unwrap_or_else(|| p.plan.route.clone()),
             idle_timeout: p.plan.idle_timeout,
+            request: request.map(|r| (p.peer, r)),
         });
         self.drive(slot);
     }
@@ -948,6 +1061,11 @@ impl<'a> Engine<'a> {
         let secs = live.session.started.elapsed().as_secs_f64();
         let id = live.id;
         let route = &live.route;
+        if let Some((peer, request)) = &live.request {
+            let line = dynamic::tunnel_line(request, up, down, why.as_deref());
+            self.log.line(format_args!("#{id} {peer} {line}"));
+            return;
+        }
         match why {
             None => self.log.line(format_args!(
                 "closed #{id} to {route} after {secs:.3}s: {up} bytes sent, {down} bytes received"
@@ -966,6 +1084,7 @@ impl<'a> Engine<'a> {
             }
         }
         self.pending.clear();
+        self.asking.clear();
     }
 
     /// Once a second: idle timeouts, and the file when it is not watched by inotify.
@@ -1165,6 +1284,7 @@ fn hand_over(
         status: established.reply.status_line,
         route,
         lines: Vec::new(),
+        request: None,
     })
 }
 
