@@ -282,7 +282,9 @@ pub struct Cli {
     /// When a proxy picks h2, its tunnel is an HTTP/2 CONNECT stream (RFC 9113 §8.5); when it
     /// picks http/1.1, nothing changes. Applies to every https:// hop of a chain; write one hop
     /// as https+h2:// to offer h2 to it alone. Basic, Digest and Negotiate work over h2, NTLM
-    /// (bound to a connection) does not. Pipe mode only for now.
+    /// (bound to a connection) does not. With -L, -D and --forwards, h2 goes to the last hop of
+    /// a route and the tunnels of the route share its connection (a second one when the proxy's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS is reached, a new one after GOAWAY).
     #[arg(long, help_heading = PROXY_TLS)]
     pub proxy_http2: bool,
 

@@ -319,9 +319,11 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         );
     }
     if let Some(h2) = proxies.iter().find(|p| p.h2) {
-        if listen.is_some() {
+        // The listen modes share the connections of the hop asked for the destination.
+        let before_last = proxies.len() > 1 && !std::ptr::eq(h2, &proxies[proxies.len() - 1]);
+        if listen.is_some() && before_last {
             bail!(
-                "checking proxy https+h2://{}: HTTP/2 to a proxy works in the pipe mode for now (-L, -D and --forwards speak HTTP/1.1 to the proxy: write it as https://)",
+                "checking proxy https+h2://{}: in -L, -D and --forwards HTTP/2 goes to the last hop of a chain only (write this one as https://)",
                 h2.endpoint
             );
         }

@@ -53,12 +53,6 @@ pub fn report(e: &Error) {
 /// zeroed) before the relay starts: a tunnel may stay open for days, and no secret should sit
 /// in memory that long. Listen mode keeps them: every new connection needs them.
 pub fn run(mut config: Config) -> Result<(), Error> {
-    if config.proxy_http2 && config.listen.is_some() {
-        return Err(Error::msg(
-            Kind::Usage,
-            "checking --proxy-http2: it works in the pipe mode for now (-L, -D and --forwards speak HTTP/1.1 to the proxy: drop --proxy-http2)",
-        ));
-    }
     if config.listen.is_some() {
         return serve::run(&config);
     }

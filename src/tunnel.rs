@@ -25,6 +25,7 @@ use crate::credentials::{self, Credentials, Spec};
 use crate::diag::info;
 use crate::error::{Error, Kind, ResultExt};
 use crate::handshake::{self, Established, Negotiation, Request};
+use crate::hop::h2;
 use crate::hop::socks::{self, Socks, Step};
 use crate::tls;
 use crate::transport::stream::{Bridged, Finish, Stream};
@@ -39,6 +40,9 @@ struct Hop {
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     /// `--proxy-http2` on this hop: `h2` offered by ALPN (before `http/1.1`).
     h2: bool,
+    /// In the listen modes, for an `h2` hop asked for the destination: the connections
+    /// [`establish`] shares between tunnels.
+    mux: Option<h2::Mux>,
 }
 
 /// How tunnels are reached, prepared once (credentials asked for, TLS configured) and used for
@@ -84,20 +88,30 @@ impl Upstream {
     /// it carries.
     pub fn route(config: &Config, proxies: &[Proxy], interactive: bool) -> Result<Upstream, Error> {
         let mut hops = Vec::with_capacity(proxies.len());
-        for proxy in proxies {
+        let listen = config.listen.is_some();
+        for (i, proxy) in proxies.iter().enumerate() {
+            let last = i + 1 == proxies.len();
             // HTTP/2 offered to an https+h2:// hop, and to every https:// hop with
-            // --proxy-http2, wherever it is in the chain.
-            if proxy.h2 && config.listen.is_some() {
+            // --proxy-http2, wherever it is in the chain. In the listen modes, to the hop
+            // asked for the destination only, whose connections the tunnels share.
+            if proxy.h2 && listen && !last {
                 return Err(Error::msg(
                     Kind::Usage,
                     format_args!(
-                        "checking proxy https+h2://{}: HTTP/2 to a proxy works in the pipe mode for now (-L, -D and --forwards speak HTTP/1.1 to the proxy: write it as https://)",
+                        "checking proxy https+h2://{}: in -L, -D and --forwards HTTP/2 goes to the last hop of a chain only (write this one as https://)",
                         proxy.endpoint
                     ),
                 ));
             }
-            let h2 = (proxy.h2 || config.proxy_http2) && proxy.tls && proxy.socks.is_none();
-            hops.push(prepare(config, proxy, h2)?);
+            let h2 = (proxy.h2 || config.proxy_http2)
+                && proxy.tls
+                && proxy.socks.is_none()
+                && (last || !listen);
+            let mut hop = prepare(config, proxy, h2)?;
+            if h2 && listen {
+                hop.mux = Some(h2::Mux::new(&proxy.endpoint.to_string()));
+            }
+            hops.push(hop);
         }
         let route_name = match hops.as_slice() {
             [] => None,
@@ -266,6 +280,7 @@ fn prepare(config: &Config, proxy: &Proxy, h2: bool) -> Result<Hop, Error> {
         credentials,
         tls,
         h2,
+        mux: None,
     })
 }
 
@@ -285,8 +300,16 @@ pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<Stream>
             leftover: Vec::new(),
         });
     };
+    if let Some(mux) = &up.hops[last].mux {
+        return shared_h2(up, last, mux, target, &clock);
+    }
     let stream = reach(up, last, &clock)?;
     let established = ask(up, last, stream, target, &clock)?;
+    opened(target, &established);
+    Ok(established)
+}
+
+fn opened(target: &Endpoint, established: &Established<Stream>) {
     info!(
         "tunnel to {target} open: {:?}{}",
         established.reply.status_line,
@@ -295,7 +318,88 @@ pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<Stream>
             n => format!(" ({n} tunnel bytes came with it)"),
         }
     );
-    Ok(established)
+}
+
+/// [`establish`] through an HTTP/2 hop shared by many tunnels (the listen modes): a stream on
+/// a connection to it with room, or on a new one (see [`h2::Mux`]). A proxy that chooses
+/// HTTP/1.1 gets the HTTP/1.1 CONNECT, one connection per tunnel.
+fn shared_h2(
+    up: &Upstream,
+    last: usize,
+    mux: &h2::Mux,
+    target: &Endpoint,
+    clock: &Clock,
+) -> Result<Established<Stream>, Error> {
+    let hop = &up.hops[last];
+    let who = up.who(last);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let lease = match mux.slot(clock).map_err(|e| up.at(last, e))? {
+            h2::Slot::Ride(lease) => lease,
+            h2::Slot::Dial(ticket) => {
+                let stream = reach(up, last, clock)?;
+                if stream.alpn() != Some(b"h2") {
+                    ticket.http1();
+                    let established = ask(up, last, stream, target, clock)?;
+                    opened(target, &established);
+                    return Ok(established);
+                }
+                ticket
+                    .handshake(stream, clock)
+                    .map_err(|e| up.at(last, e))?
+            }
+        };
+        let connection = lease.connection();
+        info!("{who}: CONNECT {target} on HTTP/2 connection #{connection}");
+        let proxy_name = hop.proxy.endpoint.to_string();
+        let exchange = h2::Exchange {
+            target,
+            proxy: &proxy_name,
+            user_agent: up.user_agent.as_deref(),
+            headers: &up.headers,
+            credentials: hop.credentials.clone(),
+            scheme: up.scheme,
+            // Nobody to ask in a listen mode.
+            ask: &mut || Ok(None),
+            negotiate: Some(auth::negotiate::Setup::system(
+                auth::negotiate::service_name(
+                    up.service_name.as_deref(),
+                    &hop.proxy.endpoint.host.to_string(),
+                ),
+            )),
+            clock,
+        };
+        match lease.connect(exchange) {
+            Ok(shared) => {
+                let status_line = format!(
+                    "{} (HTTP/2 connection #{}, stream {})",
+                    shared.status_line, shared.connection, shared.stream
+                );
+                let established = Established {
+                    stream: Stream::Bridged(Bridged::new(
+                        shared.near,
+                        clock.clone(),
+                        vec![shared.release],
+                    )),
+                    reply: handshake::Reply {
+                        version: 2,
+                        code: shared.code,
+                        status_line,
+                        headers: Vec::new(),
+                    },
+                    leftover: Vec::new(),
+                };
+                opened(target, &established);
+                return Ok(established);
+            }
+            Err(f) if f.retry && attempt < h2::MUX_ATTEMPTS => info!(
+                "{who}: HTTP/2 connection #{connection} takes no new streams ({:#}); trying another",
+                f.error
+            ),
+            Err(f) => return Err(up.at(last, f.error)),
+        }
+    }
 }
 
 /// A connection on which hop `i` is listening: hop 0 dialled, or hop `i - 1` asked for hop
@@ -410,9 +514,9 @@ fn h2_hop(
     let proxy_name = hop.proxy.endpoint.to_string();
     let no_askers = credentials::Askers::default();
     let askers = up.askers.as_ref().unwrap_or(&no_askers);
-    let tunnel = crate::hop::h2::connect(
+    let tunnel = h2::connect(
         stream,
-        crate::hop::h2::Exchange {
+        h2::Exchange {
             target: next,
             proxy: &proxy_name,
             user_agent: up.user_agent.as_deref(),
@@ -463,7 +567,7 @@ fn h2_hop(
 
 /// An HTTP/2 hop's thread, named for messages in a chain.
 struct HopPump {
-    pump: crate::hop::h2::Pump,
+    pump: h2::Pump,
     who: Option<String>,
 }
 

@@ -19,7 +19,8 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use crate::diag::{debug, info};
 use crate::error::{Error, Kind, ResultExt};
 use crate::handshake::Reply;
 use crate::transport::async_tls;
-use crate::transport::stream::Stream;
+use crate::transport::stream::{Finish, Stream};
 
 /// Per-stream receive window: one tunnel's bytes in flight. 8 MiB keeps a 1 Gbit/s path
 /// with 60 ms round trips busy, and bounds what a stalled stdout can make us hold.
@@ -115,23 +116,14 @@ pub fn connect(below: Stream, x: Exchange<'_>) -> Result<Tunnel, Error> {
             .into_stack()
             .and_then(|(socket, sessions)| async_tls::stack(socket, sessions))
             .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with proxy {proxy}"))?;
-        let (send_request, connection) = within(
-            clock,
-            client::Builder::new()
-                .initial_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .max_frame_size(MAX_FRAME)
-                // No server push: CONNECT proxies have nothing to push.
-                .enable_push(false)
-                .handshake::<_, Bytes>(io),
-        )
-        .await?
-        .map_err(|e| {
-            Error::msg(
-                Kind::Unreachable,
-                format_args!("starting HTTP/2 with proxy {proxy}: {}", describe(&e)),
-            )
-        })?;
+        let (send_request, connection) = within(clock, builder().handshake::<_, Bytes>(io))
+            .await?
+            .map_err(|e| {
+                Error::msg(
+                    Kind::Unreachable,
+                    format_args!("starting HTTP/2 with proxy {proxy}: {}", describe(&e)),
+                )
+            })?;
         let slot = goaway.clone();
         let connection = tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -141,8 +133,8 @@ pub fn connect(below: Stream, x: Exchange<'_>) -> Result<Tunnel, Error> {
                 }
             }
         });
-        let (reply, send, recv) = exchange(send_request, x).await?;
-        Ok::<_, Error>((reply, send, recv, connection))
+        let granted = exchange(send_request, x, false, &mut false).await?;
+        Ok::<_, Error>((granted.status_line, granted.send, granted.recv, connection))
     })?;
     let (status_line, send, recv, connection) = opened;
     Ok(Tunnel {
@@ -153,6 +145,17 @@ pub fn connect(below: Stream, x: Exchange<'_>) -> Result<Tunnel, Error> {
         goaway,
         status_line,
     })
+}
+
+/// Our side of every HTTP/2 connection: windows and frames sized for throughput.
+fn builder() -> client::Builder {
+    let mut b = client::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        // No server push: CONNECT proxies have nothing to push.
+        .enable_push(false);
+    b
 }
 
 /// Awaits `f` within the connect deadline.
@@ -166,11 +169,26 @@ async fn within<F: Future>(clock: &Clock, f: F) -> Result<F::Output, Error> {
     })
 }
 
-/// The CONNECT rounds: returns the status line and the stream once a 2xx came.
+/// A granted CONNECT.
+struct Granted {
+    status_line: String,
+    code: u16,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// It carried Basic credentials (the connection's next CONNECTs may send them at once).
+    basic: bool,
+}
+
+/// The CONNECT rounds: returns the stream once a 2xx came. `basic_first`: send Basic
+/// credentials with the first request (the proxy took them on this connection before).
+/// `retry` is set when the connection, not the request, failed (GOAWAY, closed): the
+/// proxy did not act on the CONNECT, which may go on another connection.
 async fn exchange(
     mut send_request: SendRequest<Bytes>,
     x: Exchange<'_>,
-) -> Result<(String, SendStream<Bytes>, RecvStream), Error> {
+    basic_first: bool,
+    retry: &mut bool,
+) -> Result<Granted, Error> {
     let Exchange {
         target,
         proxy,
@@ -192,18 +210,26 @@ async fn exchange(
     }
     let mut authenticator: Option<Authenticator> = None;
     let mut authorization: Option<Secret> = None;
-    if let (Some(Scheme::Basic), Some(c)) = (forced, &credentials) {
+    let preempt =
+        forced == Some(Scheme::Basic) || (basic_first && forced.is_none_or(|f| f == Scheme::Basic));
+    if let (true, Some(c)) = (preempt, &credentials) {
         info!(
-            "sending Basic credentials for user \"{}\"{} with the first request (--proxy-auth basic)",
+            "sending Basic credentials for user \"{}\"{} with the first request ({})",
             c.user,
-            c.source.from_phrase()
+            c.source.from_phrase(),
+            match forced {
+                Some(_) => "--proxy-auth basic",
+                None => "the proxy took them on this connection before",
+            }
         );
         let c = credentials.take().expect("checked above");
         let (a, v) = Authenticator::start(Scheme::Basic, c, None, &signed).kind(Kind::Auth)?;
         (authenticator, authorization) = (Some(a), Some(v));
     }
     for _ in 0..=MAX_ROUNDS {
-        let request = connect_request(target, user_agent, headers, authorization.as_ref())?;
+        // `_sent` zeroes our copy of the credentials once the request is done with.
+        let (request, _sent) =
+            connect_request(target, user_agent, headers, authorization.as_ref())?;
         debug!(
             "> CONNECT {target_s} (HTTP/2){}",
             match &authorization {
@@ -214,7 +240,10 @@ async fn exchange(
                 None => String::new(),
             }
         );
-        let lost = |e: h2::Error| {
+        let mut lost = |e: h2::Error| {
+            if e.is_go_away() || e.is_io() {
+                *retry = true;
+            }
             let kind = if e.is_reset() && e.is_remote() {
                 Kind::Refused
             } else if e.is_io() || e.is_go_away() {
@@ -230,9 +259,13 @@ async fn exchange(
                 ),
             )
         };
-        send_request = within(clock, send_request.ready()).await?.map_err(lost)?;
-        let (response, send) = send_request.send_request(request, false).map_err(lost)?;
-        let response = within(clock, response).await?.map_err(lost)?;
+        send_request = within(clock, send_request.ready())
+            .await?
+            .map_err(&mut lost)?;
+        let (response, send) = send_request
+            .send_request(request, false)
+            .map_err(&mut lost)?;
+        let response = within(clock, response).await?.map_err(&mut lost)?;
         let (parts, recv) = response.into_parts();
         let reply = Reply {
             version: 2,
@@ -251,7 +284,15 @@ async fn exchange(
                     format!("authenticating to proxy {proxy} with {}", a.scheme())
                 })?;
             }
-            return Ok((reply.status_line, send, recv));
+            return Ok(Granted {
+                basic: authenticator
+                    .as_ref()
+                    .is_some_and(|a| a.scheme() == Scheme::Basic),
+                status_line: reply.status_line,
+                code: reply.code,
+                send,
+                recv,
+            });
         }
         drop((send, recv));
         if !reply.is_auth_challenge() {
@@ -408,7 +449,7 @@ fn connect_request(
     user_agent: Option<&str>,
     headers: &[(String, String)],
     authorization: Option<&Secret>,
-) -> Result<Request<()>, Error> {
+) -> Result<(Request<()>, Option<Zeroed>), Error> {
     let bad = |what: String| Error::msg(Kind::Usage, what);
     let mut request = Request::builder()
         .method(Method::CONNECT)
@@ -422,12 +463,17 @@ fn connect_request(
             h.append(http::header::USER_AGENT, v);
         }
     }
+    let mut zeroed = None;
     if let (Some(a), false) = (authorization, has("Proxy-Authorization")) {
-        let mut v = HeaderValue::from_str(a.expose())
+        // The header shares this buffer (no copy of ours elsewhere), zeroed when the request
+        // is done with.
+        let bytes = Zeroed(Bytes::from(a.expose().as_bytes().to_vec()));
+        let mut v = HeaderValue::from_maybe_shared(bytes.0.clone())
             .map_err(|_| bad("the Proxy-Authorization value is not a valid header".into()))?;
         // HPACK: never indexed, so no table keeps it (RFC 7541 §7.1.3).
         v.set_sensitive(true);
         h.append(http::header::PROXY_AUTHORIZATION, v);
+        zeroed = Some(bytes);
     }
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
@@ -453,7 +499,19 @@ fn connect_request(
         }
         h.append(n, v);
     }
-    Ok(request)
+    Ok((request, zeroed))
+}
+
+/// Bytes zeroed on drop when no other handle shares them any more (the request, once h2 has
+/// encoded and dropped it).
+struct Zeroed(Bytes);
+
+impl Drop for Zeroed {
+    fn drop(&mut self) {
+        if let Ok(mut b) = std::mem::take(&mut self.0).try_into_mut() {
+            zeroize::Zeroize::zeroize(&mut b[..]);
+        }
+    }
 }
 
 /// The runtime thread's side of an open tunnel.
@@ -578,7 +636,11 @@ async fn up(mut send: SendStream<Bytes>, pair: &UnixStream) -> Result<(), Error>
         }
         let n = match pair.try_read_buf(&mut buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            // Nothing to send: an idle tunnel holds no buffer (many share a connection).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf = bytes::BytesMut::new();
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::new(Kind::Tunnel, e)),
         };
@@ -646,5 +708,407 @@ impl crate::relay::Tunnel for mio::net::UnixStream {
 
     fn splice_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
+}
+
+// Shared connections: the listen modes' tunnels to one proxy ride one HTTP/2 connection.
+
+/// Most connections one tunnel tries when they stop taking streams under it (GOAWAY, closed).
+pub const MUX_ATTEMPTS: usize = 3;
+
+/// The HTTP/2 connections to one proxy that the tunnels of a listen mode's route share.
+///
+/// One thread owns a current-thread runtime that drives every connection and every stream's
+/// pump (started on first use: a route that never agrees to `h2` never starts it). Tunnels
+/// are opened from the engine's handshake workers: a worker takes a [`Slot`] (a stream on a
+/// connection with room, or the turn to open a new connection, one at a time), sends CONNECT
+/// and answers 407s on its own thread against that runtime, then hands the stream to the
+/// runtime's pump and the engine gets one end of a socket pair, like any tunnel socket.
+///
+/// A connection takes new streams while it has fewer open than the proxy's
+/// SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2) and no GOAWAY came; when none has room, a
+/// new one is opened. After a GOAWAY the streams it still carries (at or below its
+/// last-stream-id, §6.8) run to their end; new tunnels go to another connection, and a
+/// CONNECT the GOAWAY turned away (above the last-stream-id) is sent again there.
+pub struct Mux {
+    inner: Arc<MuxInner>,
+}
+
+struct MuxInner {
+    /// The proxy as `host:port`, for messages.
+    proxy: String,
+    state: Mutex<MuxState>,
+    /// Signalled when a connection settles, ends, or a stream ends.
+    changed: Condvar,
+    runtime: OnceLock<Result<tokio::runtime::Handle, String>>,
+}
+
+#[derive(Default)]
+struct MuxState {
+    conns: Vec<Arc<Conn>>,
+    /// A tunnel is opening a connection: the others wait for it rather than open their own.
+    dialing: bool,
+    /// The proxy chose HTTP/1.1 by ALPN: nothing to share, nobody waits for a dial.
+    http1: bool,
+    /// Connections opened so far (their numbers, from 1, in messages and the log).
+    opened: u64,
+}
+
+struct Conn {
+    id: u64,
+    send: SendRequest<Bytes>,
+    /// Streams open or opening on it; changed under the mux's lock.
+    active: AtomicUsize,
+    /// Its first CONNECT is done, so the proxy's SETTINGS have come: its limit is known.
+    settled: AtomicBool,
+    /// GOAWAY came, or the connection ended: no new streams.
+    done: AtomicBool,
+    /// The proxy took Basic credentials on it: later CONNECTs send them at once.
+    basic: AtomicBool,
+}
+
+impl Conn {
+    /// Whether a new stream fits: settled, no GOAWAY, below the proxy's limit.
+    fn has_room(&self) -> bool {
+        if !self.settled.load(Ordering::SeqCst) || self.done.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.active.load(Ordering::SeqCst) >= self.send.current_max_send_streams() {
+            return false;
+        }
+        // A GOAWAY already received shows here without waiting (h2 keeps it as the
+        // connection's error); with no request of this handle pending this never waits.
+        let mut probe = self.send.clone();
+        match probe.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(_)) => {
+                self.done.store(true, Ordering::SeqCst);
+                false
+            }
+            Poll::Pending => false,
+        }
+    }
+}
+
+/// What a tunnel does next: ride a connection, or open one.
+pub enum Slot {
+    Ride(Lease),
+    Dial(Ticket),
+}
+
+/// The turn to open a connection (others wait until it is dropped or its first CONNECT is
+/// done).
+pub struct Ticket {
+    mux: Arc<MuxInner>,
+    /// It holds the mux's `dialing` turn.
+    turn: bool,
+}
+
+/// One stream's place on a connection, given back when dropped.
+pub struct Lease {
+    mux: Arc<MuxInner>,
+    conn: Arc<Conn>,
+    /// For a new connection: the dial's turn, given up once its first CONNECT is done.
+    ticket: Option<Ticket>,
+}
+
+/// A CONNECT that failed; `retry`: on another connection (this one ended or sent GOAWAY).
+pub struct Failed {
+    pub error: Error,
+    pub retry: bool,
+}
+
+/// A stream on a shared connection: the socket pair's end for the relay, and for the log.
+pub struct Shared {
+    /// The near end of the socket pair the runtime's pump serves.
+    pub near: StdUnixStream,
+    /// To keep with `near`: dropped, the pump stops waiting for the proxy (the relay is done).
+    pub release: Box<dyn Finish>,
+    /// `HTTP/2 200`.
+    pub status_line: String,
+    pub code: u16,
+    /// The connection's number (from 1) and the stream's id on it.
+    pub connection: u64,
+    pub stream: u32,
+}
+
+impl MuxInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MuxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The runtime's thread, started on first use; it runs as long as the process.
+    fn handle(&self) -> Result<tokio::runtime::Handle, Error> {
+        self.runtime
+            .get_or_init(|| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name("gimlet-h2".into())
+                    .spawn(move || {
+                        let built = tokio::runtime::Builder::new_current_thread()
+                            .enable_io()
+                            .enable_time()
+                            .build();
+                        match built {
+                            Ok(rt) => {
+                                let _ = tx.send(Ok(rt.handle().clone()));
+                                rt.block_on(std::future::pending::<()>());
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e.to_string()));
+                            }
+                        }
+                    })
+                    .map_err(|e| e.to_string())?;
+                rx.recv().map_err(|e| e.to_string())?
+            })
+            .clone()
+            .map_err(|e| {
+                Error::msg(
+                    Kind::Tunnel,
+                    format_args!("starting the HTTP/2 runtime: {e}"),
+                )
+            })
+    }
+}
+
+impl Mux {
+    pub fn new(proxy: &str) -> Mux {
+        Mux {
+            inner: Arc::new(MuxInner {
+                proxy: proxy.to_owned(),
+                state: Mutex::new(MuxState::default()),
+                changed: Condvar::new(),
+                runtime: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// A stream on a connection with room; else the turn to open one, or a wait (within the
+    /// deadline) while another tunnel opens one.
+    pub fn slot(&self, clock: &Clock) -> Result<Slot, Error> {
+        let m = &self.inner;
+        let mut st = m.lock();
+        loop {
+            st.conns.retain(|c| !c.done.load(Ordering::SeqCst));
+            if let Some(c) = st.conns.iter().find(|c| c.has_room()) {
+                c.active.fetch_add(1, Ordering::SeqCst);
+                return Ok(Slot::Ride(Lease {
+                    mux: m.clone(),
+                    conn: c.clone(),
+                    ticket: None,
+                }));
+            }
+            if st.http1 || !st.dialing {
+                let turn = !st.http1;
+                st.dialing |= turn;
+                return Ok(Slot::Dial(Ticket {
+                    mux: m.clone(),
+                    turn,
+                }));
+            }
+            let Some(left) = clock.remaining() else {
+                return Err(
+                    Error::new(Kind::Unreachable, clock.timed_out()).context(format!(
+                        "waiting for an HTTP/2 connection to proxy {}",
+                        m.proxy
+                    )),
+                );
+            };
+            st = m
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.turn {
+            self.mux.lock().dialing = false;
+            self.mux.changed.notify_all();
+        }
+    }
+}
+
+impl Ticket {
+    /// The proxy chose HTTP/1.1: later tunnels dial at once, without waiting for each other.
+    pub fn http1(self) {
+        self.mux.lock().http1 = true;
+    }
+
+    /// Starts HTTP/2 on `below` (as for [`connect`]: this hop's TLS session, which agreed
+    /// `h2`, outermost); the connection is shared once the first CONNECT on it (the returned
+    /// lease's) is done.
+    pub fn handshake(self, below: Stream, clock: &Clock) -> Result<Lease, Error> {
+        let mux = self.mux.clone();
+        let handle = mux.handle()?;
+        let proxy = mux.proxy.clone();
+        let (send, connection) = handle.block_on(async {
+            let io = below
+                .into_stack()
+                .and_then(|(socket, sessions)| async_tls::stack(socket, sessions))
+                .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with proxy {proxy}"))?;
+            within(clock, builder().handshake::<_, Bytes>(io))
+                .await?
+                .map_err(|e| {
+                    Error::msg(
+                        Kind::Unreachable,
+                        format_args!("starting HTTP/2 with proxy {proxy}: {}", describe(&e)),
+                    )
+                })
+        })?;
+        let conn = {
+            let mut st = mux.lock();
+            st.opened += 1;
+            let conn = Arc::new(Conn {
+                id: st.opened,
+                send,
+                active: AtomicUsize::new(1),
+                settled: AtomicBool::new(false),
+                done: AtomicBool::new(false),
+                basic: AtomicBool::new(false),
+            });
+            st.conns.push(conn.clone());
+            conn
+        };
+        info!("HTTP/2 connection #{} to proxy {proxy} open", conn.id);
+        let (c, m) = (conn.clone(), mux.clone());
+        handle.spawn(async move {
+            match connection.await {
+                Ok(()) => info!("HTTP/2 connection #{} to proxy {} closed", c.id, m.proxy),
+                Err(e) => info!(
+                    "HTTP/2 connection #{} to proxy {} ended: {}",
+                    c.id,
+                    m.proxy,
+                    describe(&e)
+                ),
+            }
+            c.done.store(true, Ordering::SeqCst);
+            m.changed.notify_all();
+        });
+        Ok(Lease {
+            mux,
+            conn,
+            ticket: Some(self),
+        })
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        {
+            let _st = self.mux.lock();
+            self.conn.active.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.mux.changed.notify_all();
+    }
+}
+
+/// Tells a shared stream's pump, when dropped, that the relay is done.
+struct Release {
+    _done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Finish for Release {
+    /// The pump's errors are logged where they happen (`-v`): the stream's end is the relay's.
+    fn finish(self: Box<Self>) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl Lease {
+    /// The connection's number (from 1).
+    pub fn connection(&self) -> u64 {
+        self.conn.id
+    }
+
+    /// Sends CONNECT on this connection (answering 407s on new streams of it) and, once
+    /// granted, hands the stream to the runtime's pump: the returned socket pair's end carries
+    /// the tunnel. The place on the connection is given back when the stream ends.
+    pub fn connect(mut self, x: Exchange<'_>) -> Result<Shared, Failed> {
+        let handle = self.mux.handle().map_err(|error| Failed {
+            error,
+            retry: false,
+        })?;
+        let mut retry = false;
+        let basic_first = self.conn.basic.load(Ordering::SeqCst);
+        let result = handle.block_on(exchange(self.conn.send.clone(), x, basic_first, &mut retry));
+        // The first CONNECT is done: the proxy's SETTINGS came before its answer.
+        self.conn.settled.store(true, Ordering::SeqCst);
+        if retry {
+            self.conn.done.store(true, Ordering::SeqCst);
+        }
+        drop(self.ticket.take());
+        let granted = result.map_err(|error| Failed { error, retry })?;
+        if granted.basic {
+            self.conn.basic.store(true, Ordering::SeqCst);
+        }
+        let stream = granted.send.stream_id().as_u32();
+        let connection = self.conn.id;
+        let failed = |e: io::Error| Failed {
+            error: Error::new(Kind::Tunnel, e).context("HTTP/2 tunnel"),
+            retry: false,
+        };
+        let (ours, theirs) = StdUnixStream::pair().map_err(failed)?;
+        theirs.set_nonblocking(true).map_err(failed)?;
+        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let Granted { send, recv, .. } = granted;
+        handle.spawn(async move {
+            let lease = self;
+            let result = match UnixStream::from_std(theirs) {
+                Ok(pair) => pump(send, recv, &pair, done_rx).await,
+                Err(e) => Err(Error::new(Kind::Tunnel, e)),
+            };
+            if let Err(e) = result {
+                info!(
+                    "HTTP/2 connection #{connection} to proxy {}, stream {stream}: {e:#}",
+                    lease.mux.proxy
+                );
+            }
+            // The stream's handles went first (a stream still open is reset, CANCEL): then
+            // its place.
+            drop(lease);
+        });
+        Ok(Shared {
+            near: ours,
+            release: Box::new(Release { _done: done }),
+            status_line: granted.status_line,
+            code: granted.code,
+            connection,
+            stream,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_connect_headers_are_never_indexed_and_our_copy_is_shared() {
+        let target = Endpoint {
+            host: crate::config::parse_host("example.test").unwrap(),
+            port: 22,
+        };
+        let secret = Secret::new("Basic YWw6cHc=".into());
+        let headers = [("X-Authorization".to_owned(), "token".to_owned())];
+        let (request, zeroed) = connect_request(&target, None, &headers, Some(&secret)).unwrap();
+        let sent = &request.headers()[http::header::PROXY_AUTHORIZATION];
+        assert!(sent.is_sensitive(), "HPACK must never index it");
+        assert!(request.headers()["x-authorization"].is_sensitive());
+        let zeroed = zeroed.expect("our copy, to zero");
+        assert_eq!(
+            zeroed.0.as_ptr(),
+            sent.as_bytes().as_ptr(),
+            "the header shares our buffer: no second copy to leave behind"
+        );
+        drop(request);
+        assert!(
+            zeroed.0.is_unique(),
+            "once the request is gone, ours is the last handle"
+        );
     }
 }

@@ -32,9 +32,10 @@ use crate::auth::{self, Authenticator, NoScheme, Scheme};
 use crate::config::Endpoint;
 use crate::credentials::Secret;
 use crate::error::{Error, Kind};
-use crate::transport::stream::Stream;
+use crate::transport::stream::{Pumps, Socket, Stream};
 use crate::tunnel::HttpProxy;
 use crate::{Upstream, establish};
+use std::os::unix::net::UnixStream;
 
 /// How long a kept client connection may stay silent between requests.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -49,39 +50,52 @@ const MAX_DRAIN: u64 = 1024 * 1024;
 /// Most authentication rounds for one request: NTLM needs two, a stale Digest nonce one more.
 const MAX_ROUNDS: usize = 4;
 
-/// The upstream connection: a socket, or TLS to an `https://` proxy on it.
+/// The upstream connection: a socket, or TLS to an `https://` proxy on it, or a tunnel through
+/// an HTTP/2 hop (its socket pair, and what serves the far end).
 enum Conn {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Bridged { socket: UnixStream, _pumps: Pumps },
 }
 
 impl Conn {
-    fn socket(&self) -> &TcpStream {
-        match self {
-            Conn::Plain(s) => s,
-            Conn::Tls(s) => &s.sock,
-        }
+    fn set_timeouts(&self, t: Duration) {
+        let _ = match self {
+            Conn::Plain(s) => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
+            Conn::Tls(s) => s
+                .sock
+                .set_read_timeout(Some(t))
+                .and(s.sock.set_write_timeout(Some(t))),
+            Conn::Bridged { socket: s, .. } => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
+        };
     }
 
     /// The connection a route's handshake left, ready for blocking reads with [`STALL`].
     fn from_stream(stream: Stream, what: &Endpoint) -> Result<Conn, Error> {
-        let (tcp, mut sessions) = stream
-            .into_layers()
+        let (socket, mut sessions, pumps) = stream
+            .into_bottom()
             .map_err(|e| Error::new(Kind::Tunnel, e).context(format!("opening {what}")))?;
-        let conn = match sessions.len() {
-            0 => Conn::Plain(tcp),
-            1 => Conn::Tls(Box::new(StreamOwned::new(sessions.remove(0), tcp))),
-            n => {
+        let conn = match (socket, sessions.len()) {
+            (Socket::Tcp(tcp), 0) => Conn::Plain(tcp),
+            (Socket::Tcp(tcp), 1) => Conn::Tls(Box::new(StreamOwned::new(sessions.remove(0), tcp))),
+            (Socket::Unix(socket), 0) => Conn::Bridged {
+                socket,
+                _pumps: pumps,
+            },
+            (_, n) => {
                 return Err(Error::msg(
                     Kind::Tunnel,
                     format_args!(
-                        "{what}: {n} nested TLS sessions are not supported for HTTP requests"
+                        "{what}: {n} TLS sessions on this tunnel are not supported for HTTP requests"
                     ),
                 ));
             }
         };
-        let _ = conn.socket().set_read_timeout(Some(STALL));
-        let _ = conn.socket().set_write_timeout(Some(STALL));
+        conn.set_timeouts(STALL);
         Ok(conn)
     }
 }
@@ -91,6 +105,7 @@ impl Read for Conn {
         match self {
             Conn::Plain(s) => s.read(buf),
             Conn::Tls(s) => s.read(buf),
+            Conn::Bridged { socket: s, .. } => s.read(buf),
         }
     }
 }
@@ -100,6 +115,7 @@ impl Write for Conn {
         match self {
             Conn::Plain(s) => s.write(buf),
             Conn::Tls(s) => s.write(buf),
+            Conn::Bridged { socket: s, .. } => s.write(buf),
         }
     }
 
@@ -107,6 +123,7 @@ impl Write for Conn {
         match self {
             Conn::Plain(s) => s.flush(),
             Conn::Tls(s) => s.flush(),
+            Conn::Bridged { socket: s, .. } => s.flush(),
         }
     }
 }

@@ -36,7 +36,6 @@ use crate::error::{Error, Kind, ResultExt};
 use crate::forwards::{self, Forward, RouteSpec};
 use crate::relay::Tunnel;
 use crate::sys;
-use crate::tls::TlsTunnel;
 use crate::{Upstream, establish};
 use log::Log;
 use session::{Outcome, PipePool, Session};
@@ -113,10 +112,10 @@ struct Waiting {
     asking: dynamic::Asking,
 }
 
-/// What a worker hands back: the tunnel's socket, its TLS session if any, and the rest.
+/// What a worker hands back: the tunnel, non-blocking (a socket, TLS over it, or the socket
+/// pair of a stream on a shared HTTP/2 connection), and the rest.
 struct Opened {
-    tcp: std::net::TcpStream,
-    tls: Option<rustls::ClientConnection>,
+    tunnel: Box<dyn Tunnel + Send>,
     leftover: Vec<u8>,
     status: String,
     /// A `-D` port's tunnel: its destination and route, for the log.
@@ -981,8 +980,7 @@ impl<'a> Engine<'a> {
 
     fn start_session(&mut self, id: u64, p: Pending, opened: Opened) {
         let Opened {
-            tcp,
-            tls,
+            tunnel,
             leftover,
             status,
             route,
@@ -992,15 +990,11 @@ impl<'a> Engine<'a> {
         for line in &lines {
             self.log.line(format_args!("#{id} {} {line}", p.peer));
         }
-        let socket = TcpStream::from_std(tcp);
-        let tunnel: Box<dyn Tunnel> = match tls {
-            Some(conn) => Box::new(TlsTunnel::new(conn, socket)),
-            None => Box::new(socket),
-        };
         let slot = self.free.pop().unwrap_or_else(|| {
             self.sessions.push(None);
             self.sessions.len() - 1
         });
+        let tunnel: Box<dyn Tunnel> = tunnel;
         let mut session = Session::new(p.client, tunnel, &leftover, &mut self.pool);
         let registry = self.poll.registry();
         let both = Interest::READABLE | Interest::WRITABLE;
@@ -1272,14 +1266,12 @@ fn hand_over(
     established: crate::handshake::Established<crate::transport::stream::Stream>,
     route: Option<String>,
 ) -> Result<Opened, Error> {
-    let (tcp, tls) = established
+    let tunnel = established
         .stream
-        .into_parts()
-        .and_then(|(s, c)| s.set_nonblocking(true).map(|()| (s, c)))
+        .into_relay()
         .kind_ctx(Kind::Tunnel, || "handing over the tunnel")?;
     Ok(Opened {
-        tcp,
-        tls,
+        tunnel,
         leftover: established.leftover,
         status: established.reply.status_line,
         route,

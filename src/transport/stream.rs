@@ -196,6 +196,30 @@ impl Stream {
         }
     }
 
+    /// The non-blocking form for a relay on a mio loop (listen mode's sessions): the socket,
+    /// TLS over it (any depth), or a bridged tunnel, which keeps the threads serving it as
+    /// long as it lives (dropped with it, they stop waiting for the far side).
+    pub fn into_relay(self) -> io::Result<Box<dyn Tunnel + Send>> {
+        let (socket, mut sessions, pumps) = self.into_bottom()?;
+        if let (Socket::Tcp(tcp), true) = (&socket, pumps.is_empty()) {
+            tcp.set_nonblocking(true)?;
+            if sessions.len() < 2 {
+                let Socket::Tcp(tcp) = socket else {
+                    unreachable!("matched above")
+                };
+                let tcp = mio::net::TcpStream::from_std(tcp);
+                return Ok(match sessions.pop() {
+                    None => Box::new(tcp),
+                    Some(conn) => Box::new(TlsTunnel::new(conn, tcp)),
+                });
+            }
+        }
+        Ok(Box::new(Relayed {
+            layers: Layers::new(socket, sessions)?,
+            _pumps: pumps,
+        }))
+    }
+
     /// The socket and at most one TLS session, for callers that relay one layer themselves;
     /// a deeper stack is refused.
     pub fn into_parts(self) -> io::Result<(TcpStream, Option<ClientConnection>)> {
@@ -343,5 +367,51 @@ impl Tunnel for Layers {
             Layers::Unix(s) => s.splice_fd(),
             Layers::Tls(_) => None,
         }
+    }
+}
+
+/// [`Layers`] with the threads serving the bridged tunnels beneath, kept as long as it lives.
+struct Relayed {
+    layers: Layers,
+    _pumps: Pumps,
+}
+
+impl Read for Relayed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.layers.read(buf)
+    }
+}
+
+impl Write for Relayed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.layers.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.layers.flush()
+    }
+}
+
+impl mio::event::Source for Relayed {
+    fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.layers.register(r, t, i)
+    }
+
+    fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.layers.reregister(r, t, i)
+    }
+
+    fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
+        self.layers.deregister(r)
+    }
+}
+
+impl Tunnel for Relayed {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.layers.shutdown_write()
+    }
+
+    fn splice_fd(&self) -> Option<RawFd> {
+        self.layers.splice_fd()
     }
 }

@@ -1,11 +1,12 @@
 //! `--proxy-http2`: CONNECT over HTTP/2 to an https:// proxy (RFC 9113 §8.5), against an
 //! in-process h2 proxy made with the same crate (`support_h2`).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use h2::Reason;
 
@@ -381,21 +382,6 @@ fn a_stalled_stdout_stops_the_proxy_after_one_window() {
     t.join().unwrap();
 }
 
-#[test]
-fn proxy_http2_in_listen_mode_is_a_usage_error_for_now() {
-    let out = gimlet()
-        .args([
-            "--proxy-http2",
-            "-L",
-            "127.0.0.1:0:example.test:22",
-            "https://localhost:1",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("--proxy-http2"));
-}
-
 /// nghttpx ends a stream whose target closed with END_STREAM and then RST_STREAM(NO_ERROR):
 /// gimlet's own END_STREAM then finds the stream gone, which is no error (regression: it
 /// exited 7 with "user error: inactive stream").
@@ -454,4 +440,402 @@ fn an_untrusted_destination_behind_h2_fails_with_the_tls_status() {
         f.stderr
     );
     t.join().unwrap();
+}
+
+// Listen modes: the tunnels of one route share HTTP/2 connections.
+
+/// gimlet -L through an h2 proxy, its log (stderr) read line by line.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Daemon {
+    /// `gimlet --proxy-http2 -L 0:127.0.0.1:PORT` through `proxy`, `extra` before the proxy.
+    fn forward(pki: &Pki, proxy: &H2Proxy, port: u16, extra: &[&str]) -> (Daemon, u16) {
+        Daemon::start(pki, proxy, &["-L", &format!("0:127.0.0.1:{port}")], extra)
+    }
+
+    fn start(pki: &Pki, proxy: &H2Proxy, mode: &[&str], extra: &[&str]) -> (Daemon, u16) {
+        let mut child = gimlet_std()
+            .arg("--proxy-cacert")
+            .arg(pki.ca.file())
+            .args(["--proxy-http2", "-v"])
+            .args(mode)
+            .args(extra)
+            .arg(proxy.url())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gimlet");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut d = Daemon {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let line = d.wait_for("listening on 127.0.0.1:");
+        let at = line.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        (d, digits.parse().unwrap())
+    }
+
+    #[track_caller]
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + HANG;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?}; log:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A target on 127.0.0.1 that echoes each connection until EOF, then closes its side.
+fn echo_target() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind target");
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = conn.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+fn client(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forward");
+    s.set_read_timeout(Some(HANG)).unwrap();
+    s
+}
+
+/// Sends `data` and reads it back through the echo target, byte for byte.
+#[track_caller]
+fn round_trip(s: &mut TcpStream, data: &[u8]) {
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        let data = data.to_vec();
+        thread::spawn(move || w.write_all(&data).expect("write through the forward"))
+    };
+    let mut got = vec![0; data.len()];
+    s.read_exact(&mut got).expect("read through the forward");
+    writer.join().unwrap();
+    assert!(got == data, "bytes differ after the round trip");
+}
+
+/// Half-closes and expects the echo's EOF: the stream's END_STREAM went both ways.
+#[track_caller]
+fn finish(mut s: TcpStream) {
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("EOF through the forward");
+    assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
+}
+
+fn connections_of(proxy: &H2Proxy) -> Vec<usize> {
+    proxy.seen().iter().map(|s| s.connection).collect()
+}
+
+#[test]
+fn concurrent_tunnels_through_one_listen_port_ride_one_h2_connection() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, grant);
+    let target = echo_target();
+    let (mut d, port) = Daemon::forward(&pki, &proxy, target, &[]);
+    let clients: Vec<_> = (0..8u64)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut s = client(port);
+                round_trip(&mut s, &Prng::bytes(UP_SEED + i, 300_000));
+                finish(s);
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(proxy.connections(), 1, "one TLS connection to the proxy");
+    assert_eq!(connections_of(&proxy), vec![0; 8], "eight streams on it");
+    let line = d.wait_for("established #8");
+    assert!(line.contains("HTTP/2 connection #1, stream "), "{line}");
+}
+
+#[test]
+fn a_full_connection_by_max_concurrent_streams_opens_a_second_one() {
+    let pki = Pki::new();
+    let settings = H2Settings {
+        max_streams: Some(2),
+    };
+    let proxy = H2Proxy::start_with(pki.server.server_config(), &[b"h2"], settings, grant);
+    let target = echo_target();
+    let (mut d, port) = Daemon::forward(&pki, &proxy, target, &[]);
+    // One after the other, each kept open: the third finds the first connection full.
+    let mut open = Vec::new();
+    for i in 0..3u64 {
+        let mut s = client(port);
+        round_trip(&mut s, &Prng::bytes(UP_SEED + i, 10_000));
+        open.push(s);
+    }
+    assert_eq!(proxy.connections(), 2);
+    assert_eq!(connections_of(&proxy), vec![0, 0, 1]);
+    assert!(
+        d.wait_for("established #3")
+            .contains("HTTP/2 connection #2, stream 1)")
+    );
+    // A place freed on the first: the next tunnel fits on one of the two.
+    finish(open.remove(0));
+    d.wait_for("closed #1");
+    let mut s = client(port);
+    round_trip(&mut s, b"fourth");
+    assert_eq!(connections_of(&proxy).len(), 4);
+    for s in open.into_iter().chain([s]) {
+        finish(s);
+    }
+    assert_eq!(proxy.connections(), 2);
+}
+
+#[test]
+fn after_goaway_open_streams_finish_intact_and_new_tunnels_take_a_new_connection() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, grant);
+    let target = echo_target();
+    let (_d, port) = Daemon::forward(&pki, &proxy, target, &[]);
+    let mut a = client(port);
+    round_trip(&mut a, b"before");
+    let mut b = client(port);
+    round_trip(&mut b, b"before too");
+    proxy.goaway_gracefully(0);
+    // A tunnel opened while the GOAWAY is on its way may still ride the old connection (the
+    // proxy takes streams until its final GOAWAY): kept, it must finish intact too. The GOAWAY
+    // comes before that tunnel's echo on the connection, so the one after it is sure to see it.
+    let mut late = Vec::new();
+    let c = loop {
+        let mut c = client(port);
+        round_trip(&mut c, b"after");
+        if *connections_of(&proxy).last().unwrap() == 1 {
+            break c;
+        }
+        late.push(c);
+        assert!(
+            late.len() < 3,
+            "new tunnels keep riding the connection that said GOAWAY"
+        );
+    };
+    assert_eq!(proxy.connections(), 2, "{:?}", proxy.seen());
+    let mut d = client(port);
+    round_trip(&mut d, b"and after that");
+    assert_eq!(*connections_of(&proxy).last().unwrap(), 1);
+    for s in late {
+        finish(s);
+    }
+    finish(d);
+    // The streams the GOAWAY left open carry on, byte for byte, to their end.
+    round_trip(&mut a, &Prng::bytes(DOWN_SEED, 2 * MIB));
+    round_trip(&mut b, &Prng::bytes(UP_SEED, MIB));
+    finish(a);
+    finish(b);
+    finish(c);
+}
+
+#[test]
+fn rst_stream_of_one_tunnel_leaves_the_others_on_the_connection_intact() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, |seen, i| match i {
+        1 => H2Answer::ResetAfter(b"doomed".to_vec(), Reason::CANCEL),
+        _ => grant(seen, i),
+    });
+    let target = echo_target();
+    let (mut d, port) = Daemon::forward(&pki, &proxy, target, &[]);
+    let mut a = client(port);
+    round_trip(&mut a, b"first");
+    let mut doomed = client(port);
+    let mut early = [0u8; 6];
+    doomed.read_exact(&mut early).unwrap();
+    assert_eq!(&early, b"doomed");
+    doomed.write_all(b"x").unwrap();
+    // The reset stream's client sees its end; the session says why... in gimlet's -v log.
+    let mut rest = Vec::new();
+    let _ = doomed.read_to_end(&mut rest);
+    d.wait_for("RST_STREAM");
+    round_trip(&mut a, &Prng::bytes(UP_SEED, MIB));
+    let mut c = client(port);
+    round_trip(&mut c, b"third");
+    assert_eq!(proxy.connections(), 1);
+    assert_eq!(connections_of(&proxy), vec![0, 0, 0]);
+    finish(a);
+    finish(c);
+}
+
+#[test]
+fn half_close_is_per_stream_on_a_shared_connection() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, grant);
+    // Each connection: read to EOF, then answer with the count and close.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                let _ = conn.read_to_end(&mut got);
+                let _ = conn.write_all(format!("{} bytes", got.len()).as_bytes());
+            });
+        }
+    });
+    let (_d, port) = Daemon::forward(&pki, &proxy, target, &[]);
+    let mut a = client(port);
+    let mut b = client(port);
+    a.write_all(&Prng::bytes(UP_SEED, 100_000)).unwrap();
+    b.write_all(b"still open").unwrap();
+    a.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    a.read_to_string(&mut answer).unwrap();
+    assert_eq!(
+        answer, "100000 bytes",
+        "a's END_STREAM went up, the answer came down"
+    );
+    // b is untouched by a's half-close: it goes on, then ends its own way.
+    b.write_all(b" and more").unwrap();
+    b.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    b.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "19 bytes");
+    assert_eq!(proxy.connections(), 1);
+}
+
+#[test]
+fn basic_credentials_taken_once_go_with_the_next_connects_on_the_connection() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, |seen, _| match seen.header("proxy-authorization") {
+        Some(_) => grant(seen, 0),
+        None => H2Answer::Status(
+            407,
+            vec![("proxy-authenticate", "Basic realm=\"p\"".into())],
+        ),
+    });
+    let target = echo_target();
+    let (_d, port) = Daemon::forward(&pki, &proxy, target, &["-U", "al:pw"]);
+    for i in 0..3 {
+        let mut s = client(port);
+        round_trip(&mut s, format!("tunnel {i}").as_bytes());
+        finish(s);
+    }
+    let seen = proxy.seen();
+    let with: Vec<bool> = seen
+        .iter()
+        .map(|s| s.header("proxy-authorization").is_some())
+        .collect();
+    assert_eq!(
+        with,
+        vec![false, true, true, true],
+        "one 407, then Basic at once"
+    );
+    assert_eq!(proxy.connections(), 1);
+}
+
+#[test]
+fn ntlm_over_a_shared_h2_connection_is_refused_with_a_clear_reason() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, |_, _| {
+        H2Answer::Status(407, vec![("proxy-authenticate", "NTLM".into())])
+    });
+    let (mut d, port) = Daemon::forward(&pki, &proxy, 22, &["-U", "al:pw"]);
+    let mut s = client(port);
+    let _ = s.read_to_end(&mut Vec::new());
+    let line = d.wait_for("failed #1");
+    assert!(line.contains("NTLM") && line.contains("HTTP/2"), "{line}");
+}
+
+#[test]
+fn a_dynamic_port_sends_connect_and_plain_http_clients_over_one_h2_connection() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, grant);
+    let echo = echo_target();
+    // An origin answering one GET per connection.
+    let origin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_port = origin.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for conn in origin.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = read_head(&mut conn);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        }
+    });
+    let (_d, port) = Daemon::start(&pki, &proxy, &["-D", "0"], &[]);
+    let mut tunnels = Vec::new();
+    for i in 0..2u64 {
+        let mut s = client(port);
+        s.write_all(format!("CONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n").as_bytes())
+            .unwrap();
+        let head = text(&read_head(&mut s));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        round_trip(&mut s, &Prng::bytes(UP_SEED + i, 100_000));
+        tunnels.push(s);
+    }
+    let mut get = client(port);
+    get.write_all(
+        format!(
+            "GET http://127.0.0.1:{origin_port}/x HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    get.read_to_end(&mut answer).unwrap();
+    assert!(
+        text(&answer).ends_with("\r\n\r\nhello"),
+        "{}",
+        text(&answer)
+    );
+    for s in tunnels {
+        finish(s);
+    }
+    assert_eq!(proxy.connections(), 1);
+    assert_eq!(connections_of(&proxy), vec![0, 0, 0]);
 }

@@ -378,21 +378,23 @@ fn https_h2_with_proxy_auth_ntlm_is_a_usage_error() {
 }
 
 #[test]
-fn https_h2_in_listen_mode_and_in_a_forwards_file_is_a_usage_error_for_now() {
+fn https_h2_before_the_last_hop_in_listen_mode_and_in_a_forwards_file_is_a_usage_error() {
     let out = gimlet()
         .args([
             "-L",
             "127.0.0.1:0:example.test:22",
             "-p",
             "https+h2://localhost:1",
+            "-p",
+            "http://localhost:2",
         ])
         .output()
         .unwrap();
     let line = assert_failure(&out, 2, None);
-    assert!(line.contains("pipe mode"), "{line:?}");
+    assert!(line.contains("last hop"), "{line:?}");
     let file = scratch_file(
         "h2-forwards",
-        b"0 example.test 22 http://localhost:1,https+h2://localhost:2\n",
+        b"0 example.test 22 https+h2://localhost:2,http://localhost:1\n",
         0o600,
     );
     let out = gimlet()

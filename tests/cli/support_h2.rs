@@ -57,6 +57,19 @@ pub struct H2Proxy {
     connections: Arc<AtomicU64>,
     /// Bytes of the target's data the proxy managed to send on (granted flow control).
     pub sent_down: Arc<AtomicU64>,
+    /// Each connection's control channel, by connection number.
+    controls: Arc<Mutex<Vec<Control>>>,
+}
+
+/// Asks one connection to send GOAWAY(NO_ERROR) as servers do when they stop: the streams
+/// open go on to their end, new ones are refused.
+type Control = tokio::sync::mpsc::UnboundedSender<()>;
+
+/// Settings of the proxy's HTTP/2 server.
+#[derive(Clone, Copy, Default)]
+pub struct H2Settings {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_streams: Option<u32>,
 }
 
 impl H2Proxy {
@@ -65,6 +78,16 @@ impl H2Proxy {
     pub fn start(
         config: Arc<rustls::ServerConfig>,
         alpn: &[&[u8]],
+        script: impl Fn(&Seen, usize) -> H2Answer + Send + Sync + 'static,
+    ) -> H2Proxy {
+        H2Proxy::start_with(config, alpn, H2Settings::default(), script)
+    }
+
+    /// Like [`H2Proxy::start`], with these server settings.
+    pub fn start_with(
+        config: Arc<rustls::ServerConfig>,
+        alpn: &[&[u8]],
+        settings: H2Settings,
         script: impl Fn(&Seen, usize) -> H2Answer + Send + Sync + 'static,
     ) -> H2Proxy {
         let mut config = (*config).clone();
@@ -77,7 +100,9 @@ impl H2Proxy {
         let connections = Arc::new(AtomicU64::new(0));
         let sent_down = Arc::new(AtomicU64::new(0));
         let script: Arc<Script> = Arc::new(script);
+        let controls = Arc::new(Mutex::new(Vec::new()));
         let (s, c, d) = (seen.clone(), connections.clone(), sent_down.clone());
+        let ctl = controls.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -90,13 +115,15 @@ impl H2Proxy {
                         return;
                     };
                     let n = c.fetch_add(1, Ordering::SeqCst) as usize;
+                    let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
+                    ctl.lock().unwrap().push(control);
                     let (acceptor, s, d, script) =
                         (acceptor.clone(), s.clone(), d.clone(), script.clone());
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(tcp).await else {
                             return;
                         };
-                        serve(tls, n, s, d, script).await;
+                        serve(tls, n, settings, s, d, script, control_rx).await;
                     });
                 }
             });
@@ -106,7 +133,14 @@ impl H2Proxy {
             seen,
             connections,
             sent_down,
+            controls,
         }
+    }
+
+    /// Connection `n` (0, 1, ...) says GOAWAY gracefully.
+    pub fn goaway_gracefully(&self, n: usize) {
+        let controls = self.controls.lock().unwrap();
+        controls[n].send(()).expect("the connection is gone");
     }
 
     pub fn url(&self) -> String {
@@ -129,16 +163,20 @@ impl H2Proxy {
 async fn serve(
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     n: usize,
+    settings: H2Settings,
     seen: Arc<Mutex<Vec<Seen>>>,
     sent_down: Arc<AtomicU64>,
     script: Arc<Script>,
+    mut control: tokio::sync::mpsc::UnboundedReceiver<()>,
 ) {
-    let mut conn = match h2::server::Builder::new()
+    let mut builder = h2::server::Builder::new();
+    builder
         .initial_window_size(4 << 20)
-        .initial_connection_window_size(16 << 20)
-        .handshake::<_, Bytes>(tls)
-        .await
-    {
+        .initial_connection_window_size(16 << 20);
+    if let Some(max) = settings.max_streams {
+        builder.max_concurrent_streams(max);
+    }
+    let mut conn = match builder.handshake::<_, Bytes>(tls).await {
         Ok(c) => c,
         Err(_) => return,
     };
@@ -148,6 +186,10 @@ async fn serve(
             next = conn.accept() => next,
             Some(reason) = goaway_rx.recv() => {
                 conn.abrupt_shutdown(reason);
+                continue;
+            }
+            Some(()) = control.recv() => {
+                conn.graceful_shutdown();
                 continue;
             }
         };
