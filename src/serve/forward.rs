@@ -41,9 +41,10 @@ use std::os::unix::net::UnixStream;
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How long a read or write may wait for the peer in the middle of a message.
 const STALL: Duration = Duration::from_secs(300);
-/// The largest request body held back so that it can be sent again after a 407. A longer one
-/// goes out as it comes; should the proxy then ask for credentials, the client gets a 502
-/// saying so (the next request on the connection carries them from the start with Basic).
+/// The largest request body held back so that it can be sent again (after a 407, or on a new
+/// connection when the kept one was found closed). A longer one goes out as it comes; should
+/// the proxy then ask for credentials, the client gets a 502 saying so (the next request on
+/// the connection carries them from the start with Basic).
 pub const MAX_REPLAY: usize = 1024 * 1024;
 /// The largest 407 body skipped to keep the proxy's connection; past it gimlet reconnects.
 const MAX_DRAIN: u64 = 1024 * 1024;
@@ -142,9 +143,28 @@ struct Kept<'d> {
     via: String,
     /// Basic credentials the proxy accepted on this connection: sent with each next request.
     basic: Option<Secret>,
+    /// A response came on this connection already: it may have been closed while idle.
+    used: bool,
 }
 
 impl Kept<'_> {
+    /// A new connection the same way, in place of one the other side closed.
+    fn reconnect(&mut self, target: &Endpoint) -> Result<(), Failed> {
+        let (stream, buf) = match &self.origin {
+            None => (self.upstream.reach_last(), Vec::new()),
+            Some(_) => match establish(self.upstream, target) {
+                Ok(e) => (Ok(e.stream), e.leftover),
+                Err(e) => (Err(e), Vec::new()),
+            },
+        };
+        let conn = stream
+            .and_then(|s| Conn::from_stream(s, target))
+            .map_err(|e| format!("reconnecting {}: {e:#}", self.via))?;
+        crate::diag::info!("reconnected to {} for the next request", self.via);
+        (self.conn, self.buf, self.used) = (conn, buf, false);
+        Ok(())
+    }
+
     /// Whether a request for `target` along `upstream` may use this connection.
     fn serves(&self, target: &Endpoint, upstream: &Upstream) -> bool {
         match &self.origin {
@@ -322,6 +342,7 @@ fn open<'d>(target: &Endpoint, upstream: &'d Upstream, via: String) -> Result<Ke
         buf,
         via,
         basic: None,
+        used: false,
     })
 }
 
@@ -353,12 +374,10 @@ fn exchange(
             .map_err(|e| format!("answering the client: {e}"))?;
     }
     let mut body = Body::new(request.framing);
-    // With credentials to give, the proxy may answer 407 and want the request again: its body
-    // is held (up to MAX_REPLAY) before anything is sent.
+    // The request may have to go again (a proxy's 407, a kept connection found closed): its
+    // body is held (up to MAX_REPLAY) before anything is sent.
     let mut held = Vec::new();
-    if k.proxy.as_ref().is_some_and(|p| p.credentials.is_some()) {
-        hold_body(client, pending, &mut body, &mut held)?;
-    }
+    hold_body(client, pending, &mut body, &mut held)?;
     let (response, sent) = send_request(client, k, target, request, pending, body, &held)?;
     let (status, minor, reason, fields) = response;
     let head_request = request.method.eq_ignore_ascii_case("HEAD");
@@ -394,11 +413,15 @@ fn exchange(
         }
         match k.conn.read(&mut buf) {
             Ok(0) if body.until_close() => break,
-            Ok(0) => return Err("the origin closed in the middle of its response body".to_owned())?,
+            Ok(0) => {
+                return Err(Failed::from(
+                    "the origin closed in the middle of its response body".to_owned(),
+                ));
+            }
             Ok(n) => k.buf.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if body.until_close() && e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(format!("reading the response: {e}"))?,
+            Err(e) => return Err(Failed::from(format!("reading the response: {e}"))),
         }
     }
     let upstream_keeps =
@@ -432,10 +455,14 @@ fn hold_body(
             return Ok(());
         }
         match client.read(&mut buf) {
-            Ok(0) => Err("the client closed in the middle of its request body".to_owned())?,
+            Ok(0) => {
+                return Err(Failed::from(
+                    "the client closed in the middle of its request body".to_owned(),
+                ));
+            }
             Ok(n) => pending.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => Err(format!("reading the request body: {e}"))?,
+            Err(e) => return Err(Failed::from(format!("reading the request body: {e}"))),
         }
     }
 }
@@ -443,7 +470,10 @@ fn hold_body(
 /// Sends the request (`held` first, then the rest of the body as it comes) and reads the
 /// final response head; 1xx heads pass on to the client (RFC 9110 §15.2). A proxy's 407 is
 /// answered here with gimlet's credentials and the request sent again, on the same
-/// connection when the proxy keeps it. Returns the head and the body bytes sent.
+/// connection when the proxy keeps it. A kept connection the other side closed while idle
+/// (it fails before a byte of the response) is replaced once and the request sent again,
+/// when all of it is at hand (RFC 9112 §9.3.1: nothing of it was answered, so it was not
+/// acted on). Returns the head and the body bytes sent.
 fn send_request(
     mut client: &TcpStream,
     k: &mut Kept,
@@ -457,7 +487,21 @@ fn send_request(
     let mut auth: Option<Authenticator> = None;
     let mut authorization = k.basic.clone();
     let mut buf = vec![0u8; 64 * 1024];
-    for _ in 0..=MAX_ROUNDS {
+    // The whole request is at hand to send again: its body was held whole, or it has none.
+    let whole = body.done();
+    let mut retried = false;
+    let mut rounds = 0;
+    loop {
+        if rounds > MAX_ROUNDS {
+            return Err(Failed {
+                failure: Failure::Auth,
+                why: format!(
+                    "proxy {} kept asking for authentication after {MAX_ROUNDS} rounds",
+                    k.proxy.as_ref().map_or("", |p| p.name.as_str())
+                ),
+            });
+        }
+        let stale_ok = k.used && whole && !retried;
         let head = match &k.proxy {
             Some(p) => http1::proxy_request(
                 &request.method,
@@ -474,9 +518,21 @@ fn send_request(
                 &request.fields,
             )),
         };
-        let sending = |e: io::Error| format!("sending the request to {}: {e}", k.via);
-        k.conn.write_all(&head).map_err(sending)?;
-        k.conn.write_all(held).map_err(sending)?;
+        let written = k
+            .conn
+            .write_all(&head)
+            .and_then(|()| k.conn.write_all(held));
+        if let Err(e) = written {
+            if stale_ok && gone(&e) {
+                retried = true;
+                k.reconnect(target)?;
+                continue;
+            }
+            return Err(Failed::from(format!(
+                "sending the request to {}: {e}",
+                k.via
+            )));
+        }
         let mut sent = held.len() as u64;
         // The body past what was held: as it comes.
         loop {
@@ -494,27 +550,26 @@ fn send_request(
                 break;
             }
             match client.read(&mut buf) {
-                Ok(0) => Err("the client closed in the middle of its request body".to_owned())?,
+                Ok(0) => {
+                    return Err(Failed::from(
+                        "the client closed in the middle of its request body".to_owned(),
+                    ));
+                }
                 Ok(n) => pending.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => Err(format!("reading the request body: {e}"))?,
+                Err(e) => return Err(Failed::from(format!("reading the request body: {e}"))),
             }
         }
-        k.conn.flush().map_err(sending)?;
-        let response = loop {
-            let (status, minor, reason, fields, used) = read_response_head(k, &mut buf)?;
-            k.buf.drain(..used);
-            if status == 101 {
-                Err("the origin switched protocols, which was not asked for".to_owned())?;
-            }
-            if (100..200).contains(&status) {
-                client
-                    .write_all(&http1::client_response(status, &reason, &fields, false))
-                    .map_err(|e| format!("answering the client: {e}"))?;
+        let response = match read_final_head(client, k, &mut buf) {
+            Ok(r) => r,
+            Err((true, _)) if stale_ok => {
+                retried = true;
+                k.reconnect(target)?;
                 continue;
             }
-            break (status, minor, reason, fields);
+            Err((_, why)) => return Err(Failed::from(why)),
         };
+        k.used = true;
         let Some(proxy) = k.proxy.as_ref().filter(|_| response.0 == 407) else {
             if let Some(a) = auth.as_ref().filter(|a| a.scheme() == Scheme::Basic) {
                 crate::diag::debug!("keeping Basic credentials for user \"{}\"", a.user());
@@ -522,14 +577,15 @@ fn send_request(
             }
             return Ok((response, sent));
         };
+        rounds += 1;
         let value = answer_407(proxy, &mut auth, &response, &request.method, &uri)?;
         let name = proxy.name.clone();
         if held.len() as u64 != sent {
-            Err(format!(
+            return Err(Failed::from(format!(
                 "proxy {name} asked for credentials after a request body over {} KiB had gone out, which gimlet cannot send twice: {}",
                 MAX_REPLAY >> 10,
                 status_line(&response)
-            ))?;
+            )));
         }
         authorization = Some(value);
         k.basic = None;
@@ -550,23 +606,51 @@ fn send_request(
                     ),
                 });
             }
-            let stream = k
-                .upstream
-                .reach_last()
-                .map_err(|e| format!("reconnecting to proxy {name}: {e:#}"))?;
-            k.conn = Conn::from_stream(stream, target).map_err(|e| format!("{e:#}"))?;
-            k.buf.clear();
+            k.reconnect(target)?;
         }
         body = Body::new(request.framing);
         let _ = body.feed(held);
     }
-    Err(Failed {
-        failure: Failure::Auth,
-        why: format!(
-            "proxy {} kept asking for authentication after {MAX_ROUNDS} rounds",
-            k.proxy.as_ref().map_or("", |p| p.name.as_str())
-        ),
-    })
+}
+
+/// Whether a write failed because the other side had closed.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}
+
+/// Reads the final response head, passing 1xx heads on to the client. The error's flag says
+/// the connection ended before a single byte of a response: a kept connection closed idle.
+fn read_final_head(
+    mut client: &TcpStream,
+    k: &mut Kept,
+    buf: &mut [u8],
+) -> Result<Response, (bool, String)> {
+    let mut first = true;
+    loop {
+        let nothing = first && k.buf.is_empty();
+        first = false;
+        let (status, minor, reason, fields, used) = match read_response_head(k, buf) {
+            Ok(head) => head,
+            Err(why) => return Err((nothing && k.buf.is_empty(), why)),
+        };
+        k.buf.drain(..used);
+        if status == 101 {
+            return Err((
+                false,
+                "the origin switched protocols, which was not asked for".to_owned(),
+            ));
+        }
+        if (100..200).contains(&status) {
+            client
+                .write_all(&http1::client_response(status, &reason, &fields, false))
+                .map_err(|e| (false, format!("answering the client: {e}")))?;
+            continue;
+        }
+        return Ok((status, minor, reason, fields));
+    }
 }
 
 /// The status line of a response head, printable, quoted: for messages.

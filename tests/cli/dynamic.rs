@@ -677,6 +677,44 @@ fn absolute_form_requests_go_to_the_origin_in_origin_form_on_kept_connections() 
 }
 
 #[test]
+fn a_kept_connection_the_origin_closed_while_idle_is_replaced_for_the_next_request() {
+    // Answers one request per connection as if it kept them (HTTP/1.1, no Connection: close),
+    // then closes: the next request finds the connection closed before any answer, and goes
+    // again on a new one, which is safe since nothing of it was answered.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let o = listener.local_addr().unwrap().port();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = connections.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let head = text(&read_head(&mut conn));
+            let body = read_body(&mut conn, &head);
+            let answer = format!("n{n}:{}", text(&body));
+            let _ = conn.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let d = Daemon::start(&["-D", "0"]);
+    let mut s = d.connect();
+    s.write_all(format!("GET http://127.0.0.1:{o}/a HTTP/1.1\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut s).1, b"n1:");
+    s.write_all(
+        format!("PUT http://127.0.0.1:{o}/b HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s).1, b"n2:body");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
 fn chunked_bodies_pass_unchanged_both_ways() {
     let origin = Origin::start();
     let d = Daemon::start(&["-D", "0"]);

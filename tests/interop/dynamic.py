@@ -134,10 +134,10 @@ def check_dynamic(t) -> str:
             raise Failed(f"ssh through -D printed {result.stdout[:80]!r}")
         log = daemon.log
         deadline = time.monotonic() + 10
-        while "HTTP GET" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+        while " GET http://" not in log.read_text(errors="replace") and time.monotonic() < deadline:
             time.sleep(0.05)
         text = log.read_text(errors="replace")
-        for needle in ("SOCKS5 127.0.0.1:", "HTTP GET http://127.0.0.1:", "CONNECT 127.0.0.1:"):
+        for needle in ("SOCKS5 127.0.0.1:", " GET http://127.0.0.1:", "CONNECT 127.0.0.1:"):
             if needle not in text:
                 raise Failed(f"gimlet's log has no {needle!r}: {tail(text, 3)}")
         no_secret_in(t, log)
@@ -181,7 +181,7 @@ def check_browser(t) -> str:
                                  f"{result.returncode}): {dom[:120]!r} {tail(result.stderr, 40)}")
                 notes.append(f"{scheme} {time.monotonic() - started:.1f}s")
         text = daemon.log.read_text(errors="replace")
-        for needle in ("SOCKS5 127.0.0.1:", "HTTP GET http://127.0.0.1:"):
+        for needle in ("SOCKS5 127.0.0.1:", " GET http://127.0.0.1:"):
             if needle not in text:
                 raise Failed(f"gimlet's log has no {needle!r}: Chromium went around it? "
                              f"{tail(text, 3)}")

@@ -300,10 +300,11 @@ def launch_tinyproxy(site: Site, basic_auth: tuple[str, str] | None = None,
 
 
 def launch_apache(site: Site, auth: tuple[str, str, str] | None = None) -> None:
-    """apache2's mod_proxy_connect; `auth` is (scheme, user, password) with
-    scheme "basic" or "digest"."""
+    """apache2's mod_proxy_connect, and mod_proxy_http for absolute-form
+    requests (what gimlet -D sends for http:// URLs); `auth` is (scheme, user,
+    password) with scheme "basic" or "digest"."""
     d, port = site.dir, site.port
-    modules = ["mpm_event", "authz_core", "authz_host", "proxy", "proxy_connect"]
+    modules = ["mpm_event", "authz_core", "authz_host", "proxy", "proxy_connect", "proxy_http"]
     access = ["  Require ip 127.0.0.1 ::1"]
     if auth:
         scheme, user, password = auth
