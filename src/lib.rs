@@ -165,26 +165,13 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         ),
     };
     // An HTTP/2 hop's end (a reset, GOAWAY) says more than the relay's view of it.
-    finish(pumps).map_err(|e| e.context(relaying()))?;
+    tunnel::finish(pumps).map_err(|e| e.context(relaying()))?;
     let stats = relayed.kind_ctx(Kind::Tunnel, relaying)?;
     info!(
         "tunnel closed: {} bytes sent, {} bytes received",
         stats.up, stats.down
     );
     Ok(())
-}
-
-/// Waits for the threads of the route's HTTP/2 hops, innermost first (each closes the stream
-/// the next one out carries), and returns the error of the outermost that failed: its end
-/// ended the hops inside it too.
-fn finish(pumps: transport::stream::Pumps) -> Result<(), Error> {
-    let mut outermost = None;
-    for pump in pumps.into_iter().rev() {
-        if let Err(e) = pump.finish() {
-            outermost = Some(e);
-        }
-    }
-    outermost.map_or(Ok(()), Err)
 }
 
 /// The configuration and server name of one TLS leg. Failures here come from the user's files

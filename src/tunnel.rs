@@ -28,7 +28,7 @@ use crate::handshake::{self, Established, Negotiation, Request};
 use crate::hop::h2;
 use crate::hop::socks::{self, Socks, Step};
 use crate::tls;
-use crate::transport::stream::{Bridged, Finish, Stream};
+use crate::transport::stream::{Bridged, Finish, Pumps, Stream};
 
 /// One prepared hop.
 struct Hop {
@@ -303,8 +303,12 @@ pub fn establish(up: &Upstream, target: &Endpoint) -> Result<Established<Stream>
     if let Some(mux) = &up.hops[last].mux {
         return shared_h2(up, last, mux, target, &clock);
     }
-    let stream = reach(up, last, &clock)?;
-    let established = ask(up, last, stream, target, &clock)?;
+    let established = held(
+        reach(up, last, &clock)?,
+        &clock,
+        |stream| ask(up, last, stream, target, &clock),
+        |established| &mut established.stream,
+    )?;
     opened(target, &established);
     Ok(established)
 }
@@ -406,23 +410,28 @@ fn shared_h2(
 /// `i`; TLS with the hop when it is `https://`.
 fn reach(up: &Upstream, i: usize, clock: &Clock) -> Result<Stream, Error> {
     let hop = &up.hops[i];
-    let (stream, leftover) = if i == 0 {
+    if i == 0 {
         let dialed = up
             .dialer
             .connect_within(&hop.proxy.endpoint, clock)
             .map_err(|e| up.at(0, e))?;
-        (Stream::from_dialed(dialed), Vec::new())
-    } else {
-        let est = ask(
-            up,
-            i - 1,
-            reach(up, i - 1, clock)?,
-            &hop.proxy.endpoint,
-            clock,
-        )?;
-        info!("through {} to {}", up.who(i - 1), hop.name);
-        (est.stream, est.leftover)
-    };
+        return on_top(up, i, Stream::from_dialed(dialed), Vec::new());
+    }
+    held(
+        reach(up, i - 1, clock)?,
+        clock,
+        |below| {
+            let est = ask(up, i - 1, below, &hop.proxy.endpoint, clock)?;
+            info!("through {} to {}", up.who(i - 1), hop.name);
+            on_top(up, i, est.stream, est.leftover)
+        },
+        |stream| stream,
+    )
+}
+
+/// Hop `i` over `stream`, the tunnel that reached it: TLS with it when it is `https://`.
+fn on_top(up: &Upstream, i: usize, stream: Stream, leftover: Vec<u8>) -> Result<Stream, Error> {
+    let hop = &up.hops[i];
     match &hop.tls {
         Some((config, name)) => {
             tls_over(stream, &leftover, config, name, &up.who(i)).map_err(|e| up.at(i, e))
@@ -441,6 +450,51 @@ fn reach(up: &Upstream, i: usize, clock: &Clock) -> Result<Stream, Error> {
             ),
         )),
     }
+}
+
+/// Runs `step` (a handshake) over `stream` with the threads of the HTTP/2 hops beneath held
+/// aside, and puts them back under the stream it returns (`bottom` finds it). When the step
+/// fails and one of those threads failed first (the proxy reset the stream the handshake ran
+/// in, or sent GOAWAY), that is the reason: the step only saw its tunnel end. Not after the
+/// deadline passed: a thread waiting on a silent proxy would hold the error back.
+fn held<T>(
+    mut stream: Stream,
+    clock: &Clock,
+    step: impl FnOnce(Stream) -> Result<T, Error>,
+    bottom: impl FnOnce(&mut T) -> &mut Stream,
+) -> Result<T, Error> {
+    let pumps = stream.take_pumps();
+    if pumps.is_empty() {
+        return step(stream);
+    }
+    match step(stream) {
+        Ok(mut t) => {
+            bottom(&mut t).put_pumps(pumps);
+            Ok(t)
+        }
+        Err(e) if clock.remaining().is_none() => Err(e),
+        // The step's stream is gone, so each thread ends once its stream has.
+        Err(e) => match finish(pumps) {
+            Ok(()) => Err(e),
+            Err(cause) => {
+                info!("{e:#}");
+                Err(cause)
+            }
+        },
+    }
+}
+
+/// Waits for the threads of a route's HTTP/2 hops, innermost first (each closes the stream
+/// the next one out carries), and returns the error of the outermost that failed: its end
+/// ended the hops inside it too.
+pub fn finish(pumps: Pumps) -> Result<(), Error> {
+    let mut outermost = None;
+    for pump in pumps.into_iter().rev() {
+        if let Err(e) = pump.finish() {
+            outermost = Some(e);
+        }
+    }
+    outermost.map_or(Ok(()), Err)
 }
 
 /// Shakes hands over `stream`, the bytes already read (`prefix`) first.

@@ -183,6 +183,19 @@ impl Stream {
         }
     }
 
+    /// Puts threads taken with [`Stream::take_pumps`] back, beneath those this stream's own
+    /// bridge has (a stream that is no bridge holds none: nothing can be beneath it).
+    pub fn put_pumps(&mut self, mut beneath: Pumps) {
+        match self {
+            Stream::Plain(_) => debug_assert!(beneath.is_empty(), "bridged threads lost"),
+            Stream::Bridged(b) => {
+                beneath.append(&mut b.pumps);
+                b.pumps = beneath;
+            }
+            Stream::Tls(s) => s.sock.put_pumps(beneath),
+        }
+    }
+
     /// The socket (blocking, without timeouts) and every TLS session on it, outermost first:
     /// for an HTTP/2 hop, which drives them all on its runtime. The threads serving a bridged
     /// tunnel beneath must have been taken ([`Stream::take_pumps`]): dropped here, they would

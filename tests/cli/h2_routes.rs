@@ -404,3 +404,61 @@ fn https_h2_before_the_last_hop_in_listen_mode_and_in_a_forwards_file_is_a_usage
     let line = assert_failure(&out, 2, None);
     assert!(line.contains("https+h2://localhost:2"), "{line:?}");
 }
+
+/// The next hop's handshake runs inside the h2 hop's stream: when the h2 proxy resets that
+/// stream under it, the reset (not the next hop's "closed without a reply") is the reason.
+#[test]
+fn rst_stream_under_the_next_hops_handshake_names_the_h2_hop_and_the_frame() {
+    let pki = Pki::new();
+    let h2 = h2_proxy(&pki, |_, _| {
+        H2Answer::ResetAfter(Vec::new(), Reason::INTERNAL_ERROR)
+    });
+    let never = forwarding_proxy();
+    let out = gimlet()
+        .args(["--proxy-cacert", pki.ca.file().to_str().unwrap()])
+        .args([
+            "-p",
+            &h2_url(&h2),
+            "-p",
+            &http_url(&never),
+            "127.0.0.1",
+            "22",
+        ])
+        .timeout(HANG)
+        .output()
+        .unwrap();
+    let line = assert_failure(&out, 7, None);
+    assert!(
+        line.contains(&format!("hop 1 of 2 ({})", h2.name()))
+            && line.contains("RST_STREAM INTERNAL_ERROR"),
+        "{line:?}"
+    );
+}
+
+#[test]
+fn goaway_from_a_middle_h2_hop_under_the_next_handshake_names_that_hop() {
+    let pki = Pki::new();
+    let h2 = h2_proxy(&pki, |_, _| {
+        H2Answer::GoAwayAfter(Vec::new(), Reason::ENHANCE_YOUR_CALM)
+    });
+    let (first, never) = (forwarding_proxy(), forwarding_proxy());
+    let out = gimlet()
+        .args(["--proxy-cacert", pki.ca.file().to_str().unwrap()])
+        .args([
+            "-p",
+            &http_url(&first),
+            "-p",
+            &h2_url(&h2),
+            "-p",
+            &http_url(&never),
+        ])
+        .args(["127.0.0.1", "22"])
+        .timeout(HANG)
+        .output()
+        .unwrap();
+    let line = assert_failure(&out, 7, None);
+    assert!(
+        line.contains(&format!("hop 2 of 3 ({})", h2.name())) && line.contains("GOAWAY"),
+        "{line:?}"
+    );
+}
