@@ -540,6 +540,10 @@ H2_SKIP = {**NOT_THROUGH_TLS,
            # ssh, git and the bulk checks end from the server's side and run.
            "tls-verify": NGHTTPX_NO_HALF_CLOSE,
            "auth": NGHTTPX_NO_HALF_CLOSE}
+H2_FIRST_HOP = ("https+h2:// before a chain's last hop is refused in the listen modes "
+                "(HTTP/2 goes to the last hop there)")
+H2_CHAIN_SKIP = {**H2_SKIP, **{check: H2_FIRST_HOP
+                               for check in ("listen", "listen-reload", "dynamic", "browser")}}
 KERBEROS_SKIP = {"ssh-v6": "the service principal names the proxy localhost, 127.0.0.1 only"}
 
 PROXIES = [
@@ -661,7 +665,8 @@ PROXIES = [
     Proxy("nghttpx-squid>tinyproxy", (*H2_PACKAGES, "tinyproxy"),
           partial(launch_chain, first=launch_nghttpx_chain, then=launch_tinyproxy,
                   then_url="http://127.0.0.1:{port}"),
-          refused_status=500, tls=VERIFIED, scheme="https+h2", skip=H2_SKIP, proxy_log=H2_LOG),
+          refused_status=500, tls=VERIFIED, scheme="https+h2", skip=H2_CHAIN_SKIP,
+          proxy_log=H2_LOG),
     # gimlet %h %p: HTTPS_PROXY names squid, NO_PROXY sends localhost direct.
     Proxy("env-squid", ("squid",), launch_squid, refused_status=503, from_env=True,
           gimlet_env={"HTTPS_PROXY": "http://127.0.0.1:{port}", "NO_PROXY": "localhost"}),
