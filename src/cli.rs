@@ -227,7 +227,8 @@ pub struct Cli {
     /// Take credentials from ~/.netrc
     ///
     /// The entry for the proxy host, else default, when none of -U, --proxy-auth-file or
-    /// GIMLET_PROXY_AUTH is given.
+    /// GIMLET_PROXY_AUTH is given. In listen mode, for every proxy of every route (forwards
+    /// lines, the environment's) without credentials of its own, read at start and reload.
     #[arg(long, help_heading = PROXY)]
     pub netrc: bool,
 
@@ -367,7 +368,9 @@ pub struct Cli {
 
     /// Listen on [BIND:]PORT and forward each connection to HOST:HOSTPORT, like ssh -L
     ///
-    /// Through the proxy given as PROXY or --proxy, or directly when none is. BIND is
+    /// Through the proxy given as PROXY or --proxy, else the proxy environment (https_proxy,
+    /// HTTPS_PROXY, all_proxy, ALL_PROXY) unless --noproxy, or no_proxy/NO_PROXY for the
+    /// environment's proxy, names HOST; else directly. BIND is
     /// 127.0.0.1 unless given: an IP address ([v6] in brackets, [::] for every IPv6
     /// interface), localhost, or * for every IPv4 interface; PORT 0 picks a free port, which
     /// the log names. Repeatable. gimlet stays in the foreground until SIGTERM or SIGINT.
@@ -378,9 +381,11 @@ pub struct Cli {
     /// Forward the ports listed in FILE; re-read when it changes and on SIGHUP
     ///
     /// One forward per line: [BIND:]PORT HOST PORT [PROXYHOST PROXYPORT | ROUTE] [key=value
-    /// ...], where ROUTE is a proxy URL, a comma-separated chain of them, or direct, and the
-    /// options are idle-timeout, keepalive, proxy-auth and proxy-auth-file; # starts a
-    /// comment. A line without a route uses the command line's proxy, or goes direct. A reload
+    /// ...], where ROUTE is a proxy URL, a comma-separated chain of them, direct, or default
+    /// (the route -L takes, the proxy environment included), and the options are
+    /// idle-timeout, keepalive, proxy-auth and proxy-auth-file; # starts a comment. A line
+    /// without a route uses the command line's proxy, or goes direct (never the
+    /// environment's: the seed format's rule). A reload
     /// never cuts open tunnels, and a file that does not parse keeps the previous forwards.
     #[arg(long, value_name = "FILE", help_heading = LISTEN)]
     pub forwards: Option<PathBuf>,

@@ -148,6 +148,16 @@ pub struct Listen {
     pub noproxy: Option<String>,
     /// `--client-auth-file`: the `user:password` a `-D` port asks its clients for.
     pub client_auth_file: Option<std::path::PathBuf>,
+    /// The variable `Config::proxies` came from (`https_proxy`, …) when no proxy was given on
+    /// the command line; `None` when the command line gave them, or nothing did.
+    pub proxy_var: Option<&'static str>,
+    /// The exclusion list each `-L` / `default` forward's HOST is checked against, with its
+    /// name: `--noproxy` always; `no_proxy`/`NO_PROXY` only for a proxy from the environment,
+    /// as in the pipe mode.
+    pub default_noproxy: Option<(&'static str, String)>,
+    /// `--netrc-file`, or `~/.netrc` with `--netrc` (then a missing file is no error): looked
+    /// up by host for every proxy of every route that has no credentials of its own.
+    pub netrc: Option<(std::path::PathBuf, bool)>,
 }
 
 /// The environment variable holding `user:password`.
@@ -200,11 +210,14 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         },
         None => parse_target(&target_host, &target_port)?,
     };
-    // Listen mode without a proxy goes direct; the pipe mode takes the environment's.
+    // Listen mode with no proxy given takes the environment's, as the pipe mode does; which
+    // forwards it serves (no_proxy is checked per forward or per request) is the engine's.
+    let mut proxy_var = None;
     let (mut proxies, route_why) = match listen {
-        // -D with no proxy given: the environment's, as the pipe mode takes it.
-        Some(ref l) if proxy_args.is_empty() && l.local.iter().any(|f| f.dynamic) => {
-            env_route(&env)?
+        Some(_) if proxy_args.is_empty() => {
+            let (proxies, why, var) = env_route(&env)?;
+            proxy_var = var;
+            (proxies, why)
         }
         Some(_) => (parse_proxies(&proxy_args)?, None),
         None => choose_route(&proxy_args, &target, &env, cli.noproxy.as_deref())?,
@@ -221,13 +234,22 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
     // machine talks to); every hop's URL userinfo is its own, and netrc is looked up per hop by
     // host. Read lazily: a source that is not needed is not an error.
     let mut options = Some((cli.proxy_user, auth_file));
+    // Listen mode reads them at once: they are for the proxies of the forwards too.
+    let mut given_options = match (&listen, options.take()) {
+        (Some(_), Some((user, file))) => Some(option_credentials(user, file, &env)?),
+        (_, taken) => {
+            options = taken;
+            None
+        }
+    };
     let netrc = netrc_path(cli.netrc, cli.netrc_file, &env)?;
     for (i, proxy) in proxies.iter_mut().enumerate() {
         proxy.credentials = if !matches!(proxy.credentials, Spec::None) {
             proxy.credentials.clone().from_source(Source::Url)
         } else {
-            let given = match options.take() {
-                Some((user, file)) if i == 0 => option_credentials(user, file, &env)?,
+            let given = match (options.take(), &given_options) {
+                (Some((user, file)), _) if i == 0 => option_credentials(user, file, &env)?,
+                (_, Some(given)) if i == 0 => given.clone(),
                 _ => Spec::None,
             };
             match (given, &netrc) {
@@ -238,11 +260,12 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
             }
         };
     }
-    let credentials = match (proxies.first(), options.take()) {
-        (Some(p), _) => p.credentials.clone(),
-        // Listen mode without a proxy here: they are for the proxies of --forwards.
-        (None, Some((user, file))) if listen.is_some() => option_credentials(user, file, &env)?,
-        (None, _) => Spec::None,
+    let credentials = match (proxies.first(), given_options.take()) {
+        // Listen mode: the options' credentials alone (never a URL's or netrc's, which belong
+        // to one host), for the first proxy of every route without credentials of its own.
+        (_, Some(given)) => given,
+        (Some(p), None) => p.credentials.clone(),
+        (None, None) => Spec::None,
     };
     let program = |name: &str| {
         env(name)
@@ -294,7 +317,7 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
     };
     let any_tls_hop = proxies.iter().any(|p| p.tls);
     // In listen mode without a proxy here, they apply to the https:// proxies of --forwards.
-    let tls_proxy_possible = any_tls_hop || (listen.is_some() && proxies.is_empty());
+    let tls_proxy_possible = any_tls_hop || (listen.is_some() && proxy_args.is_empty());
     if !tls_proxy_possible && proxy_tls_given(&proxy_tls) {
         bail!(
             "checking the TLS options: --proxy-cacert, --proxy-insecure, --proxy-pinnedpubkey, --proxy-servername and --proxy-cert need an https:// proxy"
@@ -338,6 +361,21 @@ fn build(cli: Cli, env: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Con
         bail!(
             "checking --fdpass: ssh gets a raw socket, which cannot carry a TLS session (drop --fdpass, or use a plain proxy without --tls)"
         );
+    }
+
+    let mut listen = listen;
+    if let Some(l) = listen.as_mut() {
+        l.proxy_var = proxy_var;
+        l.default_noproxy = match (&cli.noproxy, proxy_var) {
+            (Some(list), _) => Some(("--noproxy", list.clone())),
+            (None, Some(_)) => crate::route::env::NO_PROXY_VARS.iter().find_map(|&name| {
+                env(name)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (name, v.to_string_lossy().into_owned()))
+            }),
+            (None, None) => None,
+        };
+        l.netrc = netrc.map(|path| (path, cli.netrc));
     }
 
     Ok(Config {
@@ -414,6 +452,9 @@ fn listen_mode(
         allow,
         noproxy,
         client_auth_file: cli.client_auth_file.clone(),
+        proxy_var: None,
+        default_noproxy: None,
+        netrc: None,
     }))
 }
 
@@ -437,18 +478,18 @@ fn parse_cidr(s: &str) -> anyhow::Result<(IpAddr, u8)> {
     Ok((addr, bits))
 }
 
-/// Listen mode's proxy from the environment (`-D` without PROXY): the first set of curl's
-/// proxy variables, none of the exclusion list (that applies per request).
+/// Listen mode's proxy from the environment (no PROXY given): the first set of curl's proxy
+/// variables, and its name; none of the exclusion list (that applies per forward or request).
 fn env_route(
     env: &impl Fn(&str) -> Option<OsString>,
-) -> anyhow::Result<(Vec<Proxy>, Option<String>)> {
+) -> anyhow::Result<(Vec<Proxy>, Option<String>, Option<&'static str>)> {
     let anywhere = Host::Name(String::new());
     match crate::route::env::choose(&anywhere, env, Some("")).map_err(|e| anyhow!(e))? {
-        crate::route::env::Choice::Direct { why } => Ok((Vec::new(), Some(why))),
+        crate::route::env::Choice::Direct { why } => Ok((Vec::new(), Some(why), None)),
         crate::route::env::Choice::Proxy { var, value, why } => {
             let proxy = parse_env_proxy(&value)
                 .with_context(|| format!("parsing {var} {:?}", without_password(&value)))?;
-            Ok((vec![proxy], Some(why)))
+            Ok((vec![proxy], Some(why), Some(var)))
         }
     }
 }
@@ -635,7 +676,11 @@ fn option_credentials(
 
 /// The netrc entry for one hop's host; a missing `~/.netrc` is no error (`--netrc` is
 /// optional, as with curl), a missing `--netrc-file` is.
-fn netrc_credentials(path: &std::path::Path, optional: bool, host: &Host) -> anyhow::Result<Spec> {
+pub fn netrc_credentials(
+    path: &std::path::Path,
+    optional: bool,
+    host: &Host,
+) -> anyhow::Result<Spec> {
     let machine = match host {
         Host::Name(name) => name.clone(),
         Host::Ip(ip) => ip.to_string(),

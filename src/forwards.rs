@@ -10,9 +10,10 @@
 //!
 //! ROUTE is a proxy URL (`http://`, `https://`, `socks4://`, `socks4a://`, `socks5://`,
 //! `socks5h://`; userinfo allowed), `host:port`, a comma-separated chain of them (first dialled
-//! first), or `direct`. With
-//! no route a line uses the command line's proxy, or goes direct when there is none (the
-//! seed's rule). BIND is an IP address (`[v6]` in brackets), `localhost` or `*` (every IPv4
+//! first), `direct`, or `default`: the route `-L` takes (the command line's proxy, else the
+//! environment's unless its no_proxy names HOST, else direct). With no route a line uses the
+//! command line's proxy, or goes direct when there is none (the seed's rule: the environment
+//! never turns a seed line into a proxied one). BIND is an IP address (`[v6]` in brackets), `localhost` or `*` (every IPv4
 //! interface; `[::]` for IPv6); it defaults to 127.0.0.1. PORT 0 asks the kernel for a free port (the log names it).
 
 use std::collections::HashSet;
@@ -43,7 +44,11 @@ pub struct Forward {
 /// How a forward reaches its target.
 #[derive(Clone, Debug)]
 pub enum RouteSpec {
-    /// No route written: the command line's proxy, else direct.
+    /// No route written on a forwards line (the seed's format): the command line's proxy,
+    /// else direct; never the environment's.
+    Seed,
+    /// `default`, `-L`, `-D` and `dynamic` lines without a route: the command line's proxy,
+    /// else the environment's (`https_proxy`, … unless `no_proxy` matches), else direct.
     Default,
     /// `direct`.
     Direct,
@@ -71,6 +76,7 @@ impl Forward {
     /// Credentials are never part of it.
     pub fn describe(&self) -> String {
         let via = match &self.route {
+            RouteSpec::Seed => "via the command line's proxy, if any".to_owned(),
             RouteSpec::Default => "via the default route".to_owned(),
             RouteSpec::Direct => "direct".to_owned(),
             RouteSpec::Proxies(hops) => format!(
@@ -205,7 +211,7 @@ fn parse_line(line: &str, origin: &str) -> anyhow::Result<Option<Forward>> {
     stray_credentials(&words, &[3, 4])?;
     let (fields, opts) = split_options(&words)?;
     let (bind, target, route) = match fields {
-        [listen, host, port] => (*listen, (*host, *port), RouteSpec::Default),
+        [listen, host, port] => (*listen, (*host, *port), RouteSpec::Seed),
         [listen, host, port, route] => (*listen, (*host, *port), parse_route(route)?),
         [listen, host, port, phost, pport] => {
             let joined = match phost.parse::<Ipv6Addr>() {
@@ -296,6 +302,9 @@ fn parse_target(host: &str, port: &str) -> anyhow::Result<Endpoint> {
 fn parse_route(s: &str) -> anyhow::Result<RouteSpec> {
     if s.eq_ignore_ascii_case("direct") {
         return Ok(RouteSpec::Direct);
+    }
+    if s.eq_ignore_ascii_case("default") {
+        return Ok(RouteSpec::Default);
     }
     let hops = s
         .split(',')
@@ -438,14 +447,22 @@ mod tests {
             ),
             (
                 "2222 git.lan 22",
+                "127.0.0.1:2222 git.lan:22 via the command line's proxy, if any",
+            ),
+            (
+                "2222 git.lan 22 default",
                 "127.0.0.1:2222 git.lan:22 via the default route",
+            ),
+            (
+                "2222 git.lan 22 DEFAULT keepalive=5",
+                "127.0.0.1:2222 git.lan:22 via the default route keepalive=5",
             ),
             ("  # a comment", "skip"),
             ("", "skip"),
             ("\t \t", "skip"),
             (
                 "2222 git.lan 22 # trailing comment",
-                "127.0.0.1:2222 git.lan:22 via the default route",
+                "127.0.0.1:2222 git.lan:22 via the command line's proxy, if any",
             ),
             ("*:2222 git.lan 22 direct", "0.0.0.0:2222 git.lan:22 direct"),
             (
@@ -486,7 +503,7 @@ mod tests {
             ),
             (
                 "2222 h 22 proxy-auth-file=/etc/gimlet/auth",
-                "127.0.0.1:2222 h:22 via the default route proxy-auth-file=/etc/gimlet/auth",
+                "127.0.0.1:2222 h:22 via the command line's proxy, if any proxy-auth-file=/etc/gimlet/auth",
             ),
             (
                 "2222 h",

@@ -60,20 +60,9 @@ pub fn choose(
             None => ("", None),
         },
     };
-    let name = match host {
-        // curl matches IPv6 hosts without brackets.
-        Host::Ip(ip) => ip.to_string(),
-        Host::Name(n) => n.clone(),
-        // Not an address to curl's matcher (inet_pton refuses the zone): compared as a name.
-        Host::Scoped(a, zone) => format!("{a}%{}", zone.name),
-    };
+    let name = match_name_of(host);
     if let Some(list) = &list {
-        if let Some(entry) = no_proxy_match(&name, list) {
-            let why = if entry == "*" {
-                format!("direct: {list_name} is * (no proxy for any host)")
-            } else {
-                format!("direct: {list_name} entry {entry} matches {name}")
-            };
+        if let Some(why) = excluded(host, list_name, list) {
             return Ok(Choice::Direct { why });
         }
     }
@@ -86,6 +75,29 @@ pub fn choose(
         }
     );
     Ok(Choice::Proxy { var, value, why })
+}
+
+/// How [`no_proxy_match`] sees a host.
+fn match_name_of(host: &Host) -> String {
+    match host {
+        // curl matches IPv6 hosts without brackets.
+        Host::Ip(ip) => ip.to_string(),
+        Host::Name(n) => n.clone(),
+        // Not an address to curl's matcher (inet_pton refuses the zone): compared as a name.
+        Host::Scoped(a, zone) => format!("{a}%{}", zone.name),
+    }
+}
+
+/// Why `host` goes direct when the exclusion list `list` (called `list_name` in the reason:
+/// `--noproxy`, `no_proxy`, `NO_PROXY`) names it; `None` when it does not. Listen mode asks
+/// this for each forward's HOST, as [`choose`] does for the pipe mode's destination.
+pub fn excluded(host: &Host, list_name: &str, list: &str) -> Option<String> {
+    let name = match_name_of(host);
+    let entry = no_proxy_match(&name, list)?;
+    Some(match entry {
+        "*" => format!("direct: {list_name} is * (no proxy for any host)"),
+        entry => format!("direct: {list_name} entry {entry} matches {name}"),
+    })
 }
 
 /// The first variable of `names` with a non-empty value.

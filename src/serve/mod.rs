@@ -156,9 +156,13 @@ struct Engine<'a> {
     backoff: Option<Duration>,
     draining: Option<Instant>,
     file: Option<Watched>,
-    /// The upstream every line without its own route uses: the command line's proxy or direct.
+    /// The upstream of the default route (see [`RouteSpec`]), once a forward used it.
     default_route: Option<Arc<Upstream>>,
-    /// The command line's credentials, a password asked for once at start (never on reload).
+    /// The default route's hops: the command line's proxies, else the environment's, with
+    /// their credentials (a missing password asked for once, at start).
+    default_proxies: Vec<crate::config::Proxy>,
+    /// The command line's credentials (-U, --proxy-auth-file, GIMLET_PROXY_AUTH), a password
+    /// asked for once at start (never on reload).
     credentials: Spec,
     /// Handshakes per upstream (keyed by its address): in progress, and waiting their turn.
     routes: HashMap<usize, RouteQueue>,
@@ -229,7 +233,7 @@ impl<'a> Engine<'a> {
         let poll = Poll::new().kind_ctx(Kind::Usage, starting)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).kind_ctx(Kind::Usage, starting)?);
         let (workers, done) = Workers::new(waker);
-        let credentials = ask_once(config)?;
+        let (credentials, default_proxies) = ask_once(config)?;
         let reserve = FD_RESERVE.min(fd_limit / 4);
         let max_tunnels = listen
             .max_tunnels
@@ -255,6 +259,7 @@ impl<'a> Engine<'a> {
             draining: None,
             file: None,
             default_route: None,
+            default_proxies,
             credentials,
             routes: HashMap::new(),
         };
@@ -314,44 +319,45 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// The upstream for a route: the shared default, or one of its own.
+    /// The upstream for a route: the shared default, or one of its own. Every credential it
+    /// needs is read (netrc, credential files) or was asked for at start here, never per
+    /// connection.
     fn plan(&mut self, forward: Forward, interactive: bool) -> Result<Arc<Plan>, Error> {
         let config = self.config;
         let o = &forward.options;
         let own_settings =
             o.keepalive.is_some() || o.proxy_auth.is_some() || o.proxy_auth_file.is_some();
-        let credentials = match &o.proxy_auth_file {
-            Some(path) => {
-                Spec::Known(credentials::read_auth_file(path).kind_ctx(Kind::Usage, || {
+        let line_credentials = match &o.proxy_auth_file {
+            Some(path) => Some(Spec::Known(
+                credentials::read_auth_file(path).kind_ctx(Kind::Usage, || {
                     format!("{}: reading proxy-auth-file", forward.origin)
-                })?)
+                })?,
+            )),
+            None => None,
+        };
+        let (mut hops, why, is_default) = self.route_for(&forward);
+        // As in the pipe mode, per hop: the line's proxy-auth-file for the first (before all
+        // else), else the hop's own (its URL's userinfo; for the default route what the
+        // command line gave it), else for the first hop -U, --proxy-auth-file or
+        // GIMLET_PROXY_AUTH, else the netrc entry for the hop's host.
+        for (i, hop) in hops.iter_mut().enumerate() {
+            match &line_credentials {
+                Some(c) if i == 0 => hop.credentials = c.clone(),
+                _ if !matches!(hop.credentials, Spec::None) => {}
+                _ if i == 0 && !is_default => hop.credentials = self.credentials.clone(),
+                _ => {}
             }
-            None => self.credentials.clone(),
-        };
-        // The command line's route (one proxy or a chain) for lines without their own.
-        let mut hops: Vec<crate::config::Proxy> = match &forward.route {
-            RouteSpec::Default => config.proxies.clone(),
-            RouteSpec::Direct => Vec::new(),
-            RouteSpec::Proxies(p) => p.clone(),
-        };
-        // As in the pipe mode: -U, the credential files and GIMLET_PROXY_AUTH belong to the
-        // first hop, unless its URL carries its own; a line's proxy-auth-file comes first.
-        if let Some(first) = hops.first_mut() {
-            if matches!(first.credentials, Spec::None) || o.proxy_auth_file.is_some() {
-                first.credentials = credentials;
+            if let (Spec::None, Some((path, optional))) = (&hop.credentials, &self.listen.netrc) {
+                hop.credentials =
+                    crate::config::netrc_credentials(path, *optional, &hop.endpoint.host)
+                        .kind_ctx(Kind::Usage, || {
+                            format!("{}: proxy {}", forward.origin, hop.name())
+                        })?;
             }
         }
         if let Some(user) = hops.iter().find_map(|h| match &h.credentials {
             // SOCKS4 sends a user id without a password: nothing to ask.
-            Spec::User(u)
-                if !interactive
-                    && !matches!(
-                        h.socks,
-                        Some(crate::hop::socks::Version::V4 | crate::hop::socks::Version::V4a)
-                    ) =>
-            {
-                Some(u.clone())
-            }
+            Spec::User(u) if !interactive && !is_socks4(h) => Some(u.clone()),
             _ => None,
         }) {
             return Err(Error::msg(
@@ -362,7 +368,7 @@ impl<'a> Engine<'a> {
                 ),
             ));
         }
-        let shared = matches!(forward.route, RouteSpec::Default) && !own_settings;
+        let shared = is_default && !own_settings;
         let upstream = match (&self.default_route, shared) {
             (Some(up), true) => up.clone(),
             _ => {
@@ -383,11 +389,12 @@ impl<'a> Engine<'a> {
                 up
             }
         };
+        let why = why.map_or_else(String::new, |w| format!(" ({w})"));
         let route = match upstream.proxy_name() {
             Some(p) if forward.dynamic => format!("dynamic, via proxy {p} unless no-proxy"),
             None if forward.dynamic => "dynamic, direct".to_owned(),
-            Some(p) => format!("{} via proxy {p}", forward.target),
-            None => format!("{} direct", forward.target),
+            Some(p) => format!("{} via proxy {p}{why}", forward.target),
+            None => format!("{} direct{why}", forward.target),
         };
         let dynamic = match forward.dynamic {
             true => Some(self.dynamic(&forward, upstream.clone())?),
@@ -401,6 +408,50 @@ impl<'a> Engine<'a> {
             upstream,
             route,
         }))
+    }
+
+    /// The hops a forward takes ([`RouteSpec`]), why when the environment or an exclusion list
+    /// decided it (for the log), and whether they are the default route's (shared).
+    fn route_for(&self, forward: &Forward) -> (Vec<crate::config::Proxy>, Option<String>, bool) {
+        let from_env = self.listen.proxy_var;
+        let default = || {
+            let why = from_env.map(|var| format!("from {var}"));
+            (self.default_proxies.clone(), why, true)
+        };
+        match &forward.route {
+            RouteSpec::Direct => (Vec::new(), None, false),
+            RouteSpec::Proxies(p) => (p.clone(), None, false),
+            // A -D port checks the exclusion list per request.
+            _ if forward.dynamic => default(),
+            // The seed's rule: a line without proxy fields is direct, whatever the
+            // environment says; only a proxy given on the command line applies to it.
+            RouteSpec::Seed if from_env.is_some() => (
+                Vec::new(),
+                from_env.map(|var| {
+                    format!("the line names no route; {var} is for -L and `default` lines")
+                }),
+                false,
+            ),
+            RouteSpec::Seed | RouteSpec::Default if self.default_proxies.is_empty() => {
+                (Vec::new(), None, false)
+            }
+            RouteSpec::Seed | RouteSpec::Default => {
+                let excluded = self
+                    .listen
+                    .default_noproxy
+                    .as_ref()
+                    .and_then(|(name, list)| {
+                        crate::route::env::excluded(&forward.target.host, name, list)
+                    });
+                match excluded {
+                    Some(why) => {
+                        let why = why.strip_prefix("direct: ").unwrap_or(&why).to_owned();
+                        (Vec::new(), Some(why), false)
+                    }
+                    None => default(),
+                }
+            }
+        }
     }
 
     /// What a `-D` port needs per request. Refuses a port that would serve other machines
@@ -421,7 +472,7 @@ impl<'a> Engine<'a> {
             ));
         }
         let first = match &forward.route {
-            RouteSpec::Default => self.config.proxies.first(),
+            RouteSpec::Default | RouteSpec::Seed => self.config.proxies.first(),
             RouteSpec::Direct => None,
             RouteSpec::Proxies(p) => p.first(),
         };
@@ -1234,17 +1285,39 @@ fn read_forwards(path: &Path) -> anyhow::Result<String> {
 
 /// The command line's credentials with the password asked for now if it is missing: a reload
 /// or a connection must never wait on a prompt.
-fn ask_once(config: &Config) -> Result<Spec, Error> {
-    let Spec::User(user) = &config.credentials else {
-        return Ok(config.credentials.clone());
+fn ask_once(config: &Config) -> Result<(Spec, Vec<crate::config::Proxy>), Error> {
+    let options = match &config.credentials {
+        Spec::User(user) => {
+            let proxy = config
+                .proxies
+                .first()
+                .map_or_else(|| "of the forwards".to_owned(), |p| p.endpoint.to_string());
+            Spec::Known(ask(&proxy, user, config)?)
+        }
+        other => other.clone(),
     };
-    let proxy = config
-        .proxies
-        .first()
-        .map_or_else(|| "of the forwards".to_owned(), |p| p.endpoint.to_string());
+    // The default route's hops: the first took the options' user (asked just now) unless
+    // its URL or netrc named another; a user of their own is asked for here, once.
+    let mut proxies = config.proxies.clone();
+    for (i, hop) in proxies.iter_mut().enumerate() {
+        let Spec::User(user) = &hop.credentials else {
+            continue;
+        };
+        if is_socks4(hop) {
+            continue;
+        }
+        hop.credentials = match (&config.credentials, &options) {
+            (Spec::User(u), Spec::Known(c)) if i == 0 && u == user => Spec::Known(c.clone()),
+            _ => Spec::Known(ask(&hop.endpoint.to_string(), user, config)?),
+        };
+    }
+    Ok((options, proxies))
+}
+
+fn ask(proxy: &str, user: &str, config: &Config) -> Result<credentials::Credentials, Error> {
     let asking = || format!("asking for the password of proxy user \"{user}\"");
-    match credentials::ask(&proxy, Some(user), &config.askers).kind_ctx(Kind::Auth, asking)? {
-        Some(c) => Ok(Spec::Known(c)),
+    match credentials::ask(proxy, Some(user), &config.askers).kind_ctx(Kind::Auth, asking)? {
+        Some(c) => Ok(c),
         None => Err(Error::msg(
             Kind::Auth,
             format_args!(
@@ -1254,6 +1327,14 @@ fn ask_once(config: &Config) -> Result<Spec, Error> {
             ),
         )),
     }
+}
+
+/// SOCKS4 sends a user id and no password: nothing to ask for.
+fn is_socks4(hop: &crate::config::Proxy) -> bool {
+    matches!(
+        hop.socks,
+        Some(crate::hop::socks::Version::V4 | crate::hop::socks::Version::V4a)
+    )
 }
 
 /// Establishes one tunnel on a worker thread and readies its socket for the loop.

@@ -826,3 +826,227 @@ fn a_fifo_in_place_of_the_log_file_on_sigusr1_never_blocks_the_loop() {
     assert_eq!(status.code(), Some(0));
     wait_for_text(&rotated, "stopped");
 }
+
+/// The next "listening on" line's port, checking that the line says `route`.
+#[track_caller]
+fn listening_with(d: &mut Daemon, route: &str) -> u16 {
+    let line = d.wait_for("gimlet: listening on 127.0.0.1:");
+    assert!(line.contains(route), "{line:?} does not say {route:?}");
+    port_after(&line, "listening on 127.0.0.1:")
+}
+
+#[test]
+fn local_forwards_take_the_proxy_from_the_environment_and_no_proxy_per_destination() {
+    let proxy = FakeProxy::echo();
+    let echo = EchoServer::start(b"direct\n");
+    let mut cmd = gimlet_std();
+    cmd.args([
+        "-L",
+        "0:tunnel.example:22",
+        "-L",
+        &format!("0:127.0.0.1:{}", echo.port()),
+    ])
+    .env("HTTPS_PROXY", format!("http://{}", proxy.addr()))
+    .env("NO_PROXY", "localhost,127.0.0.1");
+    let mut d = Daemon::start_with(&mut cmd);
+    let proxied = listening_with(
+        &mut d,
+        &format!(
+            "tunnel.example:22 via proxy {} (from HTTPS_PROXY)",
+            proxy.addr()
+        ),
+    );
+    let direct = listening_with(
+        &mut d,
+        &format!(
+            "127.0.0.1:{} direct (NO_PROXY entry 127.0.0.1 matches 127.0.0.1)",
+            echo.port()
+        ),
+    );
+    let mut s = connect(direct);
+    assert_eq!(read_exact(&mut s, 7), b"direct\n");
+    round_trip(&mut s, b"not through the proxy");
+    let mut s = connect(proxied);
+    round_trip(&mut s, b"through the proxy");
+    drop(s);
+    d.wait_for("closed #2");
+    let head = proxy.finish().only_request();
+    assert!(head.starts_with("CONNECT tunnel.example:22 "), "{head}");
+}
+
+#[test]
+fn the_command_line_proxy_wins_over_the_environment_and_noproxy_over_no_proxy() {
+    let proxy = FakeProxy::echo();
+    let echo = EchoServer::start(b"direct\n");
+    let mut cmd = gimlet_std();
+    cmd.args([
+        "-L",
+        "0:tunnel.example:22",
+        "-L",
+        &format!("0:127.0.0.1:{}", echo.port()),
+        "--noproxy",
+        "127.0.0.1",
+        &proxy.addr(),
+    ])
+    // Neither applies: the proxy was given, and --noproxy replaces the variable.
+    .env("https_proxy", format!("http://127.0.0.1:{}", closed_port()))
+    .env("no_proxy", "tunnel.example");
+    let mut d = Daemon::start_with(&mut cmd);
+    let proxied = listening_with(
+        &mut d,
+        &format!("tunnel.example:22 via proxy {} (-L", proxy.addr()),
+    );
+    let direct = listening_with(
+        &mut d,
+        "direct (--noproxy entry 127.0.0.1 matches 127.0.0.1)",
+    );
+    assert_eq!(read_exact(&mut connect(direct), 7), b"direct\n");
+    let mut s = connect(proxied);
+    round_trip(&mut s, b"through the given proxy");
+    drop(s);
+    d.wait_for("closed #2");
+    let head = proxy.finish().only_request();
+    assert!(head.starts_with("CONNECT tunnel.example:22 "), "{head}");
+}
+
+#[test]
+fn a_seed_line_without_proxy_fields_stays_direct_and_a_default_line_takes_the_environment() {
+    let proxy = FakeProxy::echo();
+    let echo = EchoServer::start(b"direct\n");
+    let file = forwards_file(&format!(
+        "0 127.0.0.1 {}\n0 tunnel.example 22 default\n",
+        echo.port()
+    ));
+    let mut cmd = gimlet_std();
+    cmd.args(["--forwards", file.to_str().unwrap()])
+        .env("https_proxy", proxy.addr());
+    let mut d = Daemon::start_with(&mut cmd);
+    let seed = listening_with(
+        &mut d,
+        "direct (the line names no route; https_proxy is for -L and `default` lines)",
+    );
+    let default = listening_with(
+        &mut d,
+        &format!(
+            "tunnel.example:22 via proxy {} (from https_proxy)",
+            proxy.addr()
+        ),
+    );
+    assert_eq!(read_exact(&mut connect(seed), 7), b"direct\n");
+    let mut s = connect(default);
+    round_trip(&mut s, b"via the environment");
+    drop(s);
+    d.wait_for("closed #2");
+    let head = proxy.finish().only_request();
+    assert!(head.starts_with("CONNECT tunnel.example:22 "), "{head}");
+}
+
+/// Connects to `port` and reads until the tunnel closes (a Basic-challenging fake proxy
+/// closes it after its 200), then waits for gimlet's "closed #ID" line.
+#[track_caller]
+fn open_and_close(d: &mut Daemon, port: u16, id: u32) {
+    let mut s = connect(port);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("read to the tunnel's end");
+    d.wait_for(&format!("closed #{id} "));
+}
+
+#[test]
+fn netrc_and_a_lines_credential_file_serve_the_proxies_of_every_route() {
+    let line_proxy = FakeProxy::basic_challenge();
+    let env_proxy = FakeProxy::basic_challenge();
+    let netrc = scratch_file(
+        "listen-netrc",
+        b"machine 127.0.0.1 login nina password n3trc\n",
+        0o600,
+    );
+    let auth = scratch_file("listen-line-auth", b"lina:f1le\n", 0o600);
+    let file = forwards_file(&format!(
+        "0 a.example 22 127.0.0.1 {}\n0 b.example 22 default proxy-auth-file={}\n",
+        line_proxy.port(),
+        auth.display()
+    ));
+    let mut cmd = gimlet_std();
+    cmd.args([
+        "--forwards",
+        file.to_str().unwrap(),
+        "-L",
+        "0:c.example:22",
+        "--netrc-file",
+        netrc.to_str().unwrap(),
+    ])
+    .env("https_proxy", env_proxy.addr());
+    let mut d = Daemon::start_with(&mut cmd);
+    let local = listening_with(&mut d, "c.example:22 via proxy");
+    let line = listening_with(&mut d, "a.example:22 via proxy");
+    let default = listening_with(&mut d, "b.example:22 via proxy");
+    open_and_close(&mut d, line, 1);
+    open_and_close(&mut d, local, 2);
+    open_and_close(&mut d, default, 3);
+    let sent = |record: &Record, i: usize| proxy_authorization(&record.request(i));
+    let record = line_proxy.finish();
+    record.assert_requests(2);
+    assert_eq!(sent(&record, 0), None);
+    assert_eq!(
+        sent(&record, 1),
+        Some(basic("nina:n3trc")),
+        "netrc, a line's proxy"
+    );
+    let record = env_proxy.finish();
+    record.assert_requests(4);
+    assert_eq!(
+        sent(&record, 1),
+        Some(basic("nina:n3trc")),
+        "netrc, https_proxy"
+    );
+    assert_eq!(
+        sent(&record, 3),
+        Some(basic("lina:f1le")),
+        "the line's file"
+    );
+    let log = d.log_so_far();
+    assert!(!log.contains("n3trc") && !log.contains("f1le"), "{log}");
+}
+
+#[test]
+fn a_missing_password_is_asked_once_at_start_for_the_command_lines_proxy() {
+    let proxy = FakeProxy::echo();
+    let asked = scratch_path("asked-once.log");
+    let _ = std::fs::remove_file(&asked);
+    let askpass = scratch_file(
+        "askpass-counting.sh",
+        format!(
+            "#!/bin/sh\necho asked >> '{}'\necho 's3cret'\n",
+            asked.display()
+        )
+        .as_bytes(),
+        0o700,
+    );
+    let mut cmd = gimlet_std();
+    cmd.args([
+        "-U",
+        "alice",
+        "--proxy-auth",
+        "basic",
+        "-L",
+        "0:h.example:22",
+        &proxy.addr(),
+    ])
+    .env("GIMLET_ASKPASS", &askpass);
+    let mut d = Daemon::start_with(&mut cmd);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    round_trip(&mut s, b"once");
+    drop(s);
+    d.wait_for("closed #1");
+    let head = proxy.finish().only_request();
+    assert!(
+        head.contains(&format!(
+            "Proxy-Authorization: Basic {}",
+            base64(b"alice:s3cret")
+        )),
+        "{head}"
+    );
+    let times = std::fs::read_to_string(&asked).unwrap().lines().count();
+    assert_eq!(times, 1, "the password was asked {times} times");
+}
