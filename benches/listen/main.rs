@@ -20,13 +20,15 @@
 //!
 //! What is measured, per tool (MB = 10^6 bytes):
 //! - up / down: one tunnel, `--size` bytes client → far side (the far side answers with the
-//!   count it received) and far side → client (every byte checked), MB/s;
+//!   count it received) and far side → client (every byte checked), MB/s; and the CPU time
+//!   (user + system) the daemon spent on both, per GiB moved (single-process daemons only):
+//!   on a shared machine MB/s swings with the neighbours' load, CPU per byte much less;
 //! - active: `--active` tunnels at once, each echoing `--each` bytes (every byte checked);
 //!   aggregate MB/s of payload one way, and the wall time;
 //! - latency: connect to the forward → first byte from the far side (which sends it as soon as
 //!   its connection is up), p50 / p95, and the ratio of p50s to a client doing the CONNECT itself
-//!   through the same endpoint, sampled in turn with the tool's connects (one baseline sample,
-//!   one tool sample, …), so both see the same load; 10 warm-up connects are not counted;
+//!   through the same endpoint, sampled in turn with the tool's connects (tool then baseline,
+//!   baseline then tool, …), so both see the same load; 10 warm-up connects are not counted;
 //! - idle (single-process daemons only): `--idle` tunnels opened and left silent; the daemon's
 //!   RSS (VmRSS) before and after, and per tunnel (for ssh: the client plus sshd's session
 //!   process, the two ends that hold the tunnels).
@@ -96,17 +98,17 @@ fn main() {
         .collect();
     println!("command: benches/run-listen {}\n", shown.join(" "));
     println!(
-        "| tool | up MB/s | down MB/s | {} tunnels MB/s | latency p50 / p95 ms | p50 / own CONNECT's | idle RSS | RSS per idle tunnel |",
+        "| tool | up MB/s | down MB/s | CPU s/GiB | {} tunnels MB/s | latency p50 / p95 ms | p50 / own CONNECT's | idle RSS | RSS per idle tunnel |",
         opts.active
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let baseline = percentiles(
         (0..opts.connects)
             .map(|_| sample_direct_connect(&far))
             .collect(),
     );
     println!(
-        "| client's own CONNECT (baseline) | | | | {:.3} / {:.3} | 1 | | |",
+        "| client's own CONNECT (baseline) | | | | | {:.3} / {:.3} | 1 | | |",
         baseline.0, baseline.1
     );
     // Each gimlet row, and right after it the same row with the --before binary.
@@ -125,8 +127,10 @@ fn main() {
             continue;
         };
         eprintln!("{tool}: single tunnel");
+        let cpu = daemon.cpu_secs();
         let up = throughput_up(daemon.port(SINK), opts.size);
         let down = throughput_down(daemon.port(SOURCE), opts.size);
+        let cpu = daemon.cpu_secs() - cpu;
         eprintln!("{tool}: {} active tunnels", opts.active);
         let active = many(daemon.port(ECHO), opts.active, opts.each);
         eprintln!("{tool}: latency");
@@ -142,9 +146,13 @@ fn main() {
             false => None,
         };
         println!(
-            "| {tool} | {} | {} | {} | {:.3} / {:.3} | {:.2} | {} | {} |",
+            "| {tool} | {} | {} | {} | {} | {:.3} / {:.3} | {:.2} | {} | {} |",
             up.map_or_else(|e| format!("failed: {e}"), |t| mbs(opts.size, t)),
             down.map_or_else(|e| format!("failed: {e}"), |t| mbs(opts.size, t)),
+            match daemon.single_process() {
+                true => format!("{:.2}", cpu / (2 * opts.size) as f64 * (1u64 << 30) as f64),
+                false => String::new(),
+            },
             match active {
                 Ok(t) => format!(
                     "{} ({:.2} s)",
@@ -792,6 +800,34 @@ impl Daemon {
         )
     }
 
+    /// CPU time (user + system) the daemon's processes used so far, in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let pids = match self.tool.as_str() {
+            "ssh" => {
+                let mut p = vec![self.children[0].id()];
+                p.extend(process_tree(self.children[1].id()).into_iter().skip(1));
+                p
+            }
+            _ => vec![self.children[0].id()],
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ticks: u64 = pids
+            .iter()
+            .map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // Fields after the command's closing parenthesis: utime and stime are 12th, 13th.
+                let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .map(|x| x.parse().unwrap_or(0))
+                    .collect();
+                f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)
+            })
+            .sum();
+        ticks as f64 / hz
+    }
+
     fn rss_kib(&self) -> u64 {
         match self.tool.as_str() {
             // The ssh client, and sshd's processes for its connection (not the listener).
@@ -977,8 +1013,15 @@ const WARM_UP: usize = 10;
 fn latency(port: u16, far: &FarSide, n: usize) -> Latency {
     let (mut tool, mut base) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..WARM_UP + n {
-        let t = sample_forward(port);
-        let b = sample_direct_connect(far);
+        // The order alternates: a connect pays for the teardown of the one before it, which
+        // on two cores is worth a third of a sample.
+        let (t, b) = match i % 2 {
+            0 => (sample_forward(port), sample_direct_connect(far)),
+            _ => {
+                let b = sample_direct_connect(far);
+                (sample_forward(port), b)
+            }
+        };
         if i >= WARM_UP {
             tool.push(t);
             base.push(b);
