@@ -247,6 +247,9 @@ struct Mid {
     filled: usize,
 }
 
+/// A pipe for [`Splicer::through`]: read end, write end, capacity.
+pub type SplicePipe = (std::os::fd::OwnedFd, std::os::fd::OwnedFd, usize);
+
 /// Raised when the kernel cannot splice these fds: the caller falls back to copying.
 #[derive(Debug)]
 pub struct Unspliceable;
@@ -276,6 +279,51 @@ impl Splicer {
             failed: None,
             unexplained: false,
         })
+    }
+
+    /// Socket to socket through a pipe the caller lends (listen mode's sessions borrow one
+    /// only while bytes are in flight); [`Splicer::into_pipe`] gives it back.
+    pub fn through(pipe: SplicePipe) -> Splicer {
+        let (read, write, capacity) = pipe;
+        Splicer {
+            head: Vec::new(),
+            head_done: 0,
+            mid: Some(Mid {
+                read,
+                write,
+                capacity,
+                filled: 0,
+            }),
+            socket_is_src: true,
+            eof: false,
+            moved: 0,
+            spliced: 0,
+            failed: None,
+            unexplained: false,
+        }
+    }
+
+    /// The lent pipe back when it holds no byte; otherwise the splicer, unchanged.
+    pub fn into_pipe(mut self) -> Result<SplicePipe, Splicer> {
+        match self.mid.take() {
+            Some(m) if m.filled == 0 && self.head_done == self.head.len() => {
+                Ok((m.read, m.write, m.capacity))
+            }
+            mid => {
+                self.mid = mid;
+                Err(self)
+            }
+        }
+    }
+
+    /// No byte read and not yet written.
+    pub fn is_empty(&self) -> bool {
+        self.head_done == self.head.len() && self.mid.as_ref().is_none_or(|m| m.filled == 0)
+    }
+
+    /// The source reached EOF (or failed).
+    pub fn src_done(&self) -> bool {
+        self.eof
     }
 
     pub fn moved(&self) -> u64 {

@@ -4,27 +4,37 @@
 //! and close; the client gone → close at once; the far side refusing bytes → keep reading what
 //! it sends, then fail.
 //!
-//! Each direction reuses the relay's [`Pipe`], but only while bytes are in flight: a pipe is
-//! borrowed from the engine's [`PipePool`] when a side may be readable and handed back as soon
-//! as it is empty, so an idle tunnel holds its two sockets and a few hundred bytes, no
-//! buffers. No splice here: a splice pipe costs two fds per direction, and fds are what a
-//! listening daemon runs out of first.
+//! Each direction reuses the relay's [`Pipe`] (a buffer, copying) or [`Splicer`] (a kernel
+//! pipe, `splice(2)`: the bytes never enter user space), but only while bytes are in flight:
+//! either is borrowed from the engine's [`PipePool`] when a side may be readable and handed
+//! back as soon as it is empty, so an idle tunnel holds its two sockets and a few hundred
+//! bytes, no buffer and no pipe. A kernel pipe costs two descriptors, the resource a listening
+//! daemon runs out of first: when none can be made (EMFILE), that loan copies instead.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::time::Instant;
 
-use crate::relay::{Pipe, PumpError, Ready, Side, Tunnel};
+use crate::relay::{Pipe, PumpError, Ready, Side, SplicePipe, Splicer, Tunnel};
+use crate::sys::splice;
 
 /// Bytes per borrowed buffer: a socket's queue moves in one or two reads, and 1,000 busy
 /// tunnels hold at most 2 × 64 MiB.
 pub const SESSION_BUF: usize = 64 * 1024;
 /// Spare pipes kept for reuse; more are freed when returned.
 const SPARE: usize = 64;
+/// Spare kernel pipes kept for reuse: each holds two descriptors, the scarce resource, so
+/// fewer than buffers (32 descriptors, within the engine's reserve).
+const SPARE_SPLICE: usize = 16;
 
-/// Buffers for sessions, lent while bytes are in flight.
+/// Buffers and kernel pipes for sessions, lent while bytes are in flight.
 pub struct PipePool {
     spare: Vec<Pipe>,
     lent: usize,
+    /// Whether sessions splice (Linux, and not turned off).
+    splice: bool,
+    spare_splice: Vec<SplicePipe>,
+    lent_splice: usize,
 }
 
 impl PipePool {
@@ -32,6 +42,9 @@ impl PipePool {
         PipePool {
             spare: Vec::new(),
             lent: 0,
+            splice: splice::SUPPORTED,
+            spare_splice: Vec::new(),
+            lent_splice: 0,
         }
     }
 
@@ -53,9 +66,31 @@ impl PipePool {
         self.lent -= 1;
     }
 
-    /// Pipes lent out right now (for tests and the stats line).
+    /// A kernel pipe, or `None` when none can be made now (out of descriptors: the caller
+    /// copies instead).
+    fn take_splice(&mut self) -> Option<SplicePipe> {
+        let pipe = match self.spare_splice.pop() {
+            Some(p) => p,
+            None => splice::pipe_of(SESSION_BUF).ok()?,
+        };
+        self.lent_splice += 1;
+        Some(pipe)
+    }
+
+    fn give_splice(&mut self, pipe: SplicePipe) {
+        self.lent_splice -= 1;
+        if self.spare_splice.len() < SPARE_SPLICE {
+            self.spare_splice.push(pipe);
+        }
+    }
+
+    fn lost_splice(&mut self) {
+        self.lent_splice -= 1;
+    }
+
+    /// Buffers and kernel pipes lent out right now (for tests and the stats line).
     pub fn lent(&self) -> usize {
-        self.lent
+        self.lent + self.lent_splice
     }
 }
 
@@ -65,30 +100,53 @@ impl Default for PipePool {
     }
 }
 
-/// One direction: a pipe while bytes are in flight, its readiness, and what it moved.
+/// What carries a direction's bytes while they are in flight.
+enum Flow {
+    Copy(Pipe),
+    Splice(Splicer),
+}
+
+/// One direction: a buffer or a kernel pipe while bytes are in flight, its readiness, and
+/// what it moved.
 struct Dir {
-    pipe: Option<Pipe>,
-    /// The lent pipe's count when it was lent.
+    flow: Option<Flow>,
+    /// The lent buffer's count when it was lent (a splicer starts at 0).
     base: u64,
     moved: u64,
     ready: Ready,
     /// The source ended and every byte was written.
     done: bool,
+    /// Source and destination descriptors when both may be spliced.
+    fds: Option<(RawFd, RawFd)>,
 }
 
 impl Dir {
-    fn new(pool: &mut PipePool, first: &[u8]) -> Dir {
-        let pipe = (!first.is_empty()).then(|| {
+    fn new(pool: &mut PipePool, first: &[u8], fds: Option<(RawFd, RawFd)>) -> Dir {
+        let flow = (!first.is_empty()).then(|| {
             pool.lent += 1;
-            Pipe::new(SESSION_BUF, first)
+            Flow::Copy(Pipe::new(SESSION_BUF, first))
         });
         Dir {
-            pipe,
+            flow,
             base: 0,
             moved: 0,
             ready: Ready::both(),
             done: false,
+            fds: fds.filter(|_| pool.splice),
         }
+    }
+
+    /// Borrows what carries the bytes: a kernel pipe when this direction splices and one can
+    /// be had, else a buffer.
+    fn borrow(&mut self, pool: &mut PipePool) {
+        if let Some(pipe) = self.fds.and_then(|_| pool.take_splice()) {
+            self.base = 0;
+            self.flow = Some(Flow::Splice(Splicer::through(pipe)));
+            return;
+        }
+        let pipe = pool.take();
+        self.base = pipe.moved();
+        self.flow = Some(Flow::Copy(pipe));
     }
 
     fn pump<R, W>(
@@ -104,44 +162,107 @@ impl Dir {
         if self.done {
             return Ok(false);
         }
-        if self.pipe.is_none() {
+        if self.flow.is_none() {
             if !self.ready.src {
                 return Ok(false);
             }
-            let pipe = pool.take();
-            self.base = pipe.moved();
-            self.pipe = Some(pipe);
+            self.borrow(pool);
         }
-        let Some(pipe) = self.pipe.as_mut() else {
-            return Ok(false);
-        };
-        let result = pipe.pump(src, dst, &mut self.ready);
-        let (finished, idle) = (pipe.finished(), pipe.is_empty() && !pipe.src_done());
-        if result.is_err() || finished || idle {
-            self.moved += pipe.moved() - self.base;
-            let pipe = self.pipe.take();
-            match pipe {
-                // Empty and still open at the source: nothing in flight, back to the pool.
-                Some(p) if idle && result.is_ok() => pool.give(p),
-                _ => pool.lost(),
+        let result = match self.flow.as_mut() {
+            None => return Ok(false),
+            Some(Flow::Copy(pipe)) if pipe.is_empty() => pipe.pump(src, dst, &mut self.ready),
+            // Bytes already held (those that came with the proxy's reply) go out before more
+            // are read: the client's first byte does not wait for a read that finds nothing.
+            Some(Flow::Copy(pipe)) => pipe
+                .flush(dst, &mut self.ready)
+                .and_then(|m| Ok(pipe.pump(src, dst, &mut self.ready)? || m)),
+            Some(Flow::Splice(splicer)) => {
+                let (src_fd, dst_fd) = self.fds.unwrap_or((-1, -1));
+                match splicer.pump(src_fd, dst_fd, &mut self.ready) {
+                    Ok(m) => Ok(m),
+                    Err(Ok(e)) => Err(e),
+                    // The kernel cannot splice these (nothing was spliced, nothing is held):
+                    // this direction copies from now on.
+                    Err(Err(_unspliceable)) => {
+                        self.fds = None;
+                        self.give_back(pool, true);
+                        return self.pump(src, dst, pool);
+                    }
+                }
             }
+        };
+        let (finished, idle) = match self.flow.as_ref() {
+            Some(Flow::Copy(p)) => (p.finished(), p.is_empty() && !p.src_done()),
+            Some(Flow::Splice(s)) => (s.finished(), s.is_empty() && !s.src_done()),
+            None => (false, false),
+        };
+        if result.is_err() || finished || idle {
+            // Empty and still open at the source: nothing in flight, back to the pool.
+            self.give_back(pool, idle && result.is_ok());
             self.done = finished;
         }
         result
     }
 
+    /// Ends the loan: counts what moved, and returns the buffer or pipe to the pool when
+    /// `reuse` (it is empty) or drops it.
+    fn give_back(&mut self, pool: &mut PipePool, reuse: bool) {
+        match self.flow.take() {
+            Some(Flow::Copy(p)) => {
+                self.moved += p.moved() - self.base;
+                match reuse {
+                    true => pool.give(p),
+                    false => pool.lost(),
+                }
+            }
+            Some(Flow::Splice(s)) => {
+                self.moved += s.moved();
+                match s.into_pipe() {
+                    Ok(pipe) if reuse => pool.give_splice(pipe),
+                    _ => pool.lost_splice(),
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Writes what is held, reading nothing more (the far side is done).
+    fn flush<W: io::Write + ?Sized>(&mut self, dst: &mut W) {
+        match self.flow.as_mut() {
+            Some(Flow::Copy(p)) => {
+                let _ = p.flush(dst, &mut self.ready);
+            }
+            Some(Flow::Splice(s)) => {
+                let (src_fd, dst_fd) = self.fds.unwrap_or((-1, -1));
+                let mut ready = Ready {
+                    src: false,
+                    dst: self.ready.dst,
+                };
+                let _ = s.pump(src_fd, dst_fd, &mut ready);
+            }
+            None => {}
+        }
+    }
+
     fn moved(&self) -> u64 {
-        self.moved + self.pipe.as_ref().map_or(0, |p| p.moved() - self.base)
+        self.moved
+            + match self.flow.as_ref() {
+                Some(Flow::Copy(p)) => p.moved() - self.base,
+                Some(Flow::Splice(s)) => s.moved(),
+                None => 0,
+            }
     }
 
     fn holds_bytes(&self) -> bool {
-        self.pipe.as_ref().is_some_and(|p| !p.is_empty())
+        match self.flow.as_ref() {
+            Some(Flow::Copy(p)) => !p.is_empty(),
+            Some(Flow::Splice(s)) => !s.is_empty(),
+            None => false,
+        }
     }
 
     fn release(&mut self, pool: &mut PipePool) {
-        if self.pipe.take().is_some() {
-            pool.lost();
-        }
+        self.give_back(pool, false);
     }
 }
 
@@ -179,17 +300,19 @@ fn peer_gone(e: &io::Error) -> bool {
 
 impl<C, T> Session<C, T>
 where
-    C: io::Read + io::Write,
+    C: Tunnel,
     T: Tunnel + ?Sized,
 {
-    /// `first`: tunnel bytes that came with the proxy's reply, for the client.
+    /// `first`: tunnel bytes that came with the proxy's reply, for the client. Both ends
+    /// plain sockets (no TLS): each direction splices while the pool lends kernel pipes.
     pub fn new(client: C, tunnel: Box<T>, first: &[u8], pool: &mut PipePool) -> Self {
         let now = Instant::now();
+        let fds = client.splice_fd().zip(tunnel.splice_fd());
         Session {
             client,
             tunnel,
-            up: Dir::new(pool, &[]),
-            down: Dir::new(pool, first),
+            up: Dir::new(pool, &[], fds),
+            down: Dir::new(pool, first, fds.map(|(c, t)| (t, c))),
             tunnel_shut: false,
             up_failed: None,
             started: now,
@@ -264,9 +387,7 @@ where
             if let Some(e) = self.up_failed.take() {
                 return Outcome::Failed(format!("writing to the tunnel: {e}"));
             }
-            if let Some(p) = self.up.pipe.as_mut() {
-                let _ = p.flush(&mut *self.tunnel, &mut self.up.ready);
-            }
+            self.up.flush(&mut *self.tunnel);
             let _ = self.tunnel.flush();
             return Outcome::Closed;
         }
@@ -440,7 +561,7 @@ mod tests {
             Outcome::Open { hot: false }
         ));
         assert_eq!(pool.lent(), 0, "nothing in flight, nothing borrowed");
-        assert!(s.up.pipe.is_none() && s.down.pipe.is_none());
+        assert!(s.up.flow.is_none() && s.down.flow.is_none());
         assert_eq!(
             pool.spare.len(),
             1,
@@ -474,5 +595,109 @@ mod tests {
         }
         assert_eq!(s.client.got, b"last words");
         assert_eq!(pool.lent(), 0);
+    }
+
+    /// A connected loopback TCP pair: (ours, theirs), ours non-blocking.
+    fn tcp_pair() -> (mio::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let theirs = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        (mio::net::TcpStream::from_std(ours), theirs)
+    }
+
+    /// Drives with both sides presumed ready until `done` holds (the kernel's loopback may
+    /// take a moment to queue what was written); the deadline only catches a hang.
+    fn drive_until<C: Tunnel, T: Tunnel + ?Sized>(
+        s: &mut Session<C, T>,
+        pool: &mut PipePool,
+        mut done: impl FnMut(&Outcome) -> bool,
+    ) -> Outcome {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            s.client_ready(true, true);
+            s.tunnel_ready(true, true);
+            let outcome = s.drive(pool);
+            if done(&outcome) {
+                return outcome;
+            }
+            assert!(Instant::now() < deadline, "hung: {outcome:?}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn sockets_splice_both_ways_pass_the_half_close_and_an_idle_session_holds_no_pipe() {
+        let mut pool = PipePool::new();
+        let (client, mut user) = tcp_pair();
+        let (tunnel, mut far) = tcp_pair();
+        let mut s = Session::new(client, Box::new(tunnel), &[], &mut pool);
+        let up: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let writer = {
+            let (mut user, up) = (user.try_clone().unwrap(), up.clone());
+            std::thread::spawn(move || {
+                user.write_all(&up).unwrap();
+                user.shutdown(std::net::Shutdown::Write).unwrap();
+            })
+        };
+        let reader = {
+            let mut far = far.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                far.read_to_end(&mut got).unwrap();
+                got
+            })
+        };
+        far.write_all(&down).unwrap();
+        // The client's EOF reaches the far side as a half-close, every byte before it.
+        drive_until(&mut s, &mut pool, |_| reader.is_finished());
+        writer.join().unwrap();
+        assert_eq!(reader.join().unwrap(), up);
+        // The far side still sends, then ends: the session closes, the user has it all.
+        far.write_all(b" and bye").unwrap();
+        far.shutdown(std::net::Shutdown::Write).unwrap();
+        let end = drive_until(&mut s, &mut pool, |o| !matches!(o, Outcome::Open { .. }));
+        assert!(matches!(end, Outcome::Closed), "{end:?}");
+        assert_eq!(s.moved(), (up.len() as u64, down.len() as u64 + 8));
+        drop(s);
+        let mut got = Vec::new();
+        user.read_to_end(&mut got).unwrap();
+        assert_eq!(got, [down.as_slice(), b" and bye"].concat());
+        assert_eq!(pool.lent(), 0);
+    }
+
+    #[test]
+    fn an_idle_splicing_session_gives_its_pipe_back() {
+        let mut pool = PipePool::new();
+        let (client, mut user) = tcp_pair();
+        let (tunnel, mut far) = tcp_pair();
+        let mut s = Session::new(client, Box::new(tunnel), &[], &mut pool);
+        user.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        let reader = std::thread::spawn(move || {
+            far.read_exact(&mut got).unwrap();
+            (far, got)
+        });
+        drive_until(&mut s, &mut pool, |_| reader.is_finished());
+        let (_far, got) = reader.join().unwrap();
+        assert_eq!(&got, b"ping");
+        // Nothing in flight: a last drive finds both sources empty and lends nothing.
+        drive_until(&mut s, &mut pool, |o| {
+            matches!(o, Outcome::Open { hot: false })
+        });
+        assert_eq!(pool.lent(), 0, "an idle tunnel holds its two sockets only");
+        assert!(s.up.flow.is_none() && s.down.flow.is_none());
+        if splice::SUPPORTED {
+            assert_eq!(
+                pool.spare_splice.len(),
+                1,
+                "the pipe went back for the next session"
+            );
+            assert!(pool.spare.is_empty(), "no buffer was needed");
+        }
     }
 }

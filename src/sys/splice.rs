@@ -130,6 +130,20 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
 /// No O_NONBLOCK: every splice passes SPLICE_F_NONBLOCK, which covers the pipe.
 #[cfg(target_os = "linux")]
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    pipe_of(1 << 20)
+}
+
+/// Like [`pipe`], asking for `size` bytes of capacity (the kernel rounds it to pages; the
+/// default stays if the system refuses).
+#[cfg(not(target_os = "linux"))]
+pub fn pipe_of(_size: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Like [`pipe`], asking for `size` bytes of capacity (the kernel rounds it to pages; the
+/// default stays if the system refuses).
+#[cfg(target_os = "linux")]
+pub fn pipe_of(size: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two fds into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -140,7 +154,7 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
     // A larger pipe means fewer splices per byte; the default stays if the system refuses.
     // SAFETY: F_SETPIPE_SZ/F_GETPIPE_SZ take and return ints.
     let capacity = unsafe {
-        libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+        libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int);
         libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ)
     };
     if capacity <= 0 {
