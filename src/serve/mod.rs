@@ -4,7 +4,8 @@
 //! log; it never blocks. Accepting is never held up by a handshake: each accepted connection
 //! is handed to a worker thread ([`workers`]) that establishes its tunnel with the pipe mode's
 //! code, and comes back through a channel and a waker. The forwards file is watched (inotify
-//! on its directory) and re-read on SIGHUP; a reload adds and removes listeners and changes
+//! on its directory, and on every directory its symlinks lead through, followed anew at each
+//! reload) and re-read on SIGHUP; a reload adds and removes listeners and changes
 //! the plan new connections use, and never touches open sessions. SIGTERM/SIGINT stop
 //! accepting and drain; SIGUSR1 reopens the log file.
 //!
@@ -19,7 +20,6 @@ pub mod session;
 pub mod workers;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -180,7 +180,6 @@ struct RouteQueue {
 
 struct Watched {
     path: PathBuf,
-    name: OsString,
     watch: Option<sys::inotify::Watch>,
     /// The text last applied, so that events that change nothing do nothing.
     applied: Option<String>,
@@ -284,28 +283,8 @@ impl<'a> Engine<'a> {
                 self.bind(plan, false)
                     .map_err(|e| Error::msg(Kind::Usage, e))?;
             }
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            let watch = match sys::inotify::Watch::new(&dir) {
-                Ok(w) => {
-                    self.poll
-                        .registry()
-                        .register(&mut SourceFd(&w.fd()), WATCH, Interest::READABLE)
-                        .kind_ctx(Kind::Usage, || "watching the forwards file")?;
-                    Some(w)
-                }
-                Err(e) => {
-                    self.log.line(format_args!(
-                        "watching {}: {e}; checking it every second instead",
-                        dir.display()
-                    ));
-                    None
-                }
-            };
+            let watch = self.watch(path);
             self.file = Some(Watched {
-                name: path.file_name().unwrap_or_default().to_os_string(),
                 path: path.clone(),
                 watch,
                 stamp: stamp(path),
@@ -317,6 +296,43 @@ impl<'a> Engine<'a> {
             return Err(Error::msg(Kind::Usage, "nothing to listen on"));
         }
         Ok(())
+    }
+
+    /// An inotify watch on every directory `path` goes through (see
+    /// [`sys::inotify::places`]), registered with the loop; `None` (checked every second
+    /// instead) where inotify fails.
+    fn watch(&mut self, path: &Path) -> Option<sys::inotify::Watch> {
+        let places = sys::inotify::places(path);
+        let registered = sys::inotify::Watch::new(&places).and_then(|w| {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&w.fd()), WATCH, Interest::READABLE)
+                .map(|()| w)
+        });
+        match registered {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.log.line(format_args!(
+                    "watching {}: {e}; checking it every second instead",
+                    path.display()
+                ));
+                None
+            }
+        }
+    }
+
+    /// Watches `path` anew: a symlink on the way may point elsewhere now. The old watch goes
+    /// first (its fd shares the loop's token).
+    fn rewatch(&mut self) {
+        let Some(f) = self.file.as_mut() else { return };
+        let Some(old) = f.watch.take() else { return };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&old.fd()));
+        drop(old);
+        let path = f.path.clone();
+        let watch = self.watch(&path);
+        if let Some(f) = self.file.as_mut() {
+            f.watch = watch;
+        }
     }
 
     /// The upstream for a route: the shared default, or one of its own. Every credential it
@@ -1176,7 +1192,7 @@ impl<'a> Engine<'a> {
 
     fn file_event(&mut self) {
         let Some(f) = self.file.as_mut() else { return };
-        if f.watch.as_ref().is_some_and(|w| w.touched(&f.name)) {
+        if f.watch.as_ref().is_some_and(|w| w.touched()) {
             f.reload_at = Some(Instant::now() + SETTLE);
         }
     }
@@ -1187,6 +1203,8 @@ impl<'a> Engine<'a> {
         let Some(f) = self.file.as_mut() else { return };
         f.reload_at = None;
         let path = f.path.clone();
+        // Before reading: whatever changes after this is seen by the new watch.
+        self.rewatch();
         let shown = path.display().to_string();
         let text = match read_forwards(&path) {
             Ok(t) => t,
@@ -1197,7 +1215,8 @@ impl<'a> Engine<'a> {
                 return;
             }
         };
-        if !forced && f.applied.as_deref() == Some(text.as_str()) {
+        let applied = self.file.as_ref().and_then(|f| f.applied.as_deref());
+        if !forced && applied == Some(text.as_str()) {
             return;
         }
         let plans = match self.plans_from(&path, &text, false) {

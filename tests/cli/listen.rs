@@ -1050,3 +1050,89 @@ fn a_missing_password_is_asked_once_at_start_for_the_command_lines_proxy() {
     let times = std::fs::read_to_string(&asked).unwrap().lines().count();
     assert_eq!(times, 1, "the password was asked {times} times");
 }
+
+#[test]
+fn a_symlinked_forwards_file_is_reloaded_when_its_target_or_a_link_changes() {
+    use std::os::unix::fs::symlink;
+    let one = EchoServer::start(b"one\n");
+    let two = EchoServer::start(b"two\n");
+    let (ra, rb, rc) = (
+        ReservedPort::new(),
+        ReservedPort::new(),
+        ReservedPort::new(),
+    );
+    let (a, b, c) = (ra.port, rb.port, rc.port);
+    let line = |port: u16, to: &EchoServer| format!("{port} 127.0.0.1 {}\n", to.port());
+    // A Kubernetes ConfigMap's layout, reached through a link from another directory:
+    // etc/forwards -> ../conf/..data/forwards, conf/..data -> ..v1.
+    let base = scratch_path("symlinked-forwards");
+    let _ = std::fs::remove_dir_all(&base);
+    let conf = base.join("conf");
+    std::fs::create_dir_all(conf.join("..v1")).unwrap();
+    std::fs::create_dir_all(base.join("etc")).unwrap();
+    std::fs::write(conf.join("..v1/forwards"), line(a, &one)).unwrap();
+    symlink("..v1", conf.join("..data")).unwrap();
+    let file = base.join("etc/forwards");
+    symlink("../conf/..data/forwards", &file).unwrap();
+    let mut d = Daemon::start(&["--forwards", file.to_str().unwrap()]);
+    d.listening_on(a);
+    let mut kept = connect(a);
+    assert_eq!(read_exact(&mut kept, 4), b"one\n");
+    let mut seed = 40;
+    let mut step = |kept: &mut TcpStream| {
+        seed += 1;
+        round_trip(kept, &Prng::bytes(seed, 100_000));
+    };
+    step(&mut kept);
+
+    // The target edited in its own directory (an editor's save), not the link's.
+    save(
+        &conf.join("..v1/forwards"),
+        &format!("{}{}", line(a, &one), line(b, &two)),
+    );
+    d.listening_on(b);
+    step(&mut kept);
+
+    // The ConfigMap update: a new directory, and ..data swapped to it by a rename.
+    std::fs::create_dir_all(conf.join("..v2")).unwrap();
+    std::fs::write(
+        conf.join("..v2/forwards"),
+        format!("{}{}", line(a, &two), line(b, &two)),
+    )
+    .unwrap();
+    symlink("..v2", conf.join("..data_tmp")).unwrap();
+    std::fs::rename(conf.join("..data_tmp"), conf.join("..data")).unwrap();
+    std::fs::remove_dir_all(conf.join("..v1")).unwrap();
+    d.wait_for(&format!("changed 127.0.0.1:{a}"));
+    assert_eq!(read_exact(&mut connect(a), 4), b"two\n");
+    step(&mut kept);
+
+    // The new target edited: the watch followed the swap.
+    save(&conf.join("..v2/forwards"), &line(a, &two));
+    d.wait_for(&format!("stopped listening on 127.0.0.1:{b}"));
+    step(&mut kept);
+
+    // `ln -sf` to a file elsewhere: the link itself replaced.
+    std::fs::create_dir_all(base.join("other")).unwrap();
+    std::fs::write(
+        base.join("other/forwards"),
+        format!("{}{}", line(a, &two), line(c, &one)),
+    )
+    .unwrap();
+    symlink("../other/forwards", base.join("etc/forwards.new")).unwrap();
+    std::fs::rename(base.join("etc/forwards.new"), &file).unwrap();
+    d.listening_on(c);
+    assert_eq!(read_exact(&mut connect(c), 4), b"one\n");
+    step(&mut kept);
+
+    // The transfer open since the start ends cleanly, every byte accounted for.
+    kept.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    kept.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let closed = d.wait_for("closed #1 ");
+    assert!(
+        closed.contains("500000 bytes sent, 500004 bytes received"),
+        "{closed}"
+    );
+}
