@@ -920,6 +920,115 @@ def check_listen_reload(t: Tunnel) -> str | None:
             t.sandbox.stop(daemon)
 
 
+# -- many tunnels on one HTTP/2 connection: gimlet -L --proxy-http2 ----------------------------
+
+# With the harness's readiness probe (a tunnel of its own, held open: nghttpx does not pass
+# its half-close on) 101 streams, within the row's nghttpx limit of 128: one connection.
+MUX_TUNNELS = 100
+MUX_BYTES = 256 << 10  # per tunnel, each way
+
+
+class _Echo:
+    """A plain TCP echo server on `port` (127.0.0.1): each connection's bytes come back until
+    it closes. Stopped with the check."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_server(("127.0.0.1", port), backlog=MUX_TUNNELS * 2)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        # shutdown wakes the accept blocked in the thread; close alone would leave the port bound.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(10)
+
+
+def check_h2_mux(t: Tunnel) -> str:
+    """gimlet -L PORT:127.0.0.1:ECHO through the row's HTTP/2 proxy, MUX_TUNNELS clients at
+    once, each sending MUX_BYTES of its own random bytes and reading them back, every byte
+    compared, all open together before any closes; then nghttpx's access log must show one
+    client port (one connection) for all the check's CONNECTs, and gimlet's log connection #1
+    only."""
+    port = t.sandbox.free_port()
+    echo = _Echo(t.target.echo_port)
+    argv = listen_argv(t, "-v", "-L", f"{port}:127.0.0.1:{t.target.echo_port}")
+    access = t.dir / "nghttpx-access.log"
+    before = access.stat().st_size if access.exists() else 0
+    daemon = t.sandbox.spawn("gimlet-h2-mux", argv, port, t.scratch, {"inet"}, env=t.env())
+    all_open = threading.Barrier(MUX_TUNNELS, timeout=LOGIN_TIMEOUT * 4)
+    errors: list[str] = []
+
+    def client(i: int) -> None:
+        data = os.urandom(MUX_BYTES)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=LOGIN_TIMEOUT * 4) as s:
+                sender = threading.Thread(target=s.sendall, args=(data,), daemon=True)
+                sender.start()
+                got = bytearray()
+                while len(got) < len(data):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+                sender.join()
+                if bytes(got) != data:
+                    errors.append(f"tunnel {i}: {len(got)} of {len(data)} bytes, or different")
+                all_open.wait()
+        except (OSError, threading.BrokenBarrierError) as e:
+            errors.append(f"tunnel {i}: {e}")
+            all_open.abort()
+
+    try:
+        started = time.monotonic()
+        clients = [threading.Thread(target=client, args=(i,)) for i in range(MUX_TUNNELS)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        took = time.monotonic() - started
+        if errors:
+            raise Failed(f"{len(errors)} of {MUX_TUNNELS} tunnels failed: {errors[0]}")
+        log = daemon.log.read_text(errors="replace")
+        established = re.findall(r"established #\d+ .*HTTP/2 connection #(\d+)", log)
+        if len(established) < MUX_TUNNELS or set(established) != {"1"}:
+            raise Failed(f"gimlet's log: {len(established)} tunnels on HTTP/2 connections "
+                         f"{sorted(set(established))}, expected {MUX_TUNNELS} on #1 alone")
+    finally:
+        t.sandbox.stop(daemon)
+        echo.close()
+    # nghttpx writes its access log line when a stream ends: all have ended once gimlet is gone.
+    lines = [line.split() for line in access.read_bytes()[before:].decode(errors="replace")
+             .splitlines()]
+    mine = [f for f in lines if f[:3] == ["h2", "CONNECT", "200"]]
+    ports = {f[4] for f in mine if len(f) > 4}
+    if len(mine) < MUX_TUNNELS or len(ports) != 1:
+        raise Failed(f"nghttpx logged {len(mine)} h2 CONNECTs from {len(ports)} client ports, "
+                     f"expected {MUX_TUNNELS} from one")
+    return f"{MUX_TUNNELS} tunnels on 1 connection ({len(mine)} CONNECTs from port " \
+        f"{ports.pop()}), {took:.1f}s"
+
+
 CHECKS = [
     Check("ssh", check_ssh),
     Check("ssh-v6", check_ssh_v6, needs=frozenset({"inet6"})),
@@ -938,6 +1047,7 @@ CHECKS = [
     Check("environment", check_environment, needs=frozenset({"inet", "env"})),
     Check("listen", check_listen),
     Check("listen-reload", check_listen_reload),
+    Check("h2-mux", check_h2_mux, needs=frozenset({"inet", "h2"})),
     Check("dynamic", dynamic.check_dynamic, packages=("curl",)),
     Check("browser", dynamic.check_browser, needs=frozenset({"inet", "auth"}),
           packages=("chromium",)),

@@ -161,7 +161,8 @@ class Proxy:
                 | ({"tls"} if self.tls else {"plain"})
                 | ({"kerberos"} if self.kerberos else set())
                 | ({"readme"} if self.readme else set())
-                | ({"env"} if self.from_env else set()))
+                | ({"env"} if self.from_env else set())
+                | ({"h2"} if "--proxy-http2" in self.gimlet_args else set()))
 
 
 def htpasswd(path: Path, user: str, password: str) -> None:
@@ -414,9 +415,13 @@ def launch_nghttpx(site: Site, backend: Callable[[Site], None] = launch_squid,
               if family in site.families]
     site.spawn("nghttpx", [
         tool("nghttpx"), "--conf=/dev/null", "--http2-proxy", "--workers=1", "--no-ocsp",
+        # Its default of 8 backend connections per origin would queue the h2-mux check's
+        # 100 concurrent tunnels to one destination behind the first 8; and its 100 streams
+        # per connection leave no room for the tunnel of the harness's readiness probe.
+        "--backend-connections-per-host=128", "--frontend-http2-max-concurrent-streams=128",
         *fronts, f"--backend=127.0.0.1,{back.port}",
         f"--errorlog-file={d}/nghttpx.log", f"--accesslog-file={d}/nghttpx-access.log",
-        "--accesslog-format=$alpn $method $status $remote_addr",
+        "--accesslog-format=$alpn $method $status $remote_addr $remote_port",
         str(key_file), str(cert_file)])
 
 
@@ -530,10 +535,6 @@ NGHTTPX_NO_HALF_CLOSE = ("nghttpx does not pass END_STREAM on to its HTTP/1 back
 H2_PACKAGES = ("squid", "nghttp2-proxy", "openssl")
 H2_LOG = ("nghttpx-access.log", "h2 CONNECT 200")
 H2_SKIP = {**NOT_THROUGH_TLS,
-           "listen": "-L with --proxy-http2 is refused for now (HTTP/2 in listen modes is to come)",
-           "listen-reload": "-L with --proxy-http2 is refused for now",
-           "dynamic": "-D with --proxy-http2 is refused for now",
-           "browser": "-D with --proxy-http2 is refused for now",
            # nghttpx 1.52 does not pass a CONNECT stream's END_STREAM on to its HTTP/1
            # backend as a half-close (the backend socket stays open), so sshd never sees
            # gimlet's stdin end: the gimlet-alone step these checks start with waits forever.
