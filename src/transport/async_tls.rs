@@ -83,6 +83,14 @@ impl<IO: AsyncWrite + Unpin> Write for Nb<'_, '_, IO> {
         }
     }
 
+    /// rustls hands every queued record at once: one `writev`, not a write per record.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match Pin::new(&mut *self.io).poll_flush(self.cx) {
             Poll::Ready(r) => r,
@@ -168,6 +176,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AsyncTls<IO> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             _ => Poll::Ready(Ok(n)),
         }
+    }
+
+    /// A DATA frame's head and payload in one call: one TLS record run for the frame, where
+    /// separate writes made a record (and a system call) of the 9-byte head alone.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_tls(cx))?;
+        let n = this.conn.writer().write_vectored(bufs)?;
+        match this.poll_write_tls(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(n)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
