@@ -729,7 +729,8 @@ pub const MUX_ATTEMPTS: usize = 3;
 /// SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2) and no GOAWAY came; when none has room, a
 /// new one is opened. After a GOAWAY the streams it still carries (at or below its
 /// last-stream-id, §6.8) run to their end; new tunnels go to another connection, and a
-/// CONNECT the GOAWAY turned away (above the last-stream-id) is sent again there.
+/// CONNECT left unanswered by a GOAWAY or the connection's end is sent again there (no tunnel
+/// byte has moved yet).
 pub struct Mux {
     inner: Arc<MuxInner>,
 }

@@ -839,3 +839,29 @@ fn a_dynamic_port_sends_connect_and_plain_http_clients_over_one_h2_connection() 
     assert_eq!(proxy.connections(), 1);
     assert_eq!(connections_of(&proxy), vec![0, 0, 0]);
 }
+
+#[test]
+fn a_connect_left_unanswered_by_a_goaway_is_sent_again_on_a_new_connection() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, |seen, i| match i {
+        1 => H2Answer::GoAwayInstead,
+        _ => grant(seen, i),
+    });
+    let target = echo_target();
+    let (mut d, port) = Daemon::forward(&pki, &proxy, target, &[]);
+    let mut a = client(port);
+    round_trip(&mut a, b"first");
+    // The proxy ends the connection instead of answering the second CONNECT: gimlet sends
+    // it again on a new connection, and the client never knows.
+    let mut b = client(port);
+    round_trip(&mut b, &Prng::bytes(UP_SEED, MIB));
+    assert_eq!(connections_of(&proxy), vec![0, 0, 1]);
+    assert_eq!(proxy.connections(), 2);
+    assert!(
+        d.wait_for("established #2")
+            .contains("HTTP/2 connection #2, stream 1)"),
+        "{:?}",
+        d.seen
+    );
+    finish(b);
+}

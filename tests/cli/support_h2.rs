@@ -44,6 +44,8 @@ pub enum H2Answer {
     GoAwayAfter(Vec<u8>, Reason),
     /// RST_STREAM(REFUSED_STREAM) without a response.
     RefuseStream,
+    /// No response: GOAWAY (abrupt, NO_ERROR) and the connection ends.
+    GoAwayInstead,
     /// 200, these bytes with END_STREAM, then RST_STREAM(NO_ERROR), as nghttpx does when the
     /// target closed.
     EndThenReset(Vec<u8>),
@@ -267,6 +269,10 @@ async fn serve(
                 }
             }
             H2Answer::RefuseStream => respond.send_reset(Reason::REFUSED_STREAM),
+            H2Answer::GoAwayInstead => {
+                drop((respond, recv));
+                conn.abrupt_shutdown(Reason::NO_ERROR);
+            }
             H2Answer::EndThenReset(bytes) => {
                 if let Ok(mut send) = respond.send_response(response(200), false) {
                     let _ = send.send_data(Bytes::from(bytes), true);
