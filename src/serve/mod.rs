@@ -242,7 +242,7 @@ impl<'a> Engine<'a> {
             listen,
             poll,
             log,
-            pool: PipePool::new(),
+            pool: PipePool::splicing(config.splice),
             workers,
             done,
             listeners: Vec::new(),

@@ -48,6 +48,15 @@ impl PipePool {
         }
     }
 
+    /// A pool that lends kernel pipes only when `splice` (`GIMLET_NO_SPLICE` unset), and
+    /// buffers only otherwise.
+    pub fn splicing(splice: bool) -> PipePool {
+        PipePool {
+            splice: splice && splice::SUPPORTED,
+            ..PipePool::new()
+        }
+    }
+
     fn take(&mut self) -> Pipe {
         self.lent += 1;
         self.spare
@@ -672,7 +681,15 @@ mod tests {
 
     #[test]
     fn an_idle_splicing_session_gives_its_pipe_back() {
-        let mut pool = PipePool::new();
+        idle_session_gives_back(PipePool::new());
+    }
+
+    #[test]
+    fn with_splicing_off_sessions_copy() {
+        idle_session_gives_back(PipePool::splicing(false));
+    }
+
+    fn idle_session_gives_back(mut pool: PipePool) {
         let (client, mut user) = tcp_pair();
         let (tunnel, mut far) = tcp_pair();
         let mut s = Session::new(client, Box::new(tunnel), &[], &mut pool);
@@ -691,13 +708,23 @@ mod tests {
         });
         assert_eq!(pool.lent(), 0, "an idle tunnel holds its two sockets only");
         assert!(s.up.flow.is_none() && s.down.flow.is_none());
-        if splice::SUPPORTED {
-            assert_eq!(
-                pool.spare_splice.len(),
-                1,
-                "the pipe went back for the next session"
-            );
-            assert!(pool.spare.is_empty(), "no buffer was needed");
+        match pool.splice {
+            true => {
+                assert_eq!(
+                    pool.spare_splice.len(),
+                    1,
+                    "the pipe went back for the next session"
+                );
+                assert!(pool.spare.is_empty(), "no buffer was needed");
+            }
+            false => {
+                assert_eq!(
+                    pool.spare.len(),
+                    1,
+                    "the buffer went back for the next session"
+                );
+                assert!(pool.spare_splice.is_empty(), "no kernel pipe was made");
+            }
         }
     }
 }
