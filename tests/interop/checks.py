@@ -771,7 +771,7 @@ def check_environment(t: Tunnel) -> str:
 # -- listen mode: gimlet -L and --forwards as a daemon, ssh and git pointed at its port ---------
 
 LISTEN_WAIT = 20  # seconds gimlet may take to log a reload
-ENV_NOT_READ = "n/a: listen mode takes no proxy from the environment"
+ENV_NOT_READ = "n/a: the file's lines carry the row's proxy, which this row has in the environment"
 
 
 def listen_argv(t: Tunnel, *options: str) -> list[str]:
@@ -801,9 +801,9 @@ def wait_in_log(log: Path, text: str, after: int = 0) -> int:
 
 def check_listen(t: Tunnel) -> str:
     """gimlet -L PORT:127.0.0.1:SSHD through the proxy: ssh, git clone, git push and the bulk
-    download (sha256) against the forwarded port; then -L without a proxy (direct): ssh."""
-    if t.proxy.from_env:
-        return ENV_NOT_READ
+    download (sha256) against the forwarded port; then -L without a proxy (direct): ssh. On a
+    row whose proxy is in the environment, -L takes it from there, and the direct forward is
+    to `localhost`, which the row's NO_PROXY sends direct."""
     port, direct = t.sandbox.free_port(), t.sandbox.free_port()
     argv = listen_argv(t, "-L", f"{port}:127.0.0.1:{t.target.port}")
     daemon = t.sandbox.spawn("gimlet-listen", argv, port, t.scratch, {"inet"}, env=t.env())
@@ -836,13 +836,16 @@ def check_listen(t: Tunnel) -> str:
             raise Failed("gimlet's log shows credentials")
     finally:
         t.sandbox.stop(daemon)
-    plain = t.sandbox.spawn("gimlet-direct", [t.gimlet, "-L", f"{direct}:127.0.0.1:{t.target.port}"],
+    host = "localhost" if t.proxy.from_env else "127.0.0.1"
+    plain = t.sandbox.spawn("gimlet-direct", [t.gimlet, "-L", f"{direct}:{host}:{t.target.port}"],
                             direct, t.scratch, {"inet"}, env=t.env())
     try:
         result = run_ok(direct_ssh(t, direct) + ["echo", "ok"], LOGIN_TIMEOUT, "ssh through -L direct",
                         env=t.env())
         if result.stdout != b"ok\n":
             raise Failed(f"ssh (direct -L) printed {result.stdout[:80]!r}")
+        if t.proxy.from_env:
+            wait_in_log(plain.log, "direct (NO_PROXY entry localhost matches localhost)")
     finally:
         t.sandbox.stop(plain)
     return note
@@ -877,11 +880,9 @@ def check_listen_reload(t: Tunnel) -> str | None:
     forwards = t.scratch / "forwards"
     line = f"{first} 127.0.0.1 {t.target.port} {' '.join(proxy_fields)}\n"
     forwards.write_text("# the seed's format\n" + line)
-    # netrc is read for the command line's proxy only: give it there too on netrc rows.
-    also = [argv[-1]] if n == 1 else [f"{argv[-2]}:{argv[-1]}"] if n == 2 else argv[-n:]
-    cmdline_proxy = also if t.credentials and t.credentials.via == "netrc" else []
+    # On netrc rows the line's proxy finds its credentials in --netrc-file by its host.
     daemon = t.sandbox.spawn("gimlet-forwards",
-                             [base[0], "--forwards", str(forwards), *base[1:], *cmdline_proxy],
+                             [base[0], "--forwards", str(forwards), *base[1:]],
                              first, t.scratch, {"inet"}, env=t.env())
     ssh = direct_ssh(t, first)
     script = "while read line; do echo \"got $line\"; done"
