@@ -672,7 +672,7 @@ pub fn negotiate<S: Conn>(mut stream: S, n: Negotiation<'_, S>) -> Result<Establ
 /// Starts Negotiate when the proxy offers it and `--proxy-auth` allows it. With `any` and
 /// other schemes on offer, a missing ticket is no error: `Ok(None)`, the reason kept in
 /// `failure` for the message should the other schemes fail too.
-fn kerberos(
+pub(crate) fn kerberos(
     challenges: &[Challenge],
     forced: Option<Scheme>,
     setup: Option<&mut negotiate::Setup>,
@@ -701,7 +701,7 @@ fn kerberos(
 }
 
 /// Why Negotiate was passed over, for a message about the other schemes.
-fn without_kerberos(failure: &Option<anyhow::Error>) -> String {
+pub(crate) fn without_kerberos(failure: &Option<anyhow::Error>) -> String {
     failure
         .as_ref()
         .map(|e| format!("; and not Negotiate: {e:#}"))

@@ -169,6 +169,10 @@ impl Upstream {
             .filter(|h| h.proxy.socks.is_none() && !h.h2)?;
         Some(HttpProxy {
             name: hop.proxy.endpoint.to_string(),
+            service: auth::negotiate::service_name(
+                self.service_name.as_deref(),
+                &hop.proxy.endpoint.host.to_string(),
+            ),
             credentials: hop.credentials.clone(),
             scheme: self.scheme,
             headers: self
@@ -220,6 +224,8 @@ pub struct HttpProxy {
     pub scheme: Option<auth::Scheme>,
     /// `-H` fields for the proxy (Host and User-Agent stay the client's).
     pub headers: Vec<(String, String)>,
+    /// The Kerberos service Negotiate asks a ticket for (`--proxy-service-name`).
+    pub service: (String, auth::negotiate::NameKind),
 }
 
 /// Credentials asked for now when only the user is known; TLS configured for `https://`.

@@ -28,10 +28,11 @@ use rustls::{ClientConnection, StreamOwned};
 use super::dynamic::{Dynamic, Outcome, failure_of, is_self, route_for};
 use super::front::{self, Ask, Failure, Front, Protocol, Step};
 use super::http1::{self, Body, Framing};
-use crate::auth::{self, Authenticator, NoScheme, Scheme};
+use crate::auth::{self, Authenticator, NoScheme, Scheme, negotiate};
 use crate::config::Endpoint;
 use crate::credentials::Secret;
 use crate::error::{Error, Kind};
+use crate::handshake;
 use crate::transport::stream::{Pumps, Socket, Stream};
 use crate::tunnel::HttpProxy;
 use crate::{Upstream, establish};
@@ -485,6 +486,7 @@ fn send_request(
 ) -> Result<(Response, u64), Failed> {
     let uri = http1::absolute_uri(target, &request.path);
     let mut auth: Option<Authenticator> = None;
+    let mut kerberos: Option<negotiate::Setup> = None;
     let mut authorization = k.basic.clone();
     let mut buf = vec![0u8; 64 * 1024];
     // The whole request is at hand to send again: its body was held whole, or it has none.
@@ -571,6 +573,17 @@ fn send_request(
         };
         k.used = true;
         let Some(proxy) = k.proxy.as_ref().filter(|_| response.0 == 407) else {
+            if let Some(a) = auth.as_mut().filter(|a| a.scheme() == Scheme::Negotiate) {
+                // Mutual authentication: the proxy's final token must verify (RFC 4559 §5).
+                a.finish(&response.3).map_err(|e| Failed {
+                    failure: Failure::Auth,
+                    why: format!(
+                        "authenticating to proxy {} with Negotiate: {e:#}: {}",
+                        k.proxy.as_ref().map_or("", |p| p.name.as_str()),
+                        status_line(&response)
+                    ),
+                })?;
+            }
             if let Some(a) = auth.as_ref().filter(|a| a.scheme() == Scheme::Basic) {
                 crate::diag::debug!("keeping Basic credentials for user \"{}\"", a.user());
                 k.basic = authorization;
@@ -578,7 +591,9 @@ fn send_request(
             return Ok((response, sent));
         };
         rounds += 1;
-        let value = answer_407(proxy, &mut auth, &response, &request.method, &uri)?;
+        let kerberos =
+            kerberos.get_or_insert_with(|| negotiate::Setup::system(proxy.service.clone()));
+        let value = answer_407(proxy, kerberos, &mut auth, &response, &request.method, &uri)?;
         let name = proxy.name.clone();
         if held.len() as u64 != sent {
             return Err(Failed::from(format!(
@@ -664,6 +679,7 @@ fn status_line(r: &Response) -> String {
 /// proxy rejects them, the client gets gimlet's own 407 saying why.
 fn answer_407(
     proxy: &HttpProxy,
+    kerberos: &mut negotiate::Setup,
     auth: &mut Option<Authenticator>,
     response: &Response,
     method: &str,
@@ -706,14 +722,30 @@ fn answer_407(
                 ))
             });
     }
-    let Some(credentials) = proxy.credentials.clone() else {
-        return Err(failed(format!(
-            "proxy {name} requires authentication (offers {offered}): {}; gimlet has no credentials for it (give -U, --proxy-auth-file, {} or --netrc)",
-            status_line(response),
-            crate::config::AUTH_ENV
-        )));
-    };
-    // Negotiate answers with a ticket, not these credentials: left to CONNECT tunnels.
+    // Negotiate first, with the user's Kerberos ticket, as for a CONNECT tunnel; without a
+    // ticket the other schemes are tried and the message says why Negotiate was not.
+    let mut kerberos_failure = None;
+    let started = handshake::kerberos(
+        &challenges,
+        proxy.scheme,
+        Some(kerberos),
+        &mut kerberos_failure,
+    )
+    .map_err(|e| {
+        failed(format!(
+            "authenticating to proxy {name} with Negotiate: {e:#}: {}",
+            status_line(response)
+        ))
+    })?;
+    if let Some((a, value)) = started {
+        crate::diag::info!(
+            "proxy {name} asks for authentication (offers {offered}); answering with Negotiate as {}",
+            a.user()
+        );
+        *auth = Some(a);
+        return Ok(value);
+    }
+    let not_kerberos = handshake::without_kerberos(&kerberos_failure);
     let usable: Vec<auth::Challenge> = challenges
         .iter()
         .filter(|c| !c.is(Scheme::Negotiate))
@@ -722,15 +754,26 @@ fn answer_407(
     let (scheme, challenge) = auth::choose(&usable, proxy.scheme).map_err(|none| {
         failed(match none {
             NoScheme::Offered(_) => format!(
-                "proxy {name} requires authentication with {offered}, and gimlet answers absolute-form requests with Digest, NTLM or Basic: {}",
+                "proxy {name} requires authentication with {offered}, and gimlet speaks {}: {}{not_kerberos}",
+                match proxy.scheme {
+                    Some(s) => format!("{s} (forced by --proxy-auth)"),
+                    None => "Negotiate, Digest, NTLM or Basic".to_owned(),
+                },
                 status_line(response)
             ),
             NoScheme::Digest(why) => format!(
-                "proxy {name} offers Digest only in a form gimlet cannot answer: {why}: {}",
+                "proxy {name} offers Digest only in a form gimlet cannot answer: {why}: {}{not_kerberos}",
                 status_line(response)
             ),
         })
     })?;
+    let Some(credentials) = proxy.credentials.clone() else {
+        return Err(failed(format!(
+            "proxy {name} requires authentication (offers {offered}): {}; gimlet has no credentials for it (give -U, --proxy-auth-file, {} or --netrc){not_kerberos}",
+            status_line(response),
+            crate::config::AUTH_ENV
+        )));
+    };
     crate::diag::info!(
         "proxy {name} asks for authentication (offers {offered}); answering with {scheme} for user \"{}\"",
         credentials.user
@@ -862,5 +905,130 @@ fn next_request(
         };
         let _ = client.set_read_timeout(Some(STALL));
         step = front.feed(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::negotiate::fake::{self, FakeProvider};
+    use crate::credentials::Credentials;
+
+    fn proxy(credentials: Option<Credentials>, scheme: Option<Scheme>) -> HttpProxy {
+        HttpProxy {
+            name: "proxy.test:3128".into(),
+            credentials,
+            scheme,
+            headers: Vec::new(),
+            service: negotiate::service_name(None, "proxy.test"),
+        }
+    }
+
+    fn challenge(schemes: &[&str]) -> Response {
+        let fields = schemes
+            .iter()
+            .map(|s| ("Proxy-Authenticate".to_owned(), s.as_bytes().to_vec()))
+            .collect();
+        (407, 1, b"Proxy Authentication Required".to_vec(), fields)
+    }
+
+    fn kerberos(provider: FakeProvider) -> negotiate::Setup {
+        negotiate::Setup {
+            service: negotiate::service_name(None, "proxy.test"),
+            provider: Box::new(provider),
+        }
+    }
+
+    fn answer(
+        p: &HttpProxy,
+        setup: &mut negotiate::Setup,
+        auth: &mut Option<Authenticator>,
+        schemes: &[&str],
+    ) -> Result<String, String> {
+        answer_407(p, setup, auth, &challenge(schemes), "GET", "http://a.test/")
+            .map(|s| s.expose().to_owned())
+            .map_err(|f| f.why)
+    }
+
+    #[test]
+    fn absolute_form_requests_answer_negotiate_with_the_ticket() {
+        // Regression: a -D port forwarding to a proxy that offers only Negotiate answered the
+        // client with gimlet's own 407 instead of using the user's Kerberos ticket.
+        let provider = FakeProvider::new(
+            fake::ticket(),
+            vec![
+                (None, fake::step(b"first", false)),
+                (Some(b"more".to_vec()), fake::step(b"second", true)),
+            ],
+        );
+        let targets = provider.targets.clone();
+        let mut setup = kerberos(provider);
+        let mut auth = None;
+        let p = proxy(None, None);
+        assert_eq!(
+            answer(&p, &mut setup, &mut auth, &["Negotiate"]).unwrap(),
+            "Negotiate Zmlyc3Q="
+        );
+        assert_eq!(*targets.lock().unwrap(), ["HTTP@proxy.test"]);
+        // A continuation token gets the next leg, on the same connection.
+        assert_eq!(
+            answer(&p, &mut setup, &mut auth, &["Negotiate bW9yZQ=="]).unwrap(),
+            "Negotiate c2Vjb25k"
+        );
+        assert!(auth.as_ref().unwrap().bound_to_connection());
+    }
+
+    #[test]
+    fn without_a_ticket_the_password_schemes_answer_and_say_why_not_negotiate() {
+        let no_ticket = || {
+            kerberos(FakeProvider::new(
+                Err(fake::error(fake::Problem::NoTicket, "")),
+                Vec::new(),
+            ))
+        };
+        let alice = || Some(Credentials::new("alice".into(), "pw".into()).unwrap());
+        let mut auth = None;
+        let value = answer(
+            &proxy(alice(), None),
+            &mut no_ticket(),
+            &mut auth,
+            &["Negotiate", "Basic realm=\"r\""],
+        )
+        .unwrap();
+        assert!(value.starts_with("Basic "), "{value}");
+        // Negotiate alone: the kinit hint reaches the log.
+        let why = answer(
+            &proxy(alice(), None),
+            &mut no_ticket(),
+            &mut None,
+            &["Negotiate"],
+        )
+        .unwrap_err();
+        assert!(
+            why.contains("with Negotiate: no Kerberos ticket for LAB.TEST: run kinit"),
+            "{why}"
+        );
+        // No credentials either: both reasons.
+        let why = answer(
+            &proxy(None, None),
+            &mut no_ticket(),
+            &mut None,
+            &["Negotiate", "Basic realm=\"r\""],
+        )
+        .unwrap_err();
+        assert!(why.contains("gimlet has no credentials"), "{why}");
+        assert!(why.contains("not Negotiate: no Kerberos ticket"), "{why}");
+        // --proxy-auth basic leaves the ticket alone.
+        let provider = FakeProvider::new(fake::ticket(), Vec::new());
+        let targets = provider.targets.clone();
+        let value = answer(
+            &proxy(alice(), Some(Scheme::Basic)),
+            &mut kerberos(provider),
+            &mut None,
+            &["Negotiate", "Basic realm=\"r\""],
+        )
+        .unwrap();
+        assert!(value.starts_with("Basic "), "{value}");
+        assert!(targets.lock().unwrap().is_empty());
     }
 }
