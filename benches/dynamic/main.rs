@@ -166,9 +166,24 @@ fn size(s: &str) -> usize {
     n.parse::<usize>().expect("a size") * mult
 }
 
+/// A loopback listener with a server's accept queue. std's `bind` asks for 128 places: when
+/// 1,000 tunnels open at once through a client that connects as fast as the kernel completes
+/// handshakes (gimlet's workers do; squid, one thread, connects one after another), the
+/// queue overflows before this bench's thread-per-connection servers accept, and each
+/// dropped SYN costs its tunnel a 1 s (then 2 s) retransmission: the wall time measured the
+/// bench's own server. 4096 is what Linux allows by default (net.core.somaxconn).
+fn listener() -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(4096).unwrap();
+    s.into()
+}
+
 /// An origin that answers every request with a 100-byte body, keeping connections.
 fn origin() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = listener();
     let port = l.local_addr().unwrap().port();
     thread::spawn(move || {
         for c in l.incoming().flatten() {
@@ -207,7 +222,7 @@ fn origin() -> u16 {
 }
 
 fn echo() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = listener();
     let port = l.local_addr().unwrap().port();
     thread::spawn(move || {
         for c in l.incoming().flatten() {
