@@ -324,7 +324,8 @@ mod imp {
     /// friends read them) only for the thread that loaded it: threads the static libc starts
     /// later (listen mode's handshake workers) have them unset, and libkrb5 crashed there
     /// (SIGSEGV reading the ctype table). glibc's own `__ctype_init` sets them for the calling
-    /// thread; it is run once per thread before its first GSSAPI call.
+    /// thread; it is run once per thread before its first GSSAPI call. The interop suite's `-D`
+    /// check sets up eight Negotiate tunnels at once to catch this again.
     fn thread_setup() {
         if !cfg!(target_feature = "crt-static") {
             return;
@@ -613,6 +614,9 @@ mod imp {
 
         /// Feeds the peer's token (`None` for the first call) and returns ours.
         pub fn step(&mut self, input: Option<&[u8]>) -> Result<Step, Error> {
+            // A context may be stepped or dropped on another thread than the one that made it
+            // (a kept -D connection served by the next free worker).
+            thread_setup();
             let lib = self.lib;
             let input = input.map(|bytes| Buffer {
                 length: bytes.len(),
@@ -696,6 +700,7 @@ mod imp {
 
     impl Drop for Context {
         fn drop(&mut self) {
+            thread_setup();
             let mut minor = 0;
             if !self.ctx.is_null() {
                 // SAFETY: the context is this value's own; its output token is not wanted.
