@@ -198,6 +198,45 @@ impl Upstream {
         reach(self, last, &clock)
     }
 
+    /// The route as the engine's loop can open it without blocking: one plain `http://` proxy
+    /// at an IP address, with nothing to authenticate and nothing to print (`-v`). Everything
+    /// else (names to resolve, TLS, SOCKS, HTTP/2, credentials, chains) is [`establish`]'s.
+    pub fn plain_connect(&self, target: &Endpoint) -> Option<PlainConnect> {
+        let [hop] = self.hops.as_slice() else {
+            return None;
+        };
+        let simple = hop.proxy.socks.is_none()
+            && hop.tls.is_none()
+            && !hop.h2
+            && hop.mux.is_none()
+            && hop.credentials.is_none()
+            && !self.dialer.exact
+            && crate::diag::level() == 0;
+        let Host::Ip(ip) = hop.proxy.endpoint.host else {
+            return None;
+        };
+        let family = match self.dialer.family {
+            Family::Any => true,
+            Family::V4 => ip.is_ipv4(),
+            Family::V6 => ip.is_ipv6(),
+        };
+        if !simple || !family {
+            return None;
+        }
+        let request = Request {
+            target,
+            user_agent: self.user_agent.as_deref(),
+            headers: &self.headers,
+        };
+        Some(PlainConnect {
+            addr: SocketAddr::new(ip, hop.proxy.endpoint.port),
+            proxy: hop.proxy.endpoint.to_string(),
+            request: request.to_bytes(None).to_vec(),
+            timeout: self.dialer.timeout,
+            keepalive: self.dialer.keepalive,
+        })
+    }
+
     /// How messages name hop `i`: the proxy alone, or its place in the chain.
     fn who(&self, i: usize) -> String {
         match self.hops.len() {
@@ -213,6 +252,19 @@ impl Upstream {
             _ => e.context(self.who(i)),
         }
     }
+}
+
+/// A route the engine's loop opens itself (see [`Upstream::plain_connect`]): the same
+/// connect, request and deadline [`establish`] would use, prepared once per forward.
+pub struct PlainConnect {
+    pub addr: SocketAddr,
+    /// `host:port`, as messages name the proxy.
+    pub proxy: String,
+    /// The CONNECT request head (no credentials in it).
+    pub request: Vec<u8>,
+    /// `--connect-timeout`: for the connect and the reply together.
+    pub timeout: Duration,
+    pub keepalive: Option<Duration>,
 }
 
 /// What absolute-form requests to a route's last hop need (see [`Upstream::http_proxy`]).

@@ -11,6 +11,7 @@
 //!
 //! Nothing here runs in the pipe mode: `run` is only called with `-L` or `--forwards`.
 
+pub mod connecting;
 pub mod dynamic;
 pub mod forward;
 pub mod front;
@@ -47,6 +48,8 @@ const WATCH: Token = Token(2);
 /// Listener tokens start here; session tokens at `SESSIONS` (two per session).
 const LISTENERS: usize = 16;
 const SESSIONS: usize = 1 << 32;
+/// Tunnels the loop opens itself ([`connecting`]): `CONNECTING + id`.
+const CONNECTING: usize = 1 << 36;
 /// `-D` clients still sending their request: `ASKING + id`.
 const ASKING: usize = 1 << 40;
 
@@ -73,6 +76,8 @@ struct Plan {
     route: String,
     /// A `-D` port: each client names its destination.
     dynamic: Option<Arc<dynamic::Dynamic>>,
+    /// The route is simple enough for the loop to open its tunnels ([`connecting`]).
+    plain: Option<crate::tunnel::PlainConnect>,
 }
 
 struct Listening {
@@ -147,6 +152,9 @@ struct Engine<'a> {
     pending: HashMap<u64, Pending>,
     /// `-D` clients sending their request, oldest first (ids grow).
     asking: BTreeMap<u64, Waiting>,
+    /// Tunnels the loop is opening itself, oldest first (ids grow, and every one has the same
+    /// --connect-timeout: the first deadline is the earliest).
+    connecting: BTreeMap<u64, (Pending, connecting::Connecting)>,
     hot: VecDeque<usize>,
     next_id: u64,
     max_tunnels: usize,
@@ -250,6 +258,7 @@ impl<'a> Engine<'a> {
             free: Vec::new(),
             pending: HashMap::new(),
             asking: BTreeMap::new(),
+            connecting: BTreeMap::new(),
             hot: VecDeque::new(),
             next_id: 1,
             max_tunnels,
@@ -416,8 +425,13 @@ impl<'a> Engine<'a> {
             true => Some(self.dynamic(&forward, upstream.clone())?),
             false => None,
         };
+        let plain = match forward.dynamic {
+            true => None,
+            false => upstream.plain_connect(&forward.target),
+        };
         Ok(Arc::new(Plan {
             dynamic,
+            plain,
             idle_timeout: o.idle_timeout.unwrap_or(config.idle_timeout),
             keepalive: o.keepalive.unwrap_or(config.keepalive),
             forward,
@@ -591,7 +605,10 @@ impl<'a> Engine<'a> {
     }
 
     fn tunnels(&self) -> usize {
-        self.pending.len() + self.asking.len() + (self.sessions.len() - self.free.len())
+        self.pending.len()
+            + self.connecting.len()
+            + self.asking.len()
+            + (self.sessions.len() - self.free.len())
     }
 
     fn serve(&mut self, signals: &sys::signals::Signals) -> Result<(), Error> {
@@ -634,6 +651,7 @@ impl<'a> Engine<'a> {
                     }
                     WATCH => self.file_event(),
                     Token(t) if t >= ASKING => self.heard((t - ASKING) as u64),
+                    Token(t) if t >= CONNECTING => self.connecting_ready((t - CONNECTING) as u64),
                     Token(t) if t >= SESSIONS => {
                         let (slot, tunnel_side) = ((t - SESSIONS) / 2, (t - SESSIONS) % 2 == 1);
                         let hangup =
@@ -662,6 +680,7 @@ impl<'a> Engine<'a> {
             }
             let now = Instant::now();
             self.expire_asking(now);
+            self.expire_connecting(now);
             if self.paused.is_some_and(|until| now >= until) {
                 self.resume_accepting();
             }
@@ -699,6 +718,9 @@ impl<'a> Engine<'a> {
         }
         if let Some(w) = self.asking.values().next() {
             next = next.min(w.asking.deadline);
+        }
+        if let Some((_, c)) = self.connecting.values().next() {
+            next = next.min(c.deadline);
         }
         if self
             .sessions
@@ -807,6 +829,13 @@ impl<'a> Engine<'a> {
             ));
             return;
         }
+        let accepted = Instant::now();
+        // A simple route's CONNECT goes out first: the proxy works on it while the rest of
+        // this (socket options, the log line) is done.
+        let opening = plan
+            .plain
+            .as_ref()
+            .and_then(|plain| connecting::Connecting::start(plain, accepted));
         let _ = client.set_nodelay(true);
         set_keepalive(&client, plan.keepalive);
         if let Some(d) = plan.dynamic.clone() {
@@ -816,19 +845,100 @@ impl<'a> Engine<'a> {
             "accepted #{id} from {peer} on {local}: {}",
             plan.route
         ));
-        let (upstream, target) = (plan.upstream.clone(), plan.forward.target.clone());
+        let p = Pending {
+            client,
+            peer,
+            plan,
+            accepted,
+        };
+        match opening {
+            Some(c) => self.connect_on_loop(id, p, c),
+            None => self.handshake(id, p),
+        }
+    }
+
+    /// The tunnel of a simple route, opened here ([`connecting`]).
+    fn connect_on_loop(&mut self, id: u64, p: Pending, mut c: connecting::Connecting) {
+        let registered = self.poll.registry().register(
+            &mut c.tunnel,
+            Token(CONNECTING + id as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        match registered {
+            // The first event comes at once if the socket is ready already.
+            Ok(()) => {
+                self.connecting.insert(id, (p, c));
+            }
+            Err(_) => self.handshake(id, p),
+        }
+    }
+
+    /// A tunnel the loop is opening: its socket is ready.
+    fn connecting_ready(&mut self, id: u64) {
+        let Some((p, c)) = self.connecting.get_mut(&id) else {
+            return;
+        };
+        let Some(plain) = p.plan.plain.as_ref() else {
+            return;
+        };
+        let step = c.ready(plain);
+        if let connecting::Step::More = step {
+            return;
+        }
+        let Some((p, mut c)) = self.connecting.remove(&id) else {
+            return;
+        };
+        match step {
+            // The socket stays registered: the session takes it over under its own token.
+            connecting::Step::Open { reply, leftover } => self.start_session(
+                id,
+                p,
+                Opened {
+                    tunnel: Box::new(c.tunnel),
+                    leftover,
+                    status: reply.status_line,
+                    route: None,
+                    lines: Vec::new(),
+                    request: None,
+                },
+                true,
+            ),
+            // Closed before a worker takes over: the proxy sees one connection at a time.
+            _ => {
+                let _ = self.poll.registry().deregister(&mut c.tunnel);
+                drop(c);
+                self.handshake(id, p);
+            }
+        }
+    }
+
+    /// Fails the tunnels the loop was opening whose --connect-timeout passed (the oldest come
+    /// first), with the line a worker's handshake would have led to.
+    fn expire_connecting(&mut self, now: Instant) {
+        while let Some(entry) = self.connecting.first_entry() {
+            if entry.get().1.deadline > now {
+                return;
+            }
+            let (id, (p, c)) = entry.remove_entry();
+            let why = p
+                .plan
+                .plain
+                .as_ref()
+                .map_or_else(String::new, |plain| c.timed_out(plain));
+            self.log.line(format_args!(
+                "failed #{id} after {:.3}s: {why}",
+                p.accepted.elapsed().as_secs_f64()
+            ));
+        }
+    }
+
+    /// Hands a tunnel's handshake to a worker, within its route's share of them.
+    fn handshake(&mut self, id: u64, p: Pending) {
+        let (upstream, target) = (p.plan.upstream.clone(), p.plan.forward.target.clone());
         let work: Box<dyn FnOnce() -> Result<Handed, Error> + Send> =
             Box::new(move || open(&upstream, &target).map(|o| Handed::Tunnel(Box::new(o))));
-        let route = Arc::as_ptr(&plan.upstream) as usize;
-        self.pending.insert(
-            id,
-            Pending {
-                client,
-                peer,
-                plan,
-                accepted: Instant::now(),
-            },
-        );
+        let route = Arc::as_ptr(&p.plan.upstream) as usize;
+        self.pending.insert(id, p);
         let job = Job { id, work };
         let queue = self.routes.entry(route).or_default();
         let cap = match queue.done {
@@ -1003,7 +1113,7 @@ impl<'a> Engine<'a> {
                 continue;
             };
             match result {
-                Ok(Handed::Tunnel(opened)) => self.start_session(id, p, *opened),
+                Ok(Handed::Tunnel(opened)) => self.start_session(id, p, *opened, false),
                 Ok(Handed::Served(lines)) => {
                     for line in &lines {
                         self.log.line(format_args!("#{id} {} {line}", p.peer));
@@ -1045,7 +1155,8 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn start_session(&mut self, id: u64, p: Pending, opened: Opened) {
+    /// `registered`: the tunnel's socket is registered with the loop already (opened there).
+    fn start_session(&mut self, id: u64, p: Pending, opened: Opened, registered: bool) {
         let Opened {
             tunnel,
             leftover,
@@ -1068,7 +1179,11 @@ impl<'a> Engine<'a> {
         let registered = registry
             .register(&mut session.client, Token(SESSIONS + 2 * slot), both)
             .and_then(|()| {
-                registry.register(&mut *session.tunnel, Token(SESSIONS + 2 * slot + 1), both)
+                let token = Token(SESSIONS + 2 * slot + 1);
+                match registered {
+                    true => registry.reregister(&mut *session.tunnel, token, both),
+                    false => registry.register(&mut *session.tunnel, token, both),
+                }
             });
         if let Err(e) = registered {
             self.free.push(slot);
@@ -1145,6 +1260,7 @@ impl<'a> Engine<'a> {
             }
         }
         self.pending.clear();
+        self.connecting.clear();
         self.asking.clear();
     }
 

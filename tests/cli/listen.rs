@@ -1136,3 +1136,115 @@ fn a_symlinked_forwards_file_is_reloaded_when_its_target_or_a_link_changes() {
         "{closed}"
     );
 }
+
+// A single plain proxy at an IP address with nothing to authenticate: the engine's loop
+// sends the CONNECT itself; anything but a 2xx is handed to a worker's handshake.
+
+#[test]
+fn a_reply_split_anywhere_with_tunnel_bytes_after_it_reaches_the_client_whole() {
+    const REPLY: &str = "HTTP/1.1 200 Connection established\r\nVia: 1.1 fake\r\n\r\n";
+    let early = b"SSH-2.0-early\r\n";
+    let whole = [REPLY.as_bytes(), early].concat();
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let proxy = {
+        let (cut, whole) = (cut.clone(), whole.clone());
+        FakeProxy::start(move |s| {
+            let at = cut.load(std::sync::atomic::Ordering::SeqCst);
+            send_at(&mut s.stream, &whole, &[at]);
+            s.echo();
+        })
+    };
+    let mut d = Daemon::start(&["-L", "0:git.example:22", &proxy.addr()]);
+    let port = d.listening_port();
+    for at in 1..whole.len() {
+        cut.store(at, std::sync::atomic::Ordering::SeqCst);
+        let mut s = connect(port);
+        assert_eq!(read_exact(&mut s, early.len()), early, "split at {at}");
+        round_trip(&mut s, b"ping");
+        let established = d.wait_for(&format!("established #{at} "));
+        assert!(
+            established.ends_with(": \"HTTP/1.1 200 Connection established\""),
+            "{established}"
+        );
+    }
+    let record = proxy.finish();
+    // One CONNECT per tunnel: none was handed over and asked again.
+    record.assert_requests(whole.len() - 1);
+    assert!(
+        record
+            .request(0)
+            .starts_with("CONNECT git.example:22 HTTP/1.1\r\n")
+    );
+}
+
+#[test]
+fn a_refusal_is_logged_in_the_handshakes_words() {
+    let proxy = FakeProxy::replying("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+    let mut d = Daemon::start(&["-L", "0:git.example:22", &proxy.addr()]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "the client got bytes of a refused tunnel");
+    let failed = d.wait_for("failed #1");
+    assert!(
+        failed.contains(&format!(
+            ": proxy {} refused CONNECT git.example:22: \"HTTP/1.1 403 Forbidden\"",
+            proxy.addr()
+        )),
+        "{failed}"
+    );
+}
+
+#[test]
+fn a_407_without_credentials_is_logged_as_the_handshake_says_it() {
+    let proxy = FakeProxy::replying(
+        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"p\"\r\nContent-Length: 0\r\n\r\n",
+    );
+    let mut d = Daemon::start(&["-L", "0:git.example:22", &proxy.addr()]);
+    let port = d.listening_port();
+    let _s = connect(port);
+    let failed = d.wait_for("failed #1");
+    assert!(
+        failed.contains(&format!(
+            ": proxy {} requires authentication (offers Basic)",
+            proxy.addr()
+        )),
+        "{failed}"
+    );
+}
+
+#[test]
+fn a_proxy_that_never_answers_fails_at_the_connect_timeout() {
+    // Accepts (the kernel does, from its backlog) and never says a word.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let mut d = Daemon::start(&["-L", "0:git.example:22", &addr, "--connect-timeout", "0.5"]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    let failed = d.wait_for("failed #1");
+    assert!(
+        failed.contains(&format!(
+            ": reading the reply from proxy {addr}: timed out after 0.5s (--connect-timeout)"
+        )),
+        "{failed}"
+    );
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn max_tunnels_counts_tunnels_still_being_opened() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let mut d = Daemon::start(&["-L", "0:git.example:22", &addr, "--max-tunnels", "1"]);
+    let port = d.listening_port();
+    let _first = connect(port);
+    d.wait_for("accepted #1");
+    let mut second = connect(port);
+    d.wait_for("refused #2");
+    let mut rest = Vec::new();
+    let _ = second.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+}
