@@ -199,8 +199,9 @@ impl Upstream {
     }
 
     /// The route as the engine's loop can open it without blocking: one plain `http://` proxy
-    /// at an IP address, with nothing to authenticate and nothing to print (`-v`). Everything
-    /// else (names to resolve, TLS, SOCKS, HTTP/2, credentials, chains) is [`establish`]'s.
+    /// at an IP address, with no credentials or Basic ones sent with the first request
+    /// (`--proxy-auth basic`), and nothing to print (`-v`). Everything else (names to resolve,
+    /// TLS, SOCKS, HTTP/2, other schemes, chains) is [`establish`]'s.
     pub fn plain_connect(&self, target: &Endpoint) -> Option<PlainConnect> {
         let [hop] = self.hops.as_slice() else {
             return None;
@@ -209,7 +210,6 @@ impl Upstream {
             && hop.tls.is_none()
             && !hop.h2
             && hop.mux.is_none()
-            && hop.credentials.is_none()
             && !self.dialer.exact
             && crate::diag::level() == 0;
         let Host::Ip(ip) = hop.proxy.endpoint.host else {
@@ -223,6 +223,13 @@ impl Upstream {
         if !simple || !family {
             return None;
         }
+        // As the handshake does: a forced Basic goes with the first request; other schemes
+        // need the proxy's challenge first.
+        let authorization = match (&hop.credentials, self.scheme) {
+            (None, _) => None,
+            (Some(c), Some(auth::Scheme::Basic)) => Some(c.basic_authorization()),
+            (Some(_), _) => return None,
+        };
         let request = Request {
             target,
             user_agent: self.user_agent.as_deref(),
@@ -231,7 +238,7 @@ impl Upstream {
         Some(PlainConnect {
             addr: SocketAddr::new(ip, hop.proxy.endpoint.port),
             proxy: hop.proxy.endpoint.to_string(),
-            request: request.to_bytes(None).to_vec(),
+            request: request.to_bytes(authorization.as_ref()),
             timeout: self.dialer.timeout,
             keepalive: self.dialer.keepalive,
         })
@@ -260,8 +267,8 @@ pub struct PlainConnect {
     pub addr: SocketAddr,
     /// `host:port`, as messages name the proxy.
     pub proxy: String,
-    /// The CONNECT request head (no credentials in it).
-    pub request: Vec<u8>,
+    /// The CONNECT request head, with Basic credentials when they go with it (zeroed on drop).
+    pub request: zeroize::Zeroizing<Vec<u8>>,
     /// `--connect-timeout`: for the connect and the reply together.
     pub timeout: Duration,
     pub keepalive: Option<Duration>,

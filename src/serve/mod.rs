@@ -3,7 +3,9 @@
 //! The loop owns the listeners, the sessions ([`session::Session`]: client ↔ tunnel) and the
 //! log; it never blocks. Accepting is never held up by a handshake: each accepted connection
 //! is handed to a worker thread ([`workers`]) that establishes its tunnel with the pipe mode's
-//! code, and comes back through a channel and a waker. The forwards file is watched (inotify
+//! code, and comes back through a channel and a waker; only a plain proxy's CONNECT is sent
+//! and answered here, on the loop ([`connecting`]), falling back to a worker on anything but
+//! a 2xx. The forwards file is watched (inotify
 //! on its directory, and on every directory its symlinks lead through, followed anew at each
 //! reload) and re-read on SIGHUP; a reload adds and removes listeners and changes
 //! the plan new connections use, and never touches open sessions. SIGTERM/SIGINT stop
@@ -78,6 +80,9 @@ struct Plan {
     dynamic: Option<Arc<dynamic::Dynamic>>,
     /// The route is simple enough for the loop to open its tunnels ([`connecting`]).
     plain: Option<crate::tunnel::PlainConnect>,
+    /// The proxy answered the loop's CONNECT with something else than a 2xx: this plan's
+    /// tunnels go to the workers from now on (a reload makes a new plan).
+    plain_off: std::sync::atomic::AtomicBool,
 }
 
 struct Listening {
@@ -432,6 +437,7 @@ impl<'a> Engine<'a> {
         Ok(Arc::new(Plan {
             dynamic,
             plain,
+            plain_off: std::sync::atomic::AtomicBool::new(false),
             idle_timeout: o.idle_timeout.unwrap_or(config.idle_timeout),
             keepalive: o.keepalive.unwrap_or(config.keepalive),
             forward,
@@ -835,6 +841,7 @@ impl<'a> Engine<'a> {
         let opening = plan
             .plain
             .as_ref()
+            .filter(|_| !plan.plain_off.load(std::sync::atomic::Ordering::Relaxed))
             .and_then(|plain| connecting::Connecting::start(plain, accepted));
         let _ = client.set_nodelay(true);
         set_keepalive(&client, plan.keepalive);
@@ -904,7 +911,12 @@ impl<'a> Engine<'a> {
                 true,
             ),
             // Closed before a worker takes over: the proxy sees one connection at a time.
-            _ => {
+            answered => {
+                if let connecting::Step::Answered = answered {
+                    p.plan
+                        .plain_off
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let _ = self.poll.registry().deregister(&mut c.tunnel);
                 drop(c);
                 self.handshake(id, p);

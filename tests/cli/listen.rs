@@ -1215,6 +1215,45 @@ fn a_407_without_credentials_is_logged_as_the_handshake_says_it() {
 }
 
 #[test]
+fn after_a_407_the_forwards_next_tunnels_go_straight_to_the_handshake_threads() {
+    let proxy = FakeProxy::replying(
+        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n",
+    );
+    let mut d = Daemon::start(&["-L", "0:git.example:22", &proxy.addr()]);
+    let port = d.listening_port();
+    for id in 1..=3 {
+        let _s = connect(port);
+        d.wait_for(&format!("failed #{id}"));
+    }
+    // The loop's CONNECT for the first tunnel, then one per tunnel from the threads.
+    proxy.finish().assert_requests(4);
+}
+
+#[test]
+fn basic_credentials_sent_at_once_and_rejected_are_logged_as_the_handshake_says_it() {
+    let proxy = FakeProxy::replying(
+        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"p\"\r\nContent-Length: 0\r\n\r\n",
+    );
+    let url = format!("http://alice:wrong@{}", proxy.addr());
+    let mut d = Daemon::start(&["-L", "0:git.example:22", "--proxy-auth", "basic", &url]);
+    let port = d.listening_port();
+    let _s = connect(port);
+    let failed = d.wait_for("failed #1");
+    assert!(
+        failed.contains(&format!(
+            ": proxy {} rejected the Basic credentials for user \"alice\"",
+            proxy.addr()
+        )),
+        "{failed}"
+    );
+    assert!(!failed.contains("wrong"), "{failed}");
+    let record = proxy.finish();
+    // The loop's CONNECT and the thread's: both with the credentials, both refused.
+    record.assert_requests(2);
+    assert!(record.request(0).contains("Proxy-Authorization: Basic "));
+}
+
+#[test]
 fn a_proxy_that_never_answers_fails_at_the_connect_timeout() {
     // Accepts (the kernel does, from its backlog) and never says a word.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
