@@ -22,6 +22,9 @@
 //!                   connect-proxy, nc.openbsd, socat, ncat                    [default all]
 //!   --timeout SECS  give up on a run when no byte moved for SECS: the far side closes, and a
 //!                   tool that does not exit then is killed and reported       [default 10]
+//!   --read-size SIZE  the stdout reader's read(2) size, at most 1M            [default 1M]
+//!   --reader KIND   `thread` (of this program) or `process` (a child of its own, as a
+//!                   pipeline's next command) drains the tool's stdout         [default thread]
 //!   --verify        compare every byte with the expected stream (default: count every byte,
 //!                   compare the first MiB of each transfer)
 //!   --smoke         quick run for CI (< 30 s once built):
@@ -79,6 +82,9 @@ fn rotated<T>(items: &[T], by: usize) -> impl Iterator<Item = &T> {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(stream::READER_ENV) {
+        stream::reader_process(&spec);
+    }
     let opts = match parse_opts(std::env::args().skip(1).collect()) {
         Ok(o) => o,
         Err(e) => {

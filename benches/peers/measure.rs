@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::{
     endpoint::{EARLY_BYTE, Endpoint, Mode},
-    opts::{EARLY_EXIT_WINDOW, EXIT_GRACE, Opts},
-    stream::{IO_CHUNK, drain_stdout, expected, feed_stdin},
+    opts::{EARLY_EXIT_WINDOW, EXIT_GRACE, Opts, Reader},
+    stream::{IO_CHUNK, drain_stdout, drain_stdout_process, expected, feed_stdin},
     sys::{Memory, Proc, pipe, poll_readable, read_tail},
     tools::{Dir, Kind, Relay, baseline_connect},
 };
@@ -92,9 +92,11 @@ pub(crate) fn transfer(
         let progress = Arc::clone(&out_progress);
         let target = if dir == Dir::Down { n } else { 0 };
         let read_size = opts.read_size;
-        thread::spawn(move || {
-            drain_stdout(stdout_r, read_size, target, full, progress, out_done_tx)
-        })
+        let drain = match opts.reader {
+            Reader::Thread => drain_stdout,
+            Reader::Process => drain_stdout_process,
+        };
+        thread::spawn(move || drain(stdout_r, read_size, target, full, progress, out_done_tx))
     };
 
     // Wait for the last byte at the far end, watching for stalls and early exits.

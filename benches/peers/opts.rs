@@ -20,10 +20,22 @@ Options:
   --timeout SECS  give up on a run when no byte moved for SECS              [default 10]
   --read-size SIZE  the stdout reader's read(2) size, at most 1M; small reads (cat: 128K,
                   dd's default: 512) keep the pipe near full, as a slow reader does  [default 1M]
+  --reader KIND   who drains the tool's stdout: `thread` (of this program) or `process` (a
+                  child process of its own, as the next command of a shell pipeline)
+                                                                            [default thread]
   --verify        compare every byte (default: count every byte, compare the first MiB)
   --smoke         quick run for CI: --size 8M --reps 1 --spawns 20 --verify --timeout 5
 
 The report (markdown) goes to stdout, progress to stderr. GIMLET=path selects the binary.";
+
+/// Who drains the tool's stdout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// A thread of the harness.
+    Thread,
+    /// A process of its own (the harness's program run again as a reader).
+    Process,
+}
 
 pub(crate) struct Opts {
     /// Bytes per transfer.
@@ -40,6 +52,8 @@ pub(crate) struct Opts {
     pub(crate) verify: bool,
     /// The stdout reader's read(2) size (at most `IO_CHUNK`).
     pub(crate) read_size: usize,
+    /// Who drains the tool's stdout.
+    pub(crate) reader: Reader,
     pub(crate) smoke: bool,
     /// The arguments as given, for the header.
     pub(crate) args: Vec<String>,
@@ -80,6 +94,7 @@ pub(crate) fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let mut stall = None;
     let mut verify = false;
     let mut read_size = None;
+    let mut reader = Reader::Thread;
     let mut smoke = false;
     let mut shown = Vec::new();
     let mut it = args.into_iter();
@@ -149,6 +164,13 @@ pub(crate) fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
                         as usize,
                 );
             }
+            "--reader" => {
+                reader = match value("thread or process")?.as_str() {
+                    "thread" => Reader::Thread,
+                    "process" => Reader::Process,
+                    v => return Err(format!("bad --reader {v:?} (thread or process)")),
+                };
+            }
             "--verify" => verify = true,
             "--smoke" => smoke = true,
             "-h" | "--help" => {
@@ -166,6 +188,7 @@ pub(crate) fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
         stall: stall.unwrap_or(Duration::from_secs(if smoke { 5 } else { 10 })),
         verify: verify || smoke,
         read_size: read_size.unwrap_or(IO_CHUNK),
+        reader,
         smoke,
         args: shown,
     })

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
     measure::{Capacity, Failure, Sample},
-    opts::{Opts, SETUP_RUNS},
+    opts::{Opts, Reader, SETUP_RUNS},
     tools::{BASELINE, BASELINE_SPLICE, Dir, Relay},
 };
 
@@ -388,7 +388,7 @@ pub(crate) fn report(
          sinks exactly N bytes (up), sources N bytes from a pre-filled buffer right after the \
          `200` (down), or sends one byte with the `200` (handshake), and closes once the harness \
          has sampled the tool. The tool's stdin and stdout are pipes (64 KiB) fed and drained by \
-         harness threads with 1 MiB writes and {} reads; in the down test stdin stays open and \
+         harness threads with 1 MiB writes and {} reads (stdout drained by {}); in the down test stdin stays open and \
          silent, as ssh keeps it. Throughput is N over the time from the endpoint's `200` to the \
          N-th byte arriving (MB = 10^6 bytes), median of the runs. CPU is the tool process's \
          user+sys from wait4, per GiB moved (median). Peak RSS is the tool's VmHWM from /proc, \
@@ -396,7 +396,11 @@ pub(crate) fn report(
          (wait4's ru_maxrss is not used: the kernel carries the spawning process's own peak \
          into it at exec). Handshake latency is spawn → first tunnel byte on the tool's stdout; \
          p95 is the nearest rank. Tools run round-robin, the order rotating each repetition.",
-        human_size(opts.read_size as u64)
+        human_size(opts.read_size as u64),
+        match opts.reader {
+            Reader::Thread => "a thread of this program",
+            Reader::Process => "a reader process of its own (--reader process)",
+        }
     );
     let _ = writeln!(
         o,

@@ -3,7 +3,8 @@
 //! written from a pre-filled buffer; the stdin generator writes it and the stdout sink checks it.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
@@ -129,4 +130,118 @@ pub(crate) fn drain_stdout(
         bad_at: check.bad_at,
         error,
     }
+}
+
+/// The environment variable that makes this program the stdout reader (`--reader process`):
+/// `READ_SIZE:TARGET:FULL`.
+pub(crate) const READER_ENV: &str = "PEERS_STDOUT_READER";
+/// How often (in bytes) the reader process reports progress: rarely enough that the reports
+/// cost nothing next to the reads, often enough for the stall watch.
+const REPORT_EVERY: u64 = 16 << 20;
+
+/// The reader process's body, when this program runs as one: drains stdin `read_size` bytes
+/// at a time, checking the stream, and reports on stdout: `P <bytes>` now and then, `T` when
+/// the `target`-th byte arrived, `E <bytes> <bad_at or -> [error]` at EOF.
+pub(crate) fn reader_process(spec: &str) -> ! {
+    let mut parts = spec.split(':');
+    let mut next = || {
+        parts
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (read_size, target, full) = (next() as usize, next(), next() != 0);
+    let mut buf = vec![0u8; read_size.clamp(1, IO_CHUNK)];
+    let mut check = Checker::new(full);
+    let mut out = io::stdout().lock();
+    let (mut bytes, mut reported, mut hit) = (0u64, 0u64, false);
+    let mut stdin = io::stdin().lock();
+    let error = loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(k) => {
+                bytes += k as u64;
+                if target > 0 && bytes >= target && !hit {
+                    hit = true;
+                    let _ = writeln!(out, "T");
+                    let _ = out.flush();
+                }
+                check.feed(&buf[..k]);
+                if bytes - reported >= REPORT_EVERY {
+                    reported = bytes;
+                    let _ = writeln!(out, "P {bytes}");
+                    let _ = out.flush();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    let bad = check.bad_at.map_or("-".to_string(), |b| b.to_string());
+    let _ = writeln!(out, "E {bytes} {bad} {}", error.unwrap_or_default());
+    let _ = out.flush();
+    std::process::exit(0)
+}
+
+/// [`drain_stdout`] in a separate process (this program again, as [`reader_process`]), as a
+/// pipeline's next command reads: its own address space, scheduled on its own.
+pub(crate) fn drain_stdout_process(
+    r: File,
+    read_size: usize,
+    target: u64,
+    full: bool,
+    progress: Arc<AtomicU64>,
+    done: Sender<Instant>,
+) -> Drained {
+    let failed = |e: String| Drained {
+        bytes: 0,
+        bad_at: None,
+        error: Some(e),
+    };
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return failed(format!("finding the reader program: {e}")),
+    };
+    let child = Command::new(exe)
+        .env(READER_ENV, format!("{read_size}:{target}:{}", full as u8))
+        .stdin(Stdio::from(r))
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return failed(format!("starting the reader process: {e}")),
+    };
+    let mut done = Some(done);
+    let mut result = failed("the reader process ended without a report".into());
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let Ok(line) = line else { break };
+        let now = Instant::now();
+        let mut words = line.splitn(4, ' ');
+        match words.next() {
+            Some("T") => {
+                progress.store(target, Ordering::Relaxed);
+                if let Some(d) = done.take() {
+                    let _ = d.send(now);
+                }
+            }
+            Some("P") => {
+                let n = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                progress.store(n, Ordering::Relaxed);
+            }
+            Some("E") => {
+                let bytes = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let bad_at = words.next().and_then(|v| v.parse().ok());
+                let error = words.next().filter(|e| !e.is_empty()).map(str::to_string);
+                progress.store(bytes, Ordering::Relaxed);
+                result = Drained {
+                    bytes,
+                    bad_at,
+                    error,
+                };
+            }
+            _ => {}
+        }
+    }
+    let _ = child.wait();
+    result
 }
