@@ -31,6 +31,9 @@
 //!   its connection is up), p50 / p95, and the ratio of p50s to a client doing the CONNECT itself
 //!   through the same endpoint, sampled in turn with the tool's connects (tool then baseline,
 //!   baseline then tool, …), so both see the same load; 10 warm-up connects are not counted;
+//! - latency through squid (when installed; with `gimlet` among the tools): the same test with
+//!   `gimlet -L` via a real proxy that opens its own connection to the far side, as a corporate
+//!   proxy does, against the client's own CONNECT through the same squid;
 //! - idle (single-process daemons only): `--idle` tunnels opened and left silent; the daemon's
 //!   RSS (VmRSS) before and after, and per tunnel (for ssh: the client plus sshd's session
 //!   process, the two ends that hold the tunnels).
@@ -43,6 +46,9 @@
 //! The far side runs in a child process (`--far-side`), so the harness's own file descriptors
 //! (one per client socket) and the far side's (one per accepted socket) have a limit each.
 
+#[path = "../common/squid.rs"]
+mod squid;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -50,6 +56,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use squid::{Squid, free_port, wait_accepting};
 
 /// Far-side behaviour, chosen by the port offset (CONNECT target port or direct listener).
 const SINK: u16 = 0;
@@ -136,7 +144,9 @@ fn main() {
         eprintln!("{tool}: {} active tunnels", opts.active);
         let active = many(daemon.port(ECHO), opts.active, opts.each);
         eprintln!("{tool}: latency");
-        let lat = latency(daemon.port(EARLY), &far, opts.connects);
+        let lat = latency(daemon.port(EARLY), opts.connects, || {
+            sample_direct_connect(&far)
+        });
         if tool.starts_with("gimlet") && (up.is_err() || down.is_err() || active.is_err()) {
             gimlet_failed = true;
         }
@@ -185,6 +195,10 @@ fn main() {
                     false => "n/a (RSS fell)".to_owned(),
                 }),
         );
+    }
+    if opts.tools.iter().any(|t| t == "gimlet") {
+        eprintln!("gimlet: latency through squid");
+        latency_via_squid(&opts, &gimlet, &far);
     }
     if gimlet_failed {
         eprintln!("gimlet failed a transfer: see the table");
@@ -480,14 +494,6 @@ struct Daemon {
     /// Local port per mode.
     ports: Vec<u16>,
     _dir: Option<std::path::PathBuf>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn found(program: &str) -> bool {
@@ -1025,15 +1031,15 @@ struct Latency {
 /// Connects not counted: the first ones start the daemon's threads, fill its pools.
 const WARM_UP: usize = 10;
 
-fn latency(port: u16, far: &FarSide, n: usize) -> Latency {
+fn latency(port: u16, n: usize, own_connect: impl Fn() -> Duration) -> Latency {
     let (mut tool, mut base) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..WARM_UP + n {
         // The order alternates: a connect pays for the teardown of the one before it, which
         // on two cores is worth a third of a sample.
         let (t, b) = match i % 2 {
-            0 => (sample_forward(port), sample_direct_connect(far)),
+            0 => (sample_forward(port), own_connect()),
             _ => {
-                let b = sample_direct_connect(far);
+                let b = own_connect();
                 (sample_forward(port), b)
             }
         };
@@ -1069,6 +1075,82 @@ fn sample_direct_connect(far: &FarSide) -> Duration {
     let mut got = vec![0u8; REPLY.len() + 1];
     s.read_exact(&mut got).expect("reply and first byte");
     start.elapsed()
+}
+
+/// A client's own CONNECT through a real proxy (squid) to `target`: connect → the reply head
+/// and the far side's first byte after it.
+fn sample_connect_via(proxy: u16, target: u16) -> Duration {
+    let start = Instant::now();
+    let mut s = connect(proxy);
+    s.write_all(
+        format!("CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: 127.0.0.1:{target}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = s.read(&mut buf).expect("squid's reply");
+        assert!(n > 0, "squid closed before the first byte");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            assert!(
+                got.starts_with(b"HTTP/1.1 200"),
+                "squid refused the CONNECT"
+            );
+            if got.len() > end + 4 {
+                break;
+            }
+        }
+    }
+    start.elapsed()
+}
+
+/// The latency test again through squid, a proxy that opens its own connection to the far
+/// side as a corporate proxy does: `gimlet -L` via squid against the client's own CONNECT
+/// through the same squid, sampled in turn.
+fn latency_via_squid(opts: &Opts, gimlet: &str, far: &FarSide) {
+    let Some(squid) = Squid::start() else {
+        println!("\n(squid not installed: no latency through a real proxy)");
+        return;
+    };
+    let target = far.direct + EARLY;
+    println!(
+        "\nlatency through squid (it connects to the far side itself), {} connects:\n",
+        opts.connects
+    );
+    println!("| tool | latency p50 / p95 ms | p50 / own CONNECT's through squid |");
+    println!("|---|---|---|");
+    let binaries = std::iter::once(("gimlet", gimlet))
+        .chain(opts.before.as_deref().map(|b| ("gimlet before", b)));
+    for (name, binary) in binaries {
+        let port = free_port();
+        let Ok(mut child) = Command::new(binary)
+            .arg("-L")
+            .arg(format!("{port}:127.0.0.1:{target}"))
+            .arg(format!("127.0.0.1:{}", squid.port))
+            .args(["--log", "/dev/null"])
+            .env_remove("GIMLET_NO_SPLICE")
+            .stdout(Stdio::null())
+            .spawn()
+        else {
+            println!("| {name} | failed to start | |");
+            continue;
+        };
+        wait_accepting(port);
+        let lat = latency(port, opts.connects, || {
+            sample_connect_via(squid.port, target)
+        });
+        println!(
+            "| {name} -L via squid | {:.3} / {:.3} | {:.2} (own CONNECT p50 {:.3}) |",
+            lat.p50,
+            lat.p95,
+            lat.p50 / lat.base_p50,
+            lat.base_p50
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 struct Idle {
