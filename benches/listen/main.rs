@@ -1125,17 +1125,25 @@ fn latency_via_squid(opts: &Opts, gimlet: &str, far: &FarSide) {
         .chain(opts.before.as_deref().map(|b| ("gimlet before", b)));
     for (name, binary) in binaries {
         let port = free_port();
-        let Ok(mut child) = Command::new(binary)
+        let Ok(child) = Command::new(binary)
             .arg("-L")
             .arg(format!("{port}:127.0.0.1:{target}"))
             .arg(format!("127.0.0.1:{}", squid.port))
             .args(["--log", "/dev/null"])
             .env_remove("GIMLET_NO_SPLICE")
             .stdout(Stdio::null())
+            .process_group(0)
             .spawn()
         else {
             println!("| {name} | failed to start | |");
             continue;
+        };
+        // Stopped by Daemon's drop on every way out, a failed sample's panic included.
+        let _daemon = Daemon {
+            tool: name.to_owned(),
+            children: vec![child],
+            ports: Vec::new(),
+            _dir: None,
         };
         wait_accepting(port);
         let lat = latency(port, opts.connects, || {
@@ -1148,8 +1156,6 @@ fn latency_via_squid(opts: &Opts, gimlet: &str, far: &FarSide) {
             lat.p50 / lat.base_p50,
             lat.base_p50
         );
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
