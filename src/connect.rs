@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, SocketAddrV6, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use crate::config::{Endpoint, Family, Host};
 use crate::diag::info;
 use crate::error::{Error, Kind};
 use crate::handshake::Conn;
+use crate::sys::wait;
 use crate::tls;
 use crate::transport::eyeballs;
 
@@ -247,6 +249,10 @@ pub fn secs(d: Duration) -> String {
 }
 
 /// A connected stream whose reads and writes fail with `TimedOut` once its clock runs out.
+///
+/// The socket is non-blocking (as the connect left it) and every wait on it is a poll bounded
+/// by the clock: no send and receive timeouts to set before each call and clear for the
+/// relay, which wants the socket non-blocking anyway.
 pub struct Deadline {
     stream: TcpStream,
     clock: Clock,
@@ -254,46 +260,68 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    fn arm(&self, write: bool) -> io::Result<()> {
-        let left = self
-            .clock
-            .remaining()
-            .ok_or_else(|| self.clock.timed_out())?;
-        if write {
-            self.stream.set_write_timeout(Some(left))
-        } else {
-            self.stream.set_read_timeout(Some(left))
+    /// What is left of the clock, or the timeout error once it has run out.
+    fn left(&self) -> io::Result<Duration> {
+        self.clock.remaining().ok_or_else(|| self.clock.timed_out())
+    }
+
+    /// Waits until the socket is ready for `events` (or has an error or hang-up to report),
+    /// within what is left of the clock.
+    fn wait(&self, events: libc::c_short) -> io::Result<()> {
+        loop {
+            match wait::poll_one(self.stream.as_raw_fd(), events, self.left()?) {
+                // Time is up or nearly so: `left` says which.
+                Ok(0) => {}
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 
-    fn check<T>(&self, r: io::Result<T>) -> io::Result<T> {
-        r.map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.clock.timed_out(),
-            _ => e,
-        })
+    /// Runs `op` until it does not find the socket unready, waiting for `events` in between;
+    /// reads wait first (the reply is rarely there yet), writes try first (a new socket's
+    /// buffer has room).
+    fn io<T>(
+        &self,
+        events: libc::c_short,
+        wait_first: bool,
+        mut op: impl FnMut(&TcpStream) -> io::Result<T>,
+    ) -> io::Result<T> {
+        if wait_first {
+            self.wait(events)?;
+        } else {
+            self.left()?;
+        }
+        loop {
+            match op(&self.stream) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(events)?,
+                r => return r,
+            }
+        }
     }
 
-    /// The plain stream, back in blocking mode without timeouts, for the relay.
+    /// The plain stream, back in blocking mode without timeouts.
     pub fn into_inner(self) -> io::Result<TcpStream> {
-        self.stream.set_read_timeout(None)?;
-        self.stream.set_write_timeout(None)?;
+        self.stream.set_nonblocking(false)?;
         Ok(self.stream)
+    }
+
+    /// The plain stream, non-blocking as it is, for a relay on a poll loop.
+    pub fn into_nonblocking(self) -> TcpStream {
+        self.stream
     }
 }
 
 impl Read for Deadline {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.arm(false)?;
-        let r = self.stream.read(buf);
-        self.check(r)
+        self.io(wait::POLLIN, true, |mut s| s.read(buf))
     }
 }
 
 impl Write for Deadline {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.arm(true)?;
-        let r = self.stream.write(buf);
-        self.check(r)
+        self.io(wait::POLLOUT, false, |mut s| s.write(buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -306,8 +334,7 @@ impl Conn for Deadline {
         if !self.exact {
             return None;
         }
-        let r = self.arm(false).and_then(|()| self.stream.peek(buf));
-        Some(self.check(r))
+        Some(self.io(wait::POLLIN, true, |s| s.peek(buf)))
     }
 }
 

@@ -134,7 +134,9 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         }
         None => None,
     };
-    let (socket, mut sessions, pumps) = stream.into_bottom().kind_ctx(Kind::Tunnel, relaying)?;
+    let (socket, mut sessions, pumps) = stream
+        .into_bottom_nonblocking()
+        .kind_ctx(Kind::Tunnel, relaying)?;
     // With --tls the leftover went into the destination's TLS session, not to stdout.
     let first = if inner.is_some() {
         &[][..]
@@ -150,12 +152,9 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     sessions.extend(inner);
     let relayed = match (socket, sessions.len()) {
         (transport::stream::Socket::Tcp(tcp), 0) => {
-            tcp.set_nonblocking(true).kind_ctx(Kind::Tunnel, relaying)?;
             relay_stdio(mio::net::TcpStream::from_std(tcp), first, opts)
         }
         (transport::stream::Socket::Unix(pair), 0) => {
-            pair.set_nonblocking(true)
-                .kind_ctx(Kind::Tunnel, relaying)?;
             relay_stdio(mio::net::UnixStream::from_std(pair), first, opts)
         }
         (socket, _) => relay_stdio(

@@ -12,3 +12,4 @@ pub mod signals;
 pub mod splice;
 pub mod stdio;
 pub mod tty;
+pub mod wait;

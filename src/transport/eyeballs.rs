@@ -8,12 +8,14 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::diag::info;
+use crate::sys::wait;
 
 /// RFC 8305 §5's recommended "Connection Attempt Delay".
 pub const STAGGER: Duration = Duration::from_millis(250);
@@ -42,7 +44,7 @@ pub struct Failure {
 /// Connects to the first of `addrs` (in this order, [`interleave`]d by the caller) to
 /// answer, starting a new attempt every `stagger` or when one fails, until `deadline`.
 /// `prepare` sets socket options (keepalive, nodelay) before each connect. The winner is
-/// returned in blocking mode; every other socket is closed on return.
+/// returned non-blocking; every other socket is closed on return.
 pub fn race(
     addrs: &[SocketAddr],
     stagger: Duration,
@@ -133,11 +135,8 @@ pub fn race(
                 Ok(_) => {
                     let mut s = pending[i].take().expect("checked above");
                     let _ = poll.registry().deregister(&mut s);
+                    // Left non-blocking, as a single address's connect leaves it.
                     let std: TcpStream = s.into();
-                    std.set_nonblocking(false).map_err(|error| Failure {
-                        addr: Some(addrs[i]),
-                        error,
-                    })?;
                     // The losers in `pending` are dropped, and so closed, on return.
                     return Ok((std, addrs[i]));
                 }
@@ -155,7 +154,9 @@ pub fn race(
     }
 }
 
-/// One blocking connect, bounded by the deadline.
+/// One connect, bounded by the deadline. The socket is non-blocking from its creation and
+/// stays so: the handshake waits on it with poll (within the same deadline) and the relay
+/// wants it non-blocking, so no flags are set and cleared around the connect.
 fn connect_one(
     addr: SocketAddr,
     deadline: Instant,
@@ -165,30 +166,44 @@ fn connect_one(
         addr: Some(addr),
         error,
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(failed)?;
+    let timed_out = || Failure {
+        addr: None,
+        error: io::ErrorKind::TimedOut.into(),
+    };
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )
+    .map_err(failed)?;
     prepare(&socket).map_err(failed)?;
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(Failure {
-            addr: None,
-            error: io::ErrorKind::TimedOut.into(),
-        });
+    if Instant::now() >= deadline {
+        return Err(timed_out());
     }
-    match socket.connect_timeout(&SockAddr::from(addr), left) {
-        Ok(()) => Ok(socket.into()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            ) =>
-        {
-            Err(Failure {
-                addr: None,
-                error: io::ErrorKind::TimedOut.into(),
-            })
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => return Ok(socket.into()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(failed(e)),
+    }
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
         }
-        Err(e) => Err(failed(e)),
+        let revents = match wait::poll_one(socket.as_raw_fd(), wait::POLLOUT, left) {
+            Ok(0) => continue,
+            Ok(revents) => revents,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(failed(e)),
+        };
+        // An error or a hang-up is a failed connect; writable alone, a connected socket.
+        if revents & (wait::POLLERR | wait::POLLHUP) != 0 {
+            return Err(failed(match socket.take_error() {
+                Ok(Some(e)) | Err(e) => e,
+                Ok(None) => io::Error::other("no error set after POLLHUP"),
+            }));
+        }
+        return Ok(socket.into());
     }
 }
 
@@ -197,9 +212,12 @@ fn start(
     addr: SocketAddr,
     prepare: &dyn Fn(&Socket) -> io::Result<()>,
 ) -> io::Result<mio::net::TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
     prepare(&socket)?;
-    socket.set_nonblocking(true)?;
     match socket.connect(&SockAddr::from(addr)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -286,7 +304,13 @@ mod tests {
         let addrs = [hole, good.local_addr().unwrap()];
         let (stream, won) = race(&addrs, Duration::from_millis(10), far(), &|_| Ok(())).unwrap();
         assert_eq!(won, addrs[1]);
-        // The winner is an ordinary blocking stream.
+        // The winner is a connected stream, left non-blocking.
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.peek(&mut byte).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        stream.set_nonblocking(false).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();

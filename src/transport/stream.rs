@@ -150,18 +150,38 @@ impl Stream {
     /// The socket (blocking, without timeouts), the TLS sessions on it (outermost first) and
     /// the threads serving the bridged tunnels beneath (outermost first; see [`Finish`]).
     pub fn into_bottom(self) -> io::Result<(Socket, Vec<ClientConnection>, Pumps)> {
+        self.bottom(true)
+    }
+
+    /// [`Stream::into_bottom`] with the socket non-blocking, for a relay on a poll loop (a
+    /// plain TCP socket already is: nothing to set).
+    pub fn into_bottom_nonblocking(self) -> io::Result<(Socket, Vec<ClientConnection>, Pumps)> {
+        self.bottom(false)
+    }
+
+    fn bottom(self, blocking: bool) -> io::Result<(Socket, Vec<ClientConnection>, Pumps)> {
         let mut sessions = Vec::new();
         let mut s = self;
         loop {
             match s {
                 Stream::Plain(d) => {
                     sessions.reverse();
-                    return Ok((Socket::Tcp(d.into_inner()?), sessions, Vec::new()));
+                    let tcp = match blocking {
+                        true => d.into_inner()?,
+                        false => d.into_nonblocking(),
+                    };
+                    return Ok((Socket::Tcp(tcp), sessions, Vec::new()));
                 }
                 Stream::Bridged(b) => {
                     sessions.reverse();
-                    b.socket.set_read_timeout(None)?;
-                    b.socket.set_write_timeout(None)?;
+                    match blocking {
+                        true => {
+                            b.socket.set_read_timeout(None)?;
+                            b.socket.set_write_timeout(None)?;
+                        }
+                        // A non-blocking socket's calls never wait for its timeouts.
+                        false => b.socket.set_nonblocking(true)?,
+                    }
                     return Ok((Socket::Unix(b.socket), sessions, b.pumps));
                 }
                 Stream::Tls(b) => {
@@ -213,9 +233,8 @@ impl Stream {
     /// TLS over it (any depth), or a bridged tunnel, which keeps the threads serving it as
     /// long as it lives (dropped with it, they stop waiting for the far side).
     pub fn into_relay(self) -> io::Result<Box<dyn Tunnel + Send>> {
-        let (socket, mut sessions, pumps) = self.into_bottom()?;
-        if let (Socket::Tcp(tcp), true) = (&socket, pumps.is_empty()) {
-            tcp.set_nonblocking(true)?;
+        let (socket, mut sessions, pumps) = self.into_bottom_nonblocking()?;
+        if let (Socket::Tcp(_), true) = (&socket, pumps.is_empty()) {
             if sessions.len() < 2 {
                 let Socket::Tcp(tcp) = socket else {
                     unreachable!("matched above")

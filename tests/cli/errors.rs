@@ -254,6 +254,50 @@ fn proxy_that_never_answers_hits_the_connect_timeout() {
 }
 
 #[test]
+fn a_proxy_address_that_never_answers_the_syn_hits_the_connect_timeout() {
+    // A listener whose accept queue is full drops new SYNs: the connect neither succeeds nor
+    // fails, and only --connect-timeout ends the wait (the connect is a non-blocking one
+    // waited on with poll, bounded by the same deadline as the rest of the handshake).
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let hole = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    hole.bind(&SockAddr::from(
+        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
+    ))
+    .unwrap();
+    hole.listen(0).unwrap();
+    let addr = hole.local_addr().unwrap().as_socket().unwrap();
+    let fill: Vec<Socket> = (0..4)
+        .map(|_| {
+            let c = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            c.set_nonblocking(true).unwrap();
+            let _ = c.connect(&SockAddr::from(addr));
+            c
+        })
+        .collect();
+    let started = Instant::now();
+    let assert = gimlet()
+        .args([
+            "--connect-timeout",
+            "0.5",
+            &addr.to_string(),
+            "example.test",
+            "22",
+        ])
+        .assert();
+    let elapsed = started.elapsed();
+    let stderr = assert_failure(assert.get_output(), 3, Some(&addr.to_string()));
+    assert_eq!(
+        stderr,
+        format!("gimlet: connecting to proxy {addr}: timed out after 0.5s (--connect-timeout)\n")
+    );
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(5),
+        "gave up after {elapsed:?}"
+    );
+    drop(fill);
+}
+
+#[test]
 fn connect_timeout_accepts_fractions_of_a_second() {
     let proxy = silent_proxy();
     let started = Instant::now();
