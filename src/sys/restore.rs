@@ -321,26 +321,39 @@ fn handled() -> libc::sigset_t {
     }
 }
 
-/// Installs `handler` for `sig`, blocking every signal we handle (`mask`, from [`handled`])
-/// while it runs, so handlers never nest, and SIGTTOU cannot stop a background process setting
-/// the terminal.
+/// The action that runs `handler` for a signal, blocking every signal we handle (`mask`, from
+/// [`handled`]) while it runs, so handlers never nest, and SIGTTOU cannot stop a background
+/// process setting the terminal.
+fn action(handler: Handler, mask: &libc::sigset_t) -> libc::sigaction {
+    // SAFETY: a zeroed sigaction is valid.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler as *const () as libc::sighandler_t;
+    act.sa_mask = *mask;
+    act.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO | libc::SA_ONSTACK;
+    act
+}
+
+/// Installs `handler` for `sig` (see [`action`]).
 ///
 /// # Safety
 /// `handler` must only do async-signal-safe work.
 unsafe fn set_handler(sig: libc::c_int, handler: Handler, mask: &libc::sigset_t) {
-    // SAFETY: a zeroed sigaction is valid; sigaction takes valid pointers.
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = handler as *const () as libc::sighandler_t;
-        act.sa_mask = *mask;
-        act.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO | libc::SA_ONSTACK;
-        libc::sigaction(sig, &act, std::ptr::null_mut());
-    }
+    // SAFETY: sigaction takes valid pointers.
+    unsafe { libc::sigaction(sig, &action(handler, mask), std::ptr::null_mut()) };
 }
 
 /// Installs the handlers once. A signal the caller (or the runtime) ignores stays ignored; a
 /// signal that already has a handler stays with it (the listen loop handles SIGHUP, SIGINT,
 /// SIGTERM and SIGUSR1 itself), except for the faults, whose handler ours goes back to.
+///
+/// A plain tunnel pays this at start-up, for some 55 signals: each is installed with one
+/// `sigaction` that also returns the action it replaces, and that action is put back in the
+/// rare case it was not the default (one call per signal where asking first and then
+/// installing took two). Our signals are blocked on this thread meanwhile, so none reaches it
+/// between the two calls of a signal that must stay ignored, and one that came is discarded
+/// when its ignoring is put back (another thread, where one runs, could take it in those few
+/// instructions). The faults are still asked first: their handler reads the previous action,
+/// which must be written before it is installed.
 fn install() {
     INSTALLED.call_once(|| {
         // One mask for every handler (building it per handler was a third of the plain
@@ -351,22 +364,40 @@ fn install() {
             .map(|s| (s, on_ending as Handler))
             .chain(STOPPING.iter().map(|&s| (s, on_stop as Handler)))
             .chain([(libc::SIGCONT, on_continue as Handler)]);
+        // SAFETY: a zeroed sigset_t is valid storage.
+        let mut before: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pthread_sigmask with valid sets.
+        let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut before) } == 0;
         for (sig, handler) in all {
+            let Some(slot) = PREVIOUS.get(sig as usize) else {
+                continue;
+            };
             // SAFETY: the handlers only do async-signal-safe work; PREVIOUS[sig] is written
-            // before the handler that reads it is installed.
+            // before a fault's handler, the one that reads it, is installed.
             unsafe {
                 let mut old: libc::sigaction = std::mem::zeroed();
+                if blocked && !FAULTS.contains(&sig) {
+                    if libc::sigaction(sig, &action(handler, &mask), &mut old) == 0
+                        && old.sa_sigaction != libc::SIG_DFL
+                    {
+                        // Ignored by the caller, or handled by another part of gimlet.
+                        libc::sigaction(sig, &old, std::ptr::null_mut());
+                    }
+                    continue;
+                }
                 if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
                     || old.sa_sigaction == libc::SIG_IGN
                     || (old.sa_sigaction != libc::SIG_DFL && !FAULTS.contains(&sig))
                 {
                     continue;
                 }
-                if let Some(slot) = PREVIOUS.get(sig as usize) {
-                    slot.write(old);
-                    set_handler(sig, handler, &mask);
-                }
+                slot.write(old);
+                set_handler(sig, handler, &mask);
             }
+        }
+        if blocked {
+            // SAFETY: puts back the mask saved above.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut()) };
         }
     });
 }

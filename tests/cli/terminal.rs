@@ -344,6 +344,11 @@ impl Echoing {
     /// Starts gimlet in a process group of its own in this session, like a shell job: not
     /// orphaned, so a stop signal does stop it.
     fn start() -> Echoing {
+        Echoing::start_ignoring(Vec::new())
+    }
+
+    /// [`Echoing::start`] with `ignored` ignored by the caller, as under nohup.
+    fn start_ignoring(ignored: Vec<libc::c_int>) -> Echoing {
         let (stdin_read, stdin_write) = pipe();
         let (stdout_read, stdout_write) = pipe();
         let (stdin_probe, stdout_probe) = (
@@ -362,8 +367,11 @@ impl Echoing {
             .process_group(0);
         // SAFETY: only async-signal-safe calls.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 default_signals_and_no_core();
+                for &signal in &ignored {
+                    libc::signal(signal, libc::SIG_IGN);
+                }
                 Ok(())
             });
         }
@@ -493,6 +501,27 @@ fn flags_cleared_by_the_caller_during_sigstop_are_set_again_on_sigcont() {
     tunnel.signal(libc::SIGCONT);
     tunnel.round_trip(b"after");
     tunnel.round_trip(b"and more");
+    assert_eq!(tunnel.nonblocking(), (true, true));
+    tunnel.finish();
+}
+
+#[test]
+fn signals_the_caller_ignores_stay_ignored_while_relaying() {
+    // Under nohup (or as a background job of a non-interactive shell) the caller ignores
+    // SIGHUP or SIGINT: gimlet's handlers, which give the stdio flags back and die, must not
+    // take their place. A real-time signal and SIGTERM stand for the rest.
+    let ignored = vec![
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGRTMIN() + 3,
+    ];
+    let mut tunnel = Echoing::start_ignoring(ignored.clone());
+    tunnel.round_trip(b"before");
+    for signal in ignored {
+        tunnel.signal(signal);
+        tunnel.round_trip(b"still here");
+    }
     assert_eq!(tunnel.nonblocking(), (true, true));
     tunnel.finish();
 }
