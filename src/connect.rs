@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, SocketAddrV6, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -248,6 +248,19 @@ pub fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
+/// Work to run once, the first time a handshake waits for a reply (see [`while_waiting`]).
+static WHILE_WAITING: Mutex<Option<fn()>> = Mutex::new(None);
+
+/// Runs `work` once, the first time a handshake waits for the proxy to answer: work the
+/// tunnel needs before its first byte but that need not wait for the reply, done while the
+/// proxy does its part rather than after. Never run if no handshake waits (a direct route):
+/// whoever set it must still be able to do without it.
+pub fn while_waiting(work: fn()) {
+    if let Ok(mut slot) = WHILE_WAITING.lock() {
+        *slot = Some(work);
+    }
+}
+
 /// A connected stream whose reads and writes fail with `TimedOut` once its clock runs out.
 ///
 /// The socket is non-blocking (as the connect left it) and every wait on it is a poll bounded
@@ -289,6 +302,10 @@ impl Deadline {
         mut op: impl FnMut(&TcpStream) -> io::Result<T>,
     ) -> io::Result<T> {
         if wait_first {
+            let work = WHILE_WAITING.lock().ok().and_then(|mut slot| slot.take());
+            if let Some(work) = work {
+                work();
+            }
             self.wait(events)?;
         } else {
             self.left()?;

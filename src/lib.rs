@@ -84,6 +84,9 @@ pub fn run(mut config: Config) -> Result<(), Error> {
             "checking standard output for --fdpass: it is not a Unix socket (ssh gives one with ProxyUseFdpass yes)",
         ));
     }
+    if !config.fdpass {
+        connect::while_waiting(prepare_stdio);
+    }
     let established = establish(&upstream, &config.target)?;
     // The last copy of the credentials: zeroed now, before any tunnel byte moves.
     drop(upstream);
@@ -171,6 +174,18 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         stats.up, stats.down
     );
     Ok(())
+}
+
+/// While the proxy's reply is on its way: the handlers that give the caller's stdio flags back
+/// on a signal, which the relay installs before it makes a pipe or socket on stdin or stdout
+/// non-blocking (some 60 system calls, the most of any step between the reply and the first
+/// tunnel byte). Only a shortcut: the relay installs them itself when this did not run.
+fn prepare_stdio() {
+    use sys::splice::{FdKind, kind};
+    let polled = |fd: std::os::fd::BorrowedFd<'_>| kind(fd) != FdKind::Other;
+    if polled(std::io::stdin().as_fd()) || polled(std::io::stdout().as_fd()) {
+        sys::restore::install_early();
+    }
 }
 
 /// The configuration and server name of one TLS leg. Failures here come from the user's files

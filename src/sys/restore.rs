@@ -130,6 +130,14 @@ static TTY_FD: AtomicI32 = AtomicI32::new(-1);
 static TTY_SAVED: Published<libc::termios> = Published::new();
 static TTY_QUIET: Published<libc::termios> = Published::new();
 
+/// Installs the handlers now, ahead of [`stdio_begin`] (which then finds them in place): a
+/// plain tunnel does it while the proxy's reply is on its way, off the path from the reply to
+/// the first tunnel byte. Until a fd's flags are recorded the handlers give nothing back and
+/// end or stop the process as the signal's default action would.
+pub fn install_early() {
+    install();
+}
+
 /// Records the flags to give back to stdio fd `fd` (0 or 1) before it is made non-blocking.
 pub fn stdio_begin(fd: RawFd, saved: libc::c_int) {
     if let Some(slot) = STDIO_SAVED.get(fd as usize) {

@@ -526,6 +526,84 @@ fn signals_the_caller_ignores_stay_ignored_while_relaying() {
     tunnel.finish();
 }
 
+/// Starts gimlet with pipes as stdio (and `ignored` ignored by the caller) against a proxy
+/// that holds its reply until told to send it; returns once the proxy has the CONNECT, so
+/// gimlet is waiting for the reply (with its stdio flag handlers installed meanwhile).
+fn waiting_for_the_reply(
+    ignored: Vec<libc::c_int>,
+) -> (Child, FakeProxy, mpsc::SyncSender<()>, OwnedFd, OwnedFd) {
+    let (stdin_read, stdin_write) = pipe();
+    let (stdout_read, stdout_write) = pipe();
+    let stdin_probe = stdin_read.try_clone().unwrap();
+    let (asked_tx, asked) = mpsc::sync_channel(1);
+    let (answer, answer_rx) = mpsc::sync_channel::<()>(1);
+    let (asked_tx, answer_rx) = (
+        std::sync::Mutex::new(asked_tx),
+        std::sync::Mutex::new(answer_rx),
+    );
+    let proxy = FakeProxy::start(move |s| {
+        asked_tx.lock().unwrap().send(()).unwrap();
+        if answer_rx.lock().unwrap().recv().is_ok() {
+            s.send(OK);
+            s.send("relaying");
+        }
+        s.wait_for_close();
+    });
+    let mut cmd = gimlet_std();
+    cmd.args([&proxy.addr(), "example.test", "22"])
+        .stdin(Stdio::from(stdin_read))
+        .stdout(Stdio::from(stdout_write))
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            default_signals_and_no_core();
+            for &signal in &ignored {
+                libc::signal(signal, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    asked.recv_timeout(HANG).expect("the CONNECT never came");
+    // Into its wait for the reply.
+    thread::sleep(std::time::Duration::from_millis(100));
+    drop(stdin_write);
+    (child, proxy, answer, stdin_probe, stdout_read)
+}
+
+#[test]
+fn an_ending_signal_while_waiting_for_the_reply_ends_gimlet_as_before() {
+    let (mut child, proxy, answer, stdin_probe, _stdout) = waiting_for_the_reply(Vec::new());
+    // SAFETY: kill has no memory effects; the pid is our child's.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    assert!(!is_nonblocking(&stdin_probe));
+    drop(answer);
+    proxy.finish();
+}
+
+#[test]
+fn a_signal_the_caller_ignores_while_waiting_for_the_reply_stays_ignored() {
+    let (mut child, proxy, answer, _stdin, stdout) = waiting_for_the_reply(vec![libc::SIGHUP]);
+    // SAFETY: kill has no memory effects; the pid is our child's.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    answer.send(()).unwrap();
+    let mut got = Vec::new();
+    File::from(stdout).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"relaying");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    proxy.finish();
+}
+
 #[test]
 fn sigpipe_while_relaying_is_ignored() {
     // The runtime ignores SIGPIPE (a vanished reader is an EPIPE the relay handles), so a
