@@ -200,14 +200,25 @@ impl Dir {
                 }
             }
         };
-        let (finished, idle) = match self.flow.as_ref() {
-            Some(Flow::Copy(p)) => (p.finished(), p.is_empty() && !p.src_done()),
-            Some(Flow::Splice(s)) => (s.finished(), s.is_empty() && !s.src_done()),
-            None => (false, false),
+        // `reuse`: what goes back to the pool is good for another tunnel. An empty kernel pipe
+        // is, whether its source is still open or ended (a pipe holds no state of the socket):
+        // dropping it at EOF cost every short tunnel a new pipe (pipe2 and two fcntl calls on
+        // the next tunnel's first read, two closes here). A buffer remembers its EOF, so it
+        // goes back only while its source is open.
+        let (finished, idle, reuse) = match self.flow.as_ref() {
+            Some(Flow::Copy(p)) => {
+                let idle = p.is_empty() && !p.src_done();
+                (p.finished(), idle, idle)
+            }
+            Some(Flow::Splice(s)) => {
+                let idle = s.is_empty() && !s.src_done();
+                (s.finished(), idle, s.is_empty())
+            }
+            None => (false, false, false),
         };
         if result.is_err() || finished || idle {
             // Empty and still open at the source: nothing in flight, back to the pool.
-            self.give_back(pool, idle && result.is_ok());
+            self.give_back(pool, reuse && result.is_ok());
             self.done = finished;
         }
         result
@@ -677,6 +688,64 @@ mod tests {
         user.read_to_end(&mut got).unwrap();
         assert_eq!(got, [down.as_slice(), b" and bye"].concat());
         assert_eq!(pool.lent(), 0);
+    }
+
+    /// A tunnel that ends both ways hands its empty kernel pipes back, and the next tunnel
+    /// moves its bytes through them intact: short tunnels do not make a pipe each.
+    #[test]
+    fn pipes_of_an_ended_splicing_session_serve_the_next_one() {
+        let mut pool = PipePool::new();
+        if !pool.splice {
+            return;
+        }
+        for round in 0..3u8 {
+            let (client, mut user) = tcp_pair();
+            let (tunnel, mut far) = tcp_pair();
+            let mut s = Session::new(client, Box::new(tunnel), &[], &mut pool);
+            let up = vec![b'u' + round; 70_000];
+            let down = vec![b'd' + round; 90_000];
+            let writer = {
+                let (mut user, up) = (user.try_clone().unwrap(), up.clone());
+                std::thread::spawn(move || {
+                    user.write_all(&up).unwrap();
+                    user.shutdown(std::net::Shutdown::Write).unwrap();
+                })
+            };
+            let reader = {
+                let mut far = far.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    far.read_to_end(&mut got).unwrap();
+                    got
+                })
+            };
+            let user_reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                user.read_to_end(&mut got).unwrap();
+                got
+            });
+            // Up first, to its EOF (the far side's own EOF would end the session), then down.
+            drive_until(&mut s, &mut pool, |_| reader.is_finished());
+            writer.join().unwrap();
+            assert_eq!(reader.join().unwrap(), up, "round {round}");
+            let far_writer = {
+                let down = down.clone();
+                std::thread::spawn(move || {
+                    far.write_all(&down).unwrap();
+                    far.shutdown(std::net::Shutdown::Write).unwrap();
+                })
+            };
+            let end = drive_until(&mut s, &mut pool, |o| !matches!(o, Outcome::Open { .. }));
+            assert!(matches!(end, Outcome::Closed), "round {round}: {end:?}");
+            far_writer.join().unwrap();
+            drop(s);
+            assert_eq!(user_reader.join().unwrap(), down, "round {round}");
+            assert_eq!(pool.lent(), 0, "round {round}");
+            assert!(
+                !pool.spare_splice.is_empty(),
+                "round {round}: the ended session's pipes went back"
+            );
+        }
     }
 
     #[test]
