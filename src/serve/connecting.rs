@@ -54,17 +54,6 @@ impl Connecting {
     /// connect failed at once: a worker's handshake says why.
     pub fn start(plain: &PlainConnect, now: Instant) -> Option<Connecting> {
         let tunnel = TcpStream::connect(plain.addr).ok()?;
-        // As the worker's dial does (connect.rs): interactive traffic, and keepalive for the
-        // proxies and NAT boxes that drop idle tunnels.
-        tunnel.set_nodelay(true).ok()?;
-        if let Some(idle) = plain.keepalive {
-            let params = socket2::TcpKeepalive::new()
-                .with_time(idle)
-                .with_interval(idle.min(Duration::from_secs(15)));
-            socket2::SockRef::from(&tunnel)
-                .set_tcp_keepalive(&params)
-                .ok()?;
-        }
         let mut c = Connecting {
             tunnel,
             sent: 0,
@@ -72,10 +61,24 @@ impl Connecting {
             reader: ReplyReader::default(),
             deadline: now + plain.timeout,
         };
-        match c.send(plain) {
-            Step::Hand => None,
-            _ => Some(c),
+        // The request first, the options after: the proxy works on it meanwhile. Nagle does
+        // not hold a connection's first segment (nothing is unacknowledged yet), so the
+        // request goes out as it would with TCP_NODELAY already set.
+        if let Step::Hand = c.send(plain) {
+            return None;
         }
+        // As the worker's dial does (connect.rs): interactive traffic, and keepalive for the
+        // proxies and NAT boxes that drop idle tunnels.
+        c.tunnel.set_nodelay(true).ok()?;
+        if let Some(idle) = plain.keepalive {
+            let params = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(idle.min(Duration::from_secs(15)));
+            socket2::SockRef::from(&c.tunnel)
+                .set_tcp_keepalive(&params)
+                .ok()?;
+        }
+        Some(c)
     }
 
     /// The socket is ready (or may be): write the rest of the request, read the reply.
@@ -275,6 +278,21 @@ mod tests {
             }
             assert_eq!(got, early, "cut {cut}");
         }
+    }
+
+    #[test]
+    fn the_tunnels_options_are_set_though_the_request_goes_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let plain = plain(listener.local_addr().unwrap());
+        let o = open(&plain, &listener);
+        let sock = socket2::SockRef::from(&o.c.tunnel);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(15)
+        );
     }
 
     #[test]

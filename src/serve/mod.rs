@@ -1186,6 +1186,11 @@ impl<'a> Engine<'a> {
         });
         let tunnel: Box<dyn Tunnel> = tunnel;
         let mut session = Session::new(p.client, tunnel, &leftover, &mut self.pool);
+        // The first turn before anything else: the bytes that came with the reply (often the
+        // server's greeting) go to the client now, not after the registration and the log
+        // line. Registering afterwards loses no edge: epoll reports a socket that is ready
+        // when it is added (or modified).
+        let first = session.drive(&mut self.pool);
         let registry = self.poll.registry();
         let both = Interest::READABLE | Interest::WRITABLE;
         let registered = registry
@@ -1221,14 +1226,20 @@ impl<'a> Engine<'a> {
             idle_timeout: p.plan.idle_timeout,
             request: request.map(|r| (p.peer, r)),
         });
-        self.drive(slot);
+        self.driven(slot, first);
     }
 
     fn drive(&mut self, slot: usize) {
         let Some(Some(live)) = self.sessions.get_mut(slot) else {
             return;
         };
-        match live.session.drive(&mut self.pool) {
+        let outcome = live.session.drive(&mut self.pool);
+        self.driven(slot, outcome);
+    }
+
+    /// What a session's turn led to: another turn soon, or its end.
+    fn driven(&mut self, slot: usize, outcome: Outcome) {
+        match outcome {
             Outcome::Open { hot } => {
                 if hot {
                     self.hot.push_back(slot);

@@ -1177,6 +1177,30 @@ fn a_reply_split_anywhere_with_tunnel_bytes_after_it_reaches_the_client_whole() 
     );
 }
 
+/// A tunnel that ends with the proxy's reply (the far side said its piece and closed): its
+/// bytes reach the client, and the log says established, then closed, in that order, though
+/// its first turn, which runs before the log line, already ended it.
+#[test]
+fn a_tunnel_over_within_the_proxys_reply_is_logged_established_then_closed() {
+    let proxy = FakeProxy::start(|s| {
+        s.send(b"HTTP/1.1 200 Connection established\r\n\r\nbye\n");
+        s.shutdown_write();
+        s.wait_for_close();
+    });
+    let mut d = Daemon::start(&["-L", "0:git.example:22", &proxy.addr()]);
+    let port = d.listening_port();
+    let mut s = connect(port);
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"bye\n");
+    d.wait_for("established #1 ");
+    let closed = d.wait_for("closed #1 ");
+    assert!(
+        closed.ends_with(": 0 bytes sent, 4 bytes received"),
+        "{closed}"
+    );
+}
+
 #[test]
 fn a_refusal_is_logged_in_the_handshakes_words() {
     let proxy = FakeProxy::replying("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
