@@ -418,15 +418,33 @@ fn far_side() {
     }
 }
 
-/// Reads a CONNECT head; the target port says the mode.
+/// Reads a CONNECT head; the target port says the mode. The head is taken as a proxy takes
+/// it, whatever has arrived at once (a peek, then a read of up to the blank line, so no byte of
+/// the tunnel is consumed), not a byte per read: a byte per read made every byte of a request
+/// cost a system call here, so a forwarder's longer request (gimlet's `User-Agent` line: 85
+/// bytes against the bench client's 59) paid 26 reads that a real proxy does not make.
 fn read_connect(c: &mut TcpStream) -> Option<u16> {
     let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if c.read(&mut b).ok()? == 0 {
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = c.peek(&mut buf).ok()?;
+        if n == 0 {
             return None;
         }
-        head.push(b[0]);
+        let seen = head.len();
+        head.extend_from_slice(&buf[..n]);
+        // The blank line may straddle what was read before and what is peeked now.
+        let from = seen.saturating_sub(3);
+        let take = match head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(at) => from + at + 4 - seen,
+            None => n,
+        };
+        head.truncate(seen);
+        head.resize(seen + take, 0);
+        c.read_exact(&mut head[seen..]).ok()?;
+        if head.ends_with(b"\r\n\r\n") {
+            break;
+        }
     }
     let line = String::from_utf8_lossy(&head);
     let target = line.split_whitespace().nth(1)?;
