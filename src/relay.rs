@@ -627,6 +627,11 @@ pub trait Tunnel: Read + Write + mio::event::Source {
     fn splice_fd(&self) -> Option<RawFd> {
         None
     }
+
+    /// The peer of a plain TCP tunnel (the proxy it reached); `None` for others.
+    fn plain_peer(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
 
 impl Tunnel for mio::net::TcpStream {
@@ -636,6 +641,10 @@ impl Tunnel for mio::net::TcpStream {
 
     fn splice_fd(&self) -> Option<RawFd> {
         Some(self.as_raw_fd())
+    }
+
+    fn plain_peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer_addr().ok()
     }
 }
 

@@ -199,9 +199,10 @@ impl Upstream {
     }
 
     /// The route as the engine's loop can open it without blocking: one plain `http://` proxy
-    /// at an IP address, with no credentials or Basic ones sent with the first request
-    /// (`--proxy-auth basic`), and nothing to print (`-v`). Everything else (names to resolve,
-    /// TLS, SOCKS, HTTP/2, other schemes, chains) is [`establish`]'s.
+    /// (at an IP address, or named: the loop then needs an address a worker resolved), with no
+    /// credentials or Basic ones sent with the first request (`--proxy-auth basic`), and
+    /// nothing to print (`-v`). Everything else (TLS, SOCKS, HTTP/2, other schemes, chains,
+    /// scoped IPv6 addresses) is [`establish`]'s.
     pub fn plain_connect(&self, target: &Endpoint) -> Option<PlainConnect> {
         let [hop] = self.hops.as_slice() else {
             return None;
@@ -212,15 +213,24 @@ impl Upstream {
             && hop.mux.is_none()
             && !self.dialer.exact
             && crate::diag::level() == 0;
-        let Host::Ip(ip) = hop.proxy.endpoint.host else {
-            return None;
+        // A named proxy has no address yet: the loop uses the one a worker's handshake
+        // reached (it resolves and honours the family), for a while (serve/mod.rs).
+        let addr = match &hop.proxy.endpoint.host {
+            Host::Ip(ip) => {
+                let family = match self.dialer.family {
+                    Family::Any => true,
+                    Family::V4 => ip.is_ipv4(),
+                    Family::V6 => ip.is_ipv6(),
+                };
+                if !family {
+                    return None;
+                }
+                Some(SocketAddr::new(*ip, hop.proxy.endpoint.port))
+            }
+            Host::Name(_) => None,
+            Host::Scoped(..) => return None,
         };
-        let family = match self.dialer.family {
-            Family::Any => true,
-            Family::V4 => ip.is_ipv4(),
-            Family::V6 => ip.is_ipv6(),
-        };
-        if !simple || !family {
+        if !simple {
             return None;
         }
         // As the handshake does: a forced Basic goes with the first request; other schemes
@@ -236,7 +246,7 @@ impl Upstream {
             headers: &self.headers,
         };
         Some(PlainConnect {
-            addr: SocketAddr::new(ip, hop.proxy.endpoint.port),
+            addr,
             proxy: hop.proxy.endpoint.to_string(),
             request: request.to_bytes(authorization.as_ref()),
             timeout: self.dialer.timeout,
@@ -264,7 +274,9 @@ impl Upstream {
 /// A route the engine's loop opens itself (see [`Upstream::plain_connect`]): the same
 /// connect, request and deadline [`establish`] would use, prepared once per forward.
 pub struct PlainConnect {
-    pub addr: SocketAddr,
+    /// The proxy's address; `None` when it is named (the loop then connects to an address a
+    /// worker's handshake resolved and reached).
+    pub addr: Option<SocketAddr>,
     /// `host:port`, as messages name the proxy.
     pub proxy: String,
     /// The CONNECT request head, with Basic credentials when they go with it (zeroed on drop).

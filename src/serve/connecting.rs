@@ -1,5 +1,7 @@
-//! The CONNECT of the simplest routes, on the engine's loop: one plain `http://` proxy at an
-//! IP address, no credentials or Basic ones sent at once ([`crate::tunnel::PlainConnect`]). A non-blocking
+//! The CONNECT of the simplest routes, on the engine's loop: one plain `http://` proxy (at an
+//! IP address, or named: then at the address a worker's handshake resolved and reached, for
+//! a while), no credentials or Basic ones sent at once
+//! ([`crate::tunnel::PlainConnect`]). A non-blocking
 //! connect, the request written as soon as the socket takes it, the reply fed to the same
 //! sans-IO [`ReplyReader`] the worker's handshake uses.
 //!
@@ -13,6 +15,7 @@
 //! worker's own words.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -52,8 +55,8 @@ impl Connecting {
     /// Starts the connect and writes what the socket takes of the request at once (on
     /// loopback the connect is often complete when `connect` returns). `None` when the
     /// connect failed at once: a worker's handshake says why.
-    pub fn start(plain: &PlainConnect, now: Instant) -> Option<Connecting> {
-        let tunnel = TcpStream::connect(plain.addr).ok()?;
+    pub fn start(plain: &PlainConnect, addr: SocketAddr, now: Instant) -> Option<Connecting> {
+        let tunnel = TcpStream::connect(addr).ok()?;
         let mut c = Connecting {
             tunnel,
             sent: 0,
@@ -163,13 +166,13 @@ impl Connecting {
 mod tests {
     use super::*;
     use mio::{Events, Interest, Poll, Token};
-    use std::net::{SocketAddr, TcpListener};
+    use std::net::TcpListener;
 
     const REPLY: &[u8] = b"HTTP/1.1 200 Connection established\r\nVia: 1.1 p\r\n\r\n";
 
     fn plain(addr: SocketAddr) -> PlainConnect {
         PlainConnect {
-            addr,
+            addr: Some(addr),
             proxy: addr.to_string(),
             request: zeroize::Zeroizing::new(
                 b"CONNECT h.example:22 HTTP/1.1\r\nHost: h.example:22\r\n\r\n".to_vec(),
@@ -188,7 +191,8 @@ mod tests {
     }
 
     fn open(plain: &PlainConnect, listener: &TcpListener) -> Opened {
-        let mut c = Connecting::start(plain, Instant::now()).expect("the connect starts");
+        let mut c = Connecting::start(plain, plain.addr.unwrap(), Instant::now())
+            .expect("the connect starts");
         let poll = Poll::new().unwrap();
         poll.registry()
             .register(
@@ -344,7 +348,7 @@ mod tests {
         };
         let plain = plain(addr);
         // Refused at once, or reported by the socket on its first event.
-        let Some(mut c) = Connecting::start(&plain, Instant::now()) else {
+        let Some(mut c) = Connecting::start(&plain, addr, Instant::now()) else {
             return;
         };
         let mut poll = Poll::new().unwrap();

@@ -83,6 +83,49 @@ struct Plan {
     /// The proxy answered the loop's CONNECT with something else than a 2xx: this plan's
     /// tunnels go to the workers from now on (a reload makes a new plan).
     plain_off: std::sync::atomic::AtomicBool,
+    /// A named proxy's address, as a worker's handshake resolved and reached it, and when:
+    /// the loop opens tunnels to it for [`LEARNED_FOR`], without a resolver round-trip and
+    /// the two hand-offs of a worker. Forgotten when a connect there fails.
+    learned: std::sync::Mutex<Option<(SocketAddr, Instant)>>,
+}
+
+/// How long the loop keeps connecting to a named proxy's address a worker reached; then the
+/// next tunnel goes to a worker again, which resolves the name afresh (a proxy that moved is
+/// found within this, as a resolver's cache would find it).
+const LEARNED_FOR: Duration = Duration::from_secs(30);
+
+impl Plan {
+    /// Where the loop may open this plan's next tunnel, if it may.
+    fn loop_addr(&self, now: Instant) -> Option<SocketAddr> {
+        let plain = self.plain.as_ref()?;
+        if self.plain_off.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        if let Some(addr) = plain.addr {
+            return Some(addr);
+        }
+        let learned = self.learned.lock().ok()?;
+        learned
+            .filter(|&(_, at)| now.saturating_duration_since(at) < LEARNED_FOR)
+            .map(|(addr, _)| addr)
+    }
+
+    /// A worker opened a tunnel of this plan through `addr`: a named proxy's next tunnels may
+    /// go there from the loop.
+    fn learn(&self, addr: SocketAddr, now: Instant) {
+        if self.plain.as_ref().is_some_and(|p| p.addr.is_none())
+            && let Ok(mut learned) = self.learned.lock()
+        {
+            *learned = Some((addr, now));
+        }
+    }
+
+    /// A connect to the learned address failed: the next tunnel resolves again.
+    fn forget(&self) {
+        if let Ok(mut learned) = self.learned.lock() {
+            *learned = None;
+        }
+    }
 }
 
 struct Listening {
@@ -438,6 +481,7 @@ impl<'a> Engine<'a> {
             dynamic,
             plain,
             plain_off: std::sync::atomic::AtomicBool::new(false),
+            learned: std::sync::Mutex::new(None),
             idle_timeout: o.idle_timeout.unwrap_or(config.idle_timeout),
             keepalive: o.keepalive.unwrap_or(config.keepalive),
             forward,
@@ -838,11 +882,14 @@ impl<'a> Engine<'a> {
         let accepted = Instant::now();
         // A simple route's CONNECT goes out first: the proxy works on it while the rest of
         // this (socket options, the log line) is done.
-        let opening = plan
-            .plain
-            .as_ref()
-            .filter(|_| !plan.plain_off.load(std::sync::atomic::Ordering::Relaxed))
-            .and_then(|plain| connecting::Connecting::start(plain, accepted));
+        let opening = plan.loop_addr(accepted).and_then(|addr| {
+            let plain = plan.plain.as_ref()?;
+            let opening = connecting::Connecting::start(plain, addr, accepted);
+            if opening.is_none() {
+                plan.forget();
+            }
+            opening
+        });
         let _ = client.set_nodelay(true);
         set_keepalive(&client, plan.keepalive);
         if let Some(d) = plan.dynamic.clone() {
@@ -912,10 +959,13 @@ impl<'a> Engine<'a> {
             ),
             // Closed before a worker takes over: the proxy sees one connection at a time.
             answered => {
-                if let connecting::Step::Answered = answered {
-                    p.plan
+                match answered {
+                    connecting::Step::Answered => p
+                        .plan
                         .plain_off
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                        .store(true, std::sync::atomic::Ordering::Relaxed),
+                    // The learned address failed: the worker resolves the name again.
+                    _ => p.plan.forget(),
                 }
                 let _ = self.poll.registry().deregister(&mut c.tunnel);
                 drop(c);
@@ -932,6 +982,8 @@ impl<'a> Engine<'a> {
                 return;
             }
             let (id, (p, c)) = entry.remove_entry();
+            // A named proxy's next tunnel resolves it again rather than wait here too.
+            p.plan.forget();
             let why = p
                 .plan
                 .plain
@@ -1185,6 +1237,9 @@ impl<'a> Engine<'a> {
             self.sessions.len() - 1
         });
         let tunnel: Box<dyn Tunnel> = tunnel;
+        if !registered && let Some(addr) = tunnel.plain_peer() {
+            p.plan.learn(addr, Instant::now());
+        }
         let mut session = Session::new(p.client, tunnel, &leftover, &mut self.pool);
         // The first turn before anything else: the bytes that came with the reply (often the
         // server's greeting) go to the client now, not after the registration and the log
@@ -1592,6 +1647,57 @@ mod tests {
             assert!(!events.is_empty(), "no connection came within 20s");
             engine.accept(slot);
         }
+    }
+
+    /// A named proxy: the loop opens a tunnel only to an address a worker reached, and only
+    /// for LEARNED_FOR; before that, after it, and after a failed connect there, a worker
+    /// (which resolves the name) does.
+    #[test]
+    fn a_named_proxys_tunnels_go_to_the_loop_while_a_workers_address_is_fresh() {
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy");
+        let proxy_addr = proxy.local_addr().unwrap();
+        let named = format!("localhost:{}", proxy_addr.port());
+        let config = config(&["-q", "-L", "0:git.example:22", &named]);
+        let listen = config.listen.as_ref().expect("listen mode");
+        let mut engine = Engine::new(&config, listen, 1024).expect("engine");
+        // No worker runs: a tunnel sent to one fails at once, which keeps this deterministic.
+        engine.workers.refuse_threads = true;
+        engine.start().expect("start");
+        let (local, plan) = {
+            let l = engine.listeners[0].as_ref().expect("listener");
+            (l.local, l.plan.clone())
+        };
+        assert!(plan.plain.as_ref().is_some_and(|p| p.addr.is_none()));
+        let mut clients = Vec::new();
+        let mut accept_one = |engine: &mut Engine<'_>, n: u64| {
+            clients.push(std::net::TcpStream::connect(local).expect("connect"));
+            accept_until(engine, 0, n);
+        };
+        // Nothing learned yet: a worker's.
+        accept_one(&mut engine, 1);
+        assert!(engine.connecting.is_empty());
+        // A worker reached the proxy there: the next tunnel is the loop's.
+        plan.learn(proxy_addr, Instant::now());
+        accept_one(&mut engine, 2);
+        assert_eq!(engine.connecting.len(), 1);
+        // Learned too long ago: a worker's again.
+        plan.learn(proxy_addr, Instant::now() - LEARNED_FOR);
+        accept_one(&mut engine, 3);
+        assert_eq!(engine.connecting.len(), 1);
+        // A failed connect there is forgotten.
+        plan.learn(proxy_addr, Instant::now());
+        plan.forget();
+        assert_eq!(plan.loop_addr(Instant::now()), None);
+        // A proxy at an address learns nothing and always goes to the loop.
+        let config =
+            super::tests::config(&["-q", "-L", "0:git.example:22", &proxy_addr.to_string()]);
+        let listen = config.listen.as_ref().expect("listen mode");
+        let mut engine = Engine::new(&config, listen, 1024).expect("engine");
+        engine.start().expect("start");
+        let plan = engine.listeners[0].as_ref().expect("listener").plan.clone();
+        let elsewhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        plan.learn(elsewhere, Instant::now());
+        assert_eq!(plan.loop_addr(Instant::now()), Some(proxy_addr));
     }
 
     #[test]

@@ -400,6 +400,13 @@ impl Tunnel for Layers {
             Layers::Tls(_) => None,
         }
     }
+
+    fn plain_peer(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Layers::Tcp(s) => s.plain_peer(),
+            Layers::Unix(_) | Layers::Tls(_) => None,
+        }
+    }
 }
 
 /// [`Layers`] with the threads serving the bridged tunnels beneath, kept as long as it lives.

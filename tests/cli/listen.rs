@@ -1137,7 +1137,8 @@ fn a_symlinked_forwards_file_is_reloaded_when_its_target_or_a_link_changes() {
     );
 }
 
-// A single plain proxy at an IP address with nothing to authenticate: the engine's loop
+// A single plain proxy (at an IP address, or named once a worker reached it) with nothing to
+// authenticate: the engine's loop
 // sends the CONNECT itself; anything but a 2xx is handed to a worker's handshake.
 
 #[test]
@@ -1175,6 +1176,36 @@ fn a_reply_split_anywhere_with_tunnel_bytes_after_it_reaches_the_client_whole() 
             .request(0)
             .starts_with("CONNECT git.example:22 HTTP/1.1\r\n")
     );
+}
+
+/// A proxy named, not numbered: the first tunnel's worker resolves it, the next ones are
+/// opened on the loop at the address it reached; every one carries its bytes, with one
+/// CONNECT each.
+#[test]
+fn tunnels_through_a_named_proxy_each_send_one_connect_and_carry_their_bytes() {
+    let proxy = FakeProxy::start(|s| {
+        s.send(b"HTTP/1.1 200 Connection established\r\n\r\nhello\n");
+        s.echo();
+    });
+    let port = proxy.port();
+    let mut d = Daemon::start(&["-L", "0:git.example:22", &format!("localhost:{port}")]);
+    let listening = d.listening_port();
+    for id in 1..=4 {
+        let mut s = connect(listening);
+        assert_eq!(read_exact(&mut s, 6), b"hello\n", "tunnel {id}");
+        round_trip(&mut s, format!("ping {id}").as_bytes());
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "tunnel {id}");
+        let established = d.wait_for(&format!("established #{id} "));
+        assert!(
+            established.contains(&format!("via proxy localhost:{port}")),
+            "{established}"
+        );
+        d.wait_for(&format!("closed #{id} "));
+    }
+    proxy.finish().assert_requests(4);
 }
 
 /// A tunnel that ends with the proxy's reply (the far side said its piece and closed): its
