@@ -63,7 +63,10 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     let proxies = std::mem::take(&mut config.proxies);
     drop(std::mem::take(&mut config.credentials));
     let config = &config;
-    let upstream = Upstream::route(config, &proxies, true)?;
+    let mut upstream = Upstream::route(config, &proxies, true)?;
+    if config.target_tls.is_none() && !config.fdpass {
+        upstream.relay_inline();
+    }
     drop(proxies);
     let via = match upstream.proxy_name() {
         Some(name) => format!("via proxy {name}"),
@@ -109,10 +112,33 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     }
     let relaying = || format!("relaying to {} {via}", config.target);
     let Established {
-        mut stream,
-        leftover,
-        ..
+        stream, leftover, ..
     } = established;
+    // A last HTTP/2 hop: the relay drives the stream itself, on this thread.
+    let mut stream = match stream.into_inline() {
+        Ok(transport::stream::Inline {
+            mut tunnel,
+            pumps,
+            who,
+        }) => {
+            let opts = relay::Options {
+                idle_timeout: config.idle_timeout,
+                splice: false,
+            };
+            let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+            let relayed = relay::relay(stdin.as_fd(), stdout.as_fd(), &mut tunnel, &leftover, opts);
+            // Its end (a reset, GOAWAY) says more than the relay's view of it, as does the
+            // end of an HTTP/2 hop beneath (this one's first: it is the outermost).
+            let ended = tunnel.finish().map_err(|e| match who {
+                Some(who) => e.context(who),
+                None => e,
+            });
+            let beneath = tunnel::finish(pumps);
+            ended.and(beneath).map_err(|e| e.context(relaying()))?;
+            return closed(relayed.kind_ctx(Kind::Tunnel, relaying)?);
+        }
+        Err(stream) => stream,
+    };
     // --tls: shake hands with the destination through the tunnel. The bytes that came with the
     // proxy's reply are the start of the destination's TLS stream.
     let inner = match target_tls {
@@ -168,7 +194,13 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     };
     // An HTTP/2 hop's end (a reset, GOAWAY) says more than the relay's view of it.
     tunnel::finish(pumps).map_err(|e| e.context(relaying()))?;
-    let stats = relayed.kind_ctx(Kind::Tunnel, relaying)?;
+    closed(relayed.kind_ctx(Kind::Tunnel, relaying)?)
+}
+
+/// Inlined: the plain tunnel runs it, and a function of its own would sit outside the code
+/// `link/hot.ld` gathers.
+#[inline(always)]
+fn closed(stats: Stats) -> Result<(), Error> {
     info!(
         "tunnel closed: {} bytes sent, {} bytes received",
         stats.up, stats.down

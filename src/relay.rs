@@ -632,6 +632,25 @@ pub trait Tunnel: Read + Write + mio::event::Source {
     fn plain_peer(&self) -> Option<std::net::SocketAddr> {
         None
     }
+
+    /// Reading and writing move one shared state (an HTTP/2 connection: a read may bring the
+    /// window a write waits for, a write may take in DATA): every event on the socket makes
+    /// both directions try again.
+    fn coupled(&self) -> bool {
+        false
+    }
+
+    /// Bytes (or the end) already taken off the socket and waiting to be read, which no
+    /// event will announce.
+    fn buffered(&self) -> bool {
+        false
+    }
+
+    /// Room to write already granted (an HTTP/2 window that came with a read), which no event
+    /// will announce.
+    fn writable(&self) -> bool {
+        false
+    }
 }
 
 impl Tunnel for mio::net::TcpStream {
@@ -869,7 +888,14 @@ pub fn relay<T: Tunnel>(
         down: down.moved(),
     };
 
+    let coupled = tunnel.coupled();
     loop {
+        if tunnel.buffered() {
+            down_ready.src = true;
+        }
+        if tunnel.writable() {
+            up_ready.dst = true;
+        }
         let mut moved = match down.pump(tunnel, &mut stdout, down_fds, &mut down_ready) {
             Ok(m) => m,
             Err(PumpError {
@@ -987,10 +1013,10 @@ pub fn relay<T: Tunnel>(
                 INPUT => up_ready.src = true,
                 OUTPUT => down_ready.dst = true,
                 _ => {
-                    if event.is_readable() || hangup {
+                    if event.is_readable() || hangup || coupled {
                         down_ready.src = true;
                     }
-                    if event.is_writable() || hangup {
+                    if event.is_writable() || hangup || coupled {
                         up_ready.dst = true;
                     }
                 }

@@ -63,6 +63,10 @@ pub struct Upstream {
     askers: Option<credentials::Askers>,
     /// `--proxy-service-name`: the Kerberos service for Negotiate.
     service_name: Option<String>,
+    /// The caller relays the tunnel itself and nothing runs inside it first (pipe mode
+    /// without `--tls` or `--fdpass`): a last HTTP/2 hop's tunnel is driven on the caller's
+    /// thread ([`Stream::Inline`]) rather than bridged to a thread of its own.
+    inline_h2: bool,
 }
 
 impl Upstream {
@@ -137,6 +141,7 @@ impl Upstream {
             user_agent: config.user_agent.clone(),
             askers: interactive.then(|| config.askers.clone()),
             service_name: config.proxy_service_name.clone(),
+            inline_h2: false,
         })
     }
 
@@ -148,6 +153,12 @@ impl Upstream {
     /// The authentication scheme to use (a forward's own `proxy-auth=`); `None` for any.
     pub fn set_scheme(&mut self, scheme: Option<auth::Scheme>) {
         self.scheme = scheme;
+    }
+
+    /// The caller relays the tunnel on its own thread and runs nothing inside it first: a
+    /// last HTTP/2 hop then comes back as [`Stream::Inline`], without a thread of its own.
+    pub fn relay_inline(&mut self) {
+        self.inline_h2 = true;
     }
 
     /// The proxy as `host:port` (hops joined by ` -> ` for a chain), or `None` when direct.
@@ -645,8 +656,10 @@ fn h2_hop(
     let proxy_name = hop.proxy.endpoint.to_string();
     let no_askers = credentials::Askers::default();
     let askers = up.askers.as_ref().unwrap_or(&no_askers);
-    let tunnel = h2::connect(
+    let inline = up.inline_h2 && i + 1 == up.hops.len();
+    let tunnel = h2::open(
         stream,
+        inline,
         h2::Exchange {
             target: next,
             proxy: &proxy_name,
@@ -671,6 +684,33 @@ fn h2_hop(
             clock,
         },
     )?;
+    let code = |status_line: &str| {
+        status_line
+            .rsplit(' ')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(200)
+    };
+    let tunnel = match tunnel {
+        h2::Opened::Inline(tunnel) => {
+            let status_line = tunnel.status_line.clone();
+            return Ok(Established {
+                reply: handshake::Reply {
+                    version: 2,
+                    code: code(&status_line),
+                    status_line,
+                    headers: Vec::new(),
+                },
+                stream: Stream::Inline(Box::new(crate::transport::stream::Inline {
+                    tunnel: *tunnel,
+                    pumps,
+                    who: (up.hops.len() > 1).then_some(who),
+                })),
+                leftover: Vec::new(),
+            });
+        }
+        h2::Opened::Threaded(tunnel) => tunnel,
+    };
     let status_line = tunnel.status_line.clone();
     let (near, pump) = tunnel
         .bridge()
@@ -679,16 +719,11 @@ fn h2_hop(
         pump,
         who: (up.hops.len() > 1).then_some(who),
     }));
-    let code = status_line
-        .rsplit(' ')
-        .next()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(200);
     Ok(Established {
         stream: Stream::Bridged(Bridged::new(near, clock.clone(), pumps)),
         reply: handshake::Reply {
             version: 2,
-            code,
+            code: code(&status_line),
             status_line,
             headers: Vec::new(),
         },

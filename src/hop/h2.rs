@@ -41,6 +41,9 @@ use crate::handshake::Reply;
 use crate::transport::async_tls;
 use crate::transport::stream::{Finish, Stream};
 
+pub mod inline;
+pub use inline::Inline;
+
 /// Per-stream receive window: one tunnel's bytes in flight. 8 MiB keeps a 1 Gbit/s path
 /// with 60 ms round trips busy, and bounds what a stalled stdout can make us hold.
 pub const STREAM_WINDOW: u32 = 8 << 20;
@@ -96,6 +99,20 @@ pub fn describe(e: &h2::Error) -> String {
         format!("HTTP/2 connection: {io}")
     } else {
         format!("HTTP/2: {e}")
+    }
+}
+
+/// A CONNECT stream, driven by its own thread or by the caller's.
+pub enum Opened {
+    Threaded(Tunnel),
+    Inline(Box<Inline>),
+}
+
+/// [`connect`], or [`inline::connect`] when `inline`.
+pub fn open(below: Stream, inline: bool, x: Exchange<'_>) -> Result<Opened, Error> {
+    match inline {
+        true => inline::connect(below, x).map(|t| Opened::Inline(Box::new(t))),
+        false => connect(below, x).map(Opened::Threaded),
     }
 }
 
@@ -158,11 +175,15 @@ fn builder() -> client::Builder {
     b
 }
 
-/// Awaits `f` within the connect deadline.
+/// Awaits `f` within the connect deadline. Off tokio (the pipe mode's [`inline`] hop), the
+/// one polling keeps the deadline itself.
 async fn within<F: Future>(clock: &Clock, f: F) -> Result<F::Output, Error> {
     let left = clock.remaining().ok_or_else(|| {
         Error::new(Kind::Unreachable, clock.timed_out()).context("waiting for the proxy")
     })?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(f.await);
+    }
     tokio::time::timeout(left, f).await.map_err(|_| {
         Error::new(Kind::Unreachable, clock.timed_out())
             .context("waiting for the proxy's HTTP/2 reply")

@@ -37,14 +37,82 @@ pub fn stack(socket: Socket, sessions: Vec<ClientConnection>) -> io::Result<Box<
             Box::new(tokio::net::UnixStream::from_std(s)?)
         }
     };
-    Ok(sessions.into_iter().fold(base, |io, conn| {
+    Ok(stack_on(base, sessions))
+}
+
+/// `base` with `sessions` stacked on it, outermost (next to `base`) first.
+pub fn stack_on(base: Box<dyn AsyncIo>, sessions: Vec<ClientConnection>) -> Box<dyn AsyncIo> {
+    sessions.into_iter().fold(base, |io, conn| {
         Box::new(AsyncTls {
             io,
             conn,
             eof: false,
             closing: false,
         })
-    }))
+    })
+}
+
+/// A non-blocking socket as tokio's `AsyncRead`/`AsyncWrite` without tokio's reactor: a
+/// `WouldBlock` is `Pending`, and whoever polls waits for the socket's readiness itself (the
+/// HTTP/2 hop that runs on the relay's thread, see `hop::h2::inline`). The waker is not
+/// stored: that caller polls again on every readiness event.
+pub struct Polled<S>(pub S);
+
+fn pending_on_block<T>(r: io::Result<T>) -> Poll<io::Result<T>> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+        other => Poll::Ready(other),
+    }
+}
+
+impl<S: Read + Unpin> AsyncRead for Polled<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.0.read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return pending_on_block(Err(e)),
+            }
+        }
+    }
+}
+
+impl<S: Write + Unpin + std::os::fd::AsFd> AsyncWrite for Polled<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        pending_on_block(self.get_mut().0.write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        pending_on_block(self.get_mut().0.write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Write))
+    }
 }
 
 /// TLS over another async transport.

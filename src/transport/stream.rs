@@ -32,6 +32,9 @@ pub enum Stream {
     Plain(Deadline),
     /// The tunnel through an HTTP/2 hop.
     Bridged(Bridged),
+    /// The tunnel through a last HTTP/2 hop that the pipe mode's relay drives on its own
+    /// thread: no handshake runs over it, the relay takes it ([`Stream::into_inline`]).
+    Inline(Box<Inline>),
     Tls(Box<StreamOwned<ClientConnection, Stream>>),
 }
 
@@ -44,6 +47,22 @@ pub trait Finish: Send {
 
 /// The threads serving bridged tunnels, outermost first.
 pub type Pumps = Vec<Box<dyn Finish>>;
+
+/// An HTTP/2 hop's tunnel for the relay's thread, with the threads serving the bridged
+/// tunnels beneath it.
+pub struct Inline {
+    pub tunnel: crate::hop::h2::Inline,
+    pub pumps: Pumps,
+    /// The hop, for messages about its end, in a chain.
+    pub who: Option<String>,
+}
+
+fn inline_unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "a tunnel through an HTTP/2 hop that the relay drives itself carries nothing else",
+    )
+}
 
 /// The near end of a socket pair whose far end a hop's thread serves, with the route's
 /// deadline on every read and write of the handshakes run through it.
@@ -123,7 +142,7 @@ impl Stream {
     /// How many TLS sessions are stacked on the socket.
     pub fn tls_layers(&self) -> usize {
         match self {
-            Stream::Plain(_) | Stream::Bridged(_) => 0,
+            Stream::Plain(_) | Stream::Bridged(_) | Stream::Inline(_) => 0,
             Stream::Tls(s) => 1 + s.sock.tls_layers(),
         }
     }
@@ -189,7 +208,16 @@ impl Stream {
                     sessions.push(conn);
                     s = sock;
                 }
+                Stream::Inline(_) => return Err(inline_unsupported()),
             }
+        }
+    }
+
+    /// The tunnel of a last HTTP/2 hop for the relay's thread, or this stream as it was.
+    pub fn into_inline(self) -> Result<Inline, Stream> {
+        match self {
+            Stream::Inline(i) => Ok(*i),
+            other => Err(other),
         }
     }
 
@@ -199,6 +227,7 @@ impl Stream {
         match self {
             Stream::Plain(_) => Vec::new(),
             Stream::Bridged(b) => std::mem::take(&mut b.pumps),
+            Stream::Inline(i) => std::mem::take(&mut i.pumps),
             Stream::Tls(s) => s.sock.take_pumps(),
         }
     }
@@ -211,6 +240,10 @@ impl Stream {
             Stream::Bridged(b) => {
                 beneath.append(&mut b.pumps);
                 b.pumps = beneath;
+            }
+            Stream::Inline(i) => {
+                beneath.append(&mut i.pumps);
+                i.pumps = beneath;
             }
             Stream::Tls(s) => s.sock.put_pumps(beneath),
         }
@@ -271,6 +304,7 @@ impl Read for Stream {
         match self {
             Stream::Plain(d) => d.read(buf),
             Stream::Bridged(b) => b.read(buf),
+            Stream::Inline(_) => Err(inline_unsupported()),
             Stream::Tls(s) => s.read(buf),
         }
     }
@@ -281,6 +315,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(d) => d.write(buf),
             Stream::Bridged(b) => b.write(buf),
+            Stream::Inline(_) => Err(inline_unsupported()),
             Stream::Tls(s) => s.write(buf),
         }
     }
@@ -289,6 +324,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(d) => d.flush(),
             Stream::Bridged(b) => b.flush(),
+            Stream::Inline(_) => Err(inline_unsupported()),
             Stream::Tls(s) => s.flush(),
         }
     }
@@ -299,7 +335,7 @@ impl Conn for Stream {
     fn peek(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
         match self {
             Stream::Plain(d) => d.peek(buf),
-            Stream::Bridged(_) | Stream::Tls(_) => None,
+            Stream::Bridged(_) | Stream::Inline(_) | Stream::Tls(_) => None,
         }
     }
 }

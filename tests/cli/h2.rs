@@ -397,6 +397,28 @@ fn reset_no_error_after_end_stream_is_a_clean_end() {
     assert!(f.stderr.is_empty(), "{:?}", f.stderr);
 }
 
+/// The end of the download as an empty DATA frame of its own, after the data was read:
+/// the end is seen at once (regression: the relay that drives the stream itself took the
+/// empty frame for "nothing yet" and waited for the socket, which had nothing more to say).
+#[test]
+fn end_stream_in_an_empty_data_frame_of_its_own_ends_the_download() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, |_, _| H2Answer::EmptyEndAfterClient(b"down".to_vec()));
+    let mut g = spawn_h2(&pki, &proxy, &[], 22);
+    let mut stdout = g.stdout.take().unwrap();
+    let mut first = [0u8; 4];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"down");
+    // The proxy ends the stream only once ours ended: the two ends come apart in time.
+    let mut stdin = g.stdin.take().unwrap();
+    stdin.write_all(b"up").unwrap();
+    drop(stdin);
+    assert_eq!(read_all(&mut stdout), b"");
+    let f = g.wait(HANG);
+    f.assert_code(0);
+    assert!(f.stderr.is_empty(), "{:?}", f.stderr);
+}
+
 #[test]
 fn tls_to_the_destination_runs_inside_the_h2_stream() {
     let pki = Pki::new();

@@ -49,6 +49,10 @@ pub enum H2Answer {
     /// 200, these bytes with END_STREAM, then RST_STREAM(NO_ERROR), as nghttpx does when the
     /// target closed.
     EndThenReset(Vec<u8>),
+    /// 200, these bytes as DATA; once the client's END_STREAM came, an empty DATA frame with
+    /// END_STREAM (the end as a frame of its own, as a proxy sends it when the target closes
+    /// after its last bytes went out).
+    EmptyEndAfterClient(Vec<u8>),
 }
 
 type Script = dyn Fn(&Seen, usize) -> H2Answer + Send + Sync;
@@ -272,6 +276,20 @@ async fn serve(
             H2Answer::GoAwayInstead => {
                 drop((respond, recv));
                 conn.abrupt_shutdown(Reason::NO_ERROR);
+            }
+            H2Answer::EmptyEndAfterClient(bytes) => {
+                if let Ok(mut send) = respond.send_response(response(200), false) {
+                    let _ = send.send_data(Bytes::from(bytes), false);
+                    let mut recv = recv;
+                    tokio::spawn(async move {
+                        while let Some(Ok(chunk)) = recv.data().await {
+                            let _ = recv.flow_control().release_capacity(chunk.len());
+                        }
+                        let _ = send.send_data(Bytes::new(), true);
+                        // Keep the stream's handles until the frame is out.
+                        std::future::pending::<()>().await;
+                    });
+                }
             }
             H2Answer::EndThenReset(bytes) => {
                 if let Ok(mut send) = respond.send_response(response(200), false) {
