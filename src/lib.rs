@@ -111,6 +111,10 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         return Ok(());
     }
     let relaying = || format!("relaying to {} {via}", config.target);
+    let opts = relay::Options {
+        idle_timeout: config.idle_timeout,
+        splice: config.splice,
+    };
     let Established {
         stream, leftover, ..
     } = established;
@@ -121,12 +125,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
             pumps,
             who,
         }) => {
-            let opts = relay::Options {
-                idle_timeout: config.idle_timeout,
-                splice: false,
-            };
-            let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
-            let relayed = relay::relay(stdin.as_fd(), stdout.as_fd(), &mut tunnel, &leftover, opts);
+            let relayed = relay_stdio(&mut tunnel, &leftover, opts);
             // Its end (a reset, GOAWAY) says more than the relay's view of it, as does the
             // end of an HTTP/2 hop beneath (this one's first: it is the outermost).
             let ended = tunnel.finish().map_err(|e| match who {
@@ -172,22 +171,19 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     } else {
         &leftover[..]
     };
-    let opts = relay::Options {
-        idle_timeout: config.idle_timeout,
-        splice: config.splice,
-    };
     // Every TLS session of the route, and the destination's innermost; none: a plain socket
     // (TCP, or the socket pair an HTTP/2 hop's thread serves).
     sessions.extend(inner);
     let relayed = match (socket, sessions.len()) {
         (transport::stream::Socket::Tcp(tcp), 0) => {
-            relay_stdio(mio::net::TcpStream::from_std(tcp), first, opts)
+            relay_stdio(&mut mio::net::TcpStream::from_std(tcp), first, opts)
         }
         (transport::stream::Socket::Unix(pair), 0) => {
-            relay_stdio(mio::net::UnixStream::from_std(pair), first, opts)
+            relay_stdio(&mut mio::net::UnixStream::from_std(pair), first, opts)
         }
         (socket, _) => relay_stdio(
-            transport::stream::Layers::new(socket, sessions).kind_ctx(Kind::Tunnel, relaying)?,
+            &mut transport::stream::Layers::new(socket, sessions)
+                .kind_ctx(Kind::Tunnel, relaying)?,
             first,
             opts,
         ),
@@ -244,12 +240,12 @@ pub(crate) fn tls_leg(
 }
 
 fn relay_stdio<T: Tunnel>(
-    mut tunnel: T,
+    tunnel: &mut T,
     first: &[u8],
     opts: relay::Options,
 ) -> Result<Stats, RelayError> {
     let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
-    relay::relay(stdin.as_fd(), stdout.as_fd(), &mut tunnel, first, opts)
+    relay::relay(stdin.as_fd(), stdout.as_fd(), tunnel, first, opts)
 }
 
 /// Reads `prefix` first, then the stream: for a handshake whose first bytes were already read.

@@ -200,20 +200,11 @@ pub fn connect(below: Stream, x: Exchange<'_>) -> Result<Inline, Error> {
     let (socket, sessions) = below
         .into_stack()
         .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with proxy {proxy}"))?;
-    let (base, fd): (Box<dyn AsyncIo>, RawFd) = match socket {
-        Socket::Tcp(s) => {
-            s.set_nonblocking(true)
-                .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with proxy {proxy}"))?;
-            let fd = s.as_raw_fd();
-            (Box::new(Polled(s)), fd)
-        }
-        Socket::Unix(s) => {
-            s.set_nonblocking(true)
-                .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with proxy {proxy}"))?;
-            let fd = s.as_raw_fd();
-            (Box::new(Polled(s)), fd)
-        }
-    };
+    let (base, fd) = match socket {
+        Socket::Tcp(s) => polled(s),
+        Socket::Unix(s) => polled(s),
+    }
+    .kind_ctx(Kind::Unreachable, || format!("HTTP/2 with proxy {proxy}"))?;
     let io = async_tls::stack_on(base, sessions);
     let mut driver = Driver::new(fd);
     let gave = |g: Gave| match g {
@@ -248,6 +239,16 @@ pub fn connect(below: Stream, x: Exchange<'_>) -> Result<Inline, Error> {
     })
 }
 
+/// `socket`, made non-blocking, as the bottom of the HTTP/2 connection's stack, and its fd.
+fn polled<S>(socket: S) -> io::Result<(Box<dyn AsyncIo>, RawFd)>
+where
+    S: Read + Write + std::os::fd::AsFd + Send + Unpin + 'static,
+{
+    socket2::SockRef::from(&socket).set_nonblocking(true)?;
+    let fd = socket.as_fd().as_raw_fd();
+    Ok((Box::new(Polled(socket)), fd))
+}
+
 impl Inline {
     /// Moves the connection along and takes the stream's next DATA, END_STREAM or error, if
     /// one came and nothing is pending. Every poll of the connection goes through here: what
@@ -274,7 +275,11 @@ impl Inline {
 
     /// An `io::Error` for the relay, keeping the first failure's full story for `finish`.
     fn fail(&mut self, e: &h2::Error, kind: io::ErrorKind) -> io::Error {
-        let said = describe(e);
+        self.failed_with(describe(e), kind)
+    }
+
+    /// Keeps `said` as the tunnel's failure unless one came first; the relay gets it as `kind`.
+    fn failed_with(&mut self, said: String, kind: io::ErrorKind) -> io::Error {
         if self.failure.is_none() {
             self.failure = Some(Error::msg(Kind::Tunnel, said.clone()));
         }
@@ -287,10 +292,7 @@ impl Inline {
             Some(e) => describe(e),
             None => "the proxy closed the HTTP/2 connection".to_owned(),
         };
-        if self.failure.is_none() {
-            self.failure = Some(Error::msg(Kind::Tunnel, said.clone()));
-        }
-        io::Error::new(io::ErrorKind::ConnectionReset, said)
+        self.failed_with(said, io::ErrorKind::ConnectionReset)
     }
 
     /// Sends what is queued, lets the connection end (GOAWAY) and says how the tunnel ended:
@@ -364,10 +366,7 @@ impl Write for Inline {
             return match self.send.poll_reset(&mut cx) {
                 Poll::Ready(Ok(r)) => {
                     let said = format!("the proxy reset the stream (RST_STREAM {r:?}: {r})");
-                    if self.failure.is_none() {
-                        self.failure = Some(Error::msg(Kind::Tunnel, said.clone()));
-                    }
-                    Err(io::Error::new(io::ErrorKind::BrokenPipe, said))
+                    Err(self.failed_with(said, io::ErrorKind::BrokenPipe))
                 }
                 Poll::Ready(Err(e)) => Err(self.fail(&e, io::ErrorKind::BrokenPipe)),
                 Poll::Pending if self.driver.conn.is_none() => Err(self.lost()),
