@@ -143,6 +143,93 @@ fn sixty_four_mib_each_way_arrive_intact_over_h2() {
     assert_eq!(proxy.connections(), 1);
 }
 
+/// Reads exactly `len` bytes on a thread of its own; a hang (bytes held back) panics after
+/// [`HANG`] instead of blocking the test.
+fn read_exactly<R: Read + Send + 'static>(mut r: R, len: usize) -> (R, Vec<u8>) {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = vec![0; len];
+        let got = r.read_exact(&mut buf).map(|()| (r, buf));
+        let _ = tx.send(got);
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(got) => got.expect("read"),
+        Err(_) => panic!("{len} bytes did not arrive within {HANG:?}"),
+    }
+}
+
+/// DATA is sent in whole frames and the tail of a write waits for the next one, but never
+/// longer than stdin's next read: bytes that end a burst go out at once, with stdin open.
+#[test]
+fn the_tail_of_a_burst_goes_out_while_stdin_stays_open() {
+    let pki = Pki::new();
+    let proxy = proxy(&pki, grant);
+    // Less than a frame, a frame and a bit, and several frames and a bit.
+    let bursts = [5, 16_400, 200_003];
+    let (port, t) = target(move |s| {
+        let mut r = s.try_clone().unwrap();
+        let mut w = s;
+        for (i, len) in bursts.into_iter().enumerate() {
+            let (back, got) = read_exactly(r, len);
+            r = back;
+            assert_eq!(got, Prng::bytes(UP_SEED + i as u64, len), "burst {i}");
+            w.write_all(format!("got {i}\n").as_bytes()).unwrap();
+        }
+    });
+    let mut g = spawn_h2(&pki, &proxy, &[], port);
+    let mut stdin = g.stdin.take().unwrap();
+    let mut stdout = g.stdout.take().unwrap();
+    for (i, len) in bursts.into_iter().enumerate() {
+        stdin
+            .write_all(&Prng::bytes(UP_SEED + i as u64, len))
+            .unwrap();
+        let reply = format!("got {i}\n");
+        let (back, got) = read_exactly(stdout, reply.len());
+        stdout = back;
+        assert_eq!(text(&got), reply, "the target's reply to burst {i}");
+    }
+    drop(stdin);
+    assert!(read_all(&mut stdout).is_empty());
+    g.wait(HANG).assert_code(0);
+    t.join().unwrap();
+}
+
+/// A proxy may grant a stream's window again only once all of it was used: the last bytes of
+/// the window go out even when they make no whole frame (with stdin still open, nothing else
+/// would send them).
+#[test]
+fn the_last_bytes_of_a_window_go_out_to_a_proxy_that_waits_for_them() {
+    let pki = Pki::new();
+    let settings = H2Settings {
+        stream_window: Some(65_535),
+        whole_windows: true,
+        ..H2Settings::default()
+    };
+    let proxy = H2Proxy::start_with(pki.server.server_config(), &[b"h2"], settings, grant);
+    let len = 3 * MIB + 7;
+    let (port, t) = target(move |mut s| {
+        let (back, got) = read_exactly(s.try_clone().unwrap(), len);
+        drop(back);
+        assert!(
+            got == Prng::bytes(UP_SEED, len),
+            "the upload arrives intact"
+        );
+        s.write_all(b"all in\n").unwrap();
+    });
+    let mut g = spawn_h2(&pki, &proxy, &[], port);
+    let mut stdin = g.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        write_stream(&mut stdin, UP_SEED, len).unwrap();
+        stdin
+    });
+    let (mut stdout, got) = read_exactly(g.stdout.take().unwrap(), 7);
+    assert_eq!(got, b"all in\n");
+    drop(writer.join().unwrap());
+    assert!(read_all(&mut stdout).is_empty());
+    g.wait(HANG).assert_code(0);
+    t.join().unwrap();
+}
+
 #[test]
 fn any_2xx_opens_the_tunnel_and_data_sent_with_the_headers_comes_first() {
     let pki = Pki::new();
@@ -632,6 +719,7 @@ fn a_full_connection_by_max_concurrent_streams_opens_a_second_one() {
     let pki = Pki::new();
     let settings = H2Settings {
         max_streams: Some(2),
+        ..H2Settings::default()
     };
     let proxy = H2Proxy::start_with(pki.server.server_config(), &[b"h2"], settings, grant);
     let target = echo_target();

@@ -76,6 +76,11 @@ type Control = tokio::sync::mpsc::UnboundedSender<()>;
 pub struct H2Settings {
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_streams: Option<u32>,
+    /// SETTINGS_INITIAL_WINDOW_SIZE (default 4 MiB).
+    pub stream_window: Option<u32>,
+    /// Grant a stream's window again only once all of it was used (RFC 9113 lets a receiver
+    /// wait for that): a client that holds back the window's last bytes waits for ever.
+    pub whole_windows: bool,
 }
 
 impl H2Proxy {
@@ -177,8 +182,11 @@ async fn serve(
 ) {
     let mut builder = h2::server::Builder::new();
     builder
-        .initial_window_size(4 << 20)
+        .initial_window_size(settings.stream_window.unwrap_or(4 << 20))
         .initial_connection_window_size(16 << 20);
+    let whole_window = settings
+        .whole_windows
+        .then(|| settings.stream_window.unwrap_or(4 << 20) as usize);
     if let Some(max) = settings.max_streams {
         builder.max_concurrent_streams(max);
     }
@@ -238,7 +246,7 @@ async fn serve(
                     let _ = send.send_data(Bytes::from(early), false);
                 }
                 let d = sent_down.clone();
-                tokio::spawn(forward(request.uri.clone(), send, recv, d));
+                tokio::spawn(forward(request.uri.clone(), send, recv, d, whole_window));
             }
             H2Answer::Status(code, headers) => {
                 let mut r = response(code);
@@ -307,12 +315,14 @@ async fn serve(
     }
 }
 
-/// Forwards one granted stream to the target at `authority`, both ways, with half-closes.
+/// Forwards one granted stream to the target at `authority`, both ways, with half-closes;
+/// with `whole_window`, the window goes back only once all of it came.
 async fn forward(
     authority: String,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
     sent_down: Arc<AtomicU64>,
+    whole_window: Option<usize>,
 ) {
     let Ok(tcp) = TcpStream::connect(authority.as_str()).await else {
         send.send_reset(Reason::CONNECT_ERROR);
@@ -320,11 +330,16 @@ async fn forward(
     };
     let (mut rd, mut wr) = tcp.into_split();
     let up = async move {
+        let mut used = 0;
         while let Some(Ok(chunk)) = recv.data().await {
             if wr.write_all(&chunk).await.is_err() {
                 return;
             }
-            let _ = recv.flow_control().release_capacity(chunk.len());
+            used += chunk.len();
+            if whole_window.is_none_or(|w| used >= w) {
+                let _ = recv.flow_control().release_capacity(used);
+                used = 0;
+            }
         }
         let _ = wr.shutdown().await;
     };

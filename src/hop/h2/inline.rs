@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::client::Connection;
 use h2::{RecvStream, SendStream};
 
@@ -177,6 +177,11 @@ pub struct Inline {
     recv: RecvStream,
     /// DATA received and not yet handed to the relay.
     pending: Bytes,
+    /// The tail of what the relay wrote, shorter than a full frame: it goes out with the next
+    /// write's bytes, or alone when the relay flushes (it has nothing more to write now).
+    /// Pipes give 64 KiB a read, four frames and 36 bytes: sent as they came, every fifth
+    /// TLS record was a 36-byte one, which cost the proxy a full read-and-forward cycle.
+    staged: BytesMut,
     /// END_STREAM came (after `pending`).
     eof: bool,
     /// The stream failed after `pending`.
@@ -232,6 +237,7 @@ pub fn connect(below: Stream, x: Exchange<'_>) -> Result<Inline, Error> {
         send: granted.send,
         recv: granted.recv,
         pending: Bytes::new(),
+        staged: BytesMut::new(),
         eof: false,
         failed: None,
         failure: None,
@@ -295,16 +301,46 @@ impl Inline {
         self.failed_with(said, io::ErrorKind::ConnectionReset)
     }
 
+    /// What the stream's window lets the relay write now, beyond the staged tail; asks for
+    /// more once it is used up.
+    fn room(&mut self) -> usize {
+        if self.send.capacity() <= self.staged.len() {
+            self.send.reserve_capacity(CHUNK);
+        }
+        self.send.capacity().saturating_sub(self.staged.len())
+    }
+
+    /// Queues one DATA frame. Once the proxy ended the stream (END_STREAM, often with
+    /// RST_STREAM NO_ERROR after it), what stdin still gives has nowhere to go, as over
+    /// HTTP/1.1: dropped, not an error.
+    fn send_frame(&mut self, data: Bytes, end: bool) -> io::Result<()> {
+        match self.send.send_data(data, end) {
+            Ok(()) => Ok(()),
+            Err(e) if self.eof => {
+                debug!("after the proxy's END_STREAM: {}", describe(&e));
+                Ok(())
+            }
+            Err(e) => Err(self.fail(&e, io::ErrorKind::BrokenPipe)),
+        }
+    }
+
     /// Sends what is queued, lets the connection end (GOAWAY) and says how the tunnel ended:
     /// a reset or GOAWAY says more than the relay's view of it.
     pub fn finish(self) -> Result<(), Error> {
         let Inline {
             mut driver,
-            send,
+            mut send,
             recv,
             failure,
+            staged,
             ..
         } = self;
+        // What the relay wrote is the proxy's, even when the relay stopped early.
+        if !staged.is_empty() {
+            if let Err(e) = send.send_data(staged.freeze(), false) {
+                debug!("sending the last bytes: {}", describe(&e));
+            }
+        }
         // Every handle is gone: the connection sends what is queued, then GOAWAY.
         drop((send, recv));
         driver.close(CLOSE_GRACE);
@@ -357,10 +393,15 @@ impl Write for Inline {
         }
         // Window updates come in with the connection's reads.
         self.fetch();
-        if self.send.capacity() == 0 {
-            self.send.reserve_capacity(CHUNK);
+        let mut room = self.room();
+        if room == 0 && !self.staged.is_empty() {
+            // The window's last bytes: out now, whole frame or not, or a proxy that grants
+            // more only once all it gave is used would wait for them for ever.
+            let tail = self.staged.split().freeze();
+            self.send_frame(tail, false)?;
+            self.fetch();
+            room = self.room();
         }
-        let room = self.send.capacity();
         if room == 0 {
             let mut cx = Context::from_waker(&self.driver.waker);
             return match self.send.poll_reset(&mut cx) {
@@ -374,26 +415,25 @@ impl Write for Inline {
             };
         }
         let n = room.min(buf.len());
-        let mut data = Bytes::copy_from_slice(&buf[..n]);
-        while !data.is_empty() {
-            let frame = data.split_to(data.len().min(FRAME_PAYLOAD));
-            match self.send.send_data(frame, false) {
-                Ok(()) => {}
-                // The proxy ended the stream (END_STREAM, often with RST_STREAM NO_ERROR after
-                // it): as over HTTP/1.1, what stdin still gives has nowhere to go.
-                Err(e) if self.eof => {
-                    debug!("after the proxy's END_STREAM: {}", describe(&e));
-                    break;
-                }
-                Err(e) => return Err(self.fail(&e, io::ErrorKind::BrokenPipe)),
+        self.staged.extend_from_slice(&buf[..n]);
+        let whole = self.staged.len() - self.staged.len() % FRAME_PAYLOAD;
+        if whole > 0 {
+            let mut data = self.staged.split_to(whole).freeze();
+            while !data.is_empty() {
+                self.send_frame(data.split_to(FRAME_PAYLOAD), false)?;
             }
+            // Out now, as far as the socket takes it.
+            self.fetch();
         }
-        // Out now, as far as the socket takes it.
-        self.fetch();
         Ok(n)
     }
 
+    /// Sends the staged tail: the relay has nothing more to write now.
     fn flush(&mut self) -> io::Result<()> {
+        if !self.staged.is_empty() {
+            let tail = self.staged.split().freeze();
+            self.send_frame(tail, false)?;
+        }
         self.fetch();
         Ok(())
     }
@@ -416,11 +456,8 @@ impl mio::event::Source for Inline {
 impl crate::relay::Tunnel for Inline {
     /// The half-close: END_STREAM (RFC 9113 §8.5).
     fn shutdown_write(&mut self) -> io::Result<()> {
-        match self.send.send_data(Bytes::new(), true) {
-            Ok(()) => {}
-            Err(e) if self.eof => debug!("after the proxy's END_STREAM: {}", describe(&e)),
-            Err(e) => return Err(self.fail(&e, io::ErrorKind::BrokenPipe)),
-        }
+        let tail = self.staged.split().freeze();
+        self.send_frame(tail, true)?;
         self.fetch();
         Ok(())
     }
