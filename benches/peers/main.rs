@@ -148,6 +148,7 @@ fn main() {
             relays.push(Relay {
                 name: name.into(),
                 kind: Kind::Baseline(copier),
+                front: None,
             });
         }
     }
@@ -156,6 +157,7 @@ fn main() {
         relays.push(Relay {
             name: "gimlet".into(),
             kind: Kind::Tool(command_line("gimlet", &bin, port)),
+            front: None,
         });
     }
     // gimlet through a local TLS proxy (stunnel in front of the same endpoint), for the ratio
@@ -189,6 +191,10 @@ fn main() {
                 relays.push(Relay {
                     name: name.into(),
                     kind: Kind::Tool(argv),
+                    front: Some(tools::ProxyProcess {
+                        program: f.program,
+                        pid: f.child.id(),
+                    }),
                 });
                 _fronts.push(f);
             }
@@ -204,6 +210,7 @@ fn main() {
         relays.push(Relay {
             name: GIMLET_COPY.into(),
             kind: Kind::Tool(argv),
+            front: None,
         });
     }
     for &(name, bin) in PEERS {
@@ -214,6 +221,7 @@ fn main() {
             Some(path) => relays.push(Relay {
                 name: name.into(),
                 kind: Kind::Tool(command_line(name, &path.to_string_lossy(), port)),
+                front: None,
             }),
             None => skipped.push((name.to_string(), format!("`{bin}` not installed"))),
         }

@@ -15,7 +15,7 @@ use crate::{
     endpoint::{EARLY_BYTE, Endpoint, Mode},
     opts::{EARLY_EXIT_WINDOW, EXIT_GRACE, Opts, Reader},
     stream::{IO_CHUNK, drain_stdout, drain_stdout_process, expected, feed_stdin},
-    sys::{Memory, Proc, pipe, poll_readable, read_tail},
+    sys::{Memory, Proc, pipe, poll_readable, read_tail, tree_cpu},
     tools::{Dir, Kind, Relay, baseline_connect},
 };
 
@@ -24,6 +24,8 @@ pub(crate) struct Sample {
     pub(crate) mbps: f64,
     /// CPU seconds per GiB moved.
     pub(crate) cpu_per_gib: Option<f64>,
+    /// The proxy process's CPU seconds per GiB over the same run (rows through a TLS front).
+    pub(crate) proxy_cpu_per_gib: Option<f64>,
     /// Peak RSS over the run, KiB.
     pub(crate) hwm_kib: Option<u64>,
     /// Memory at the last byte.
@@ -72,6 +74,8 @@ pub(crate) fn transfer(
         Dir::Down => Mode::Source(n),
     };
     let mut session = ep.expect(mode, full, opts.stall);
+    let proxy_cpu = || relay.front.as_ref().and_then(|f| tree_cpu(f.pid));
+    let proxy_before = proxy_cpu();
     let mut running = match relay.start(dir, ep.addr, stdin_r, stdout_w, opts.stall) {
         Ok(r) => r,
         Err(e) => {
@@ -152,6 +156,10 @@ pub(crate) fn transfer(
             break None;
         }
     };
+    // Up to the last byte, as the tool's throughput is.
+    let proxy_used = proxy_cpu()
+        .zip(proxy_before)
+        .map(|(after, before)| after - before);
     let memory = running.memory();
     hwm_kib = hwm_kib.max(memory.map(|m| m.hwm_kib));
     let mut notes = Vec::new();
@@ -268,6 +276,7 @@ pub(crate) fn transfer(
     Ok(Sample {
         mbps: n as f64 / secs / 1e6,
         cpu_per_gib: cpu.map(|c| c.as_secs_f64() / gib),
+        proxy_cpu_per_gib: proxy_used.map(|c| c.as_secs_f64() / gib),
         hwm_kib,
         memory,
         notes,

@@ -68,6 +68,15 @@ impl Results {
         median(v.iter().filter_map(|s| s.cpu_per_gib).collect())
     }
 
+    /// The proxy's CPU per GiB (rows through a proxy process of their own), median.
+    pub(crate) fn proxy_cpu(&self, dir: Dir) -> Option<f64> {
+        let v = match dir {
+            Dir::Up => &self.up,
+            Dir::Down => &self.down,
+        };
+        median(v.iter().filter_map(|s| s.proxy_cpu_per_gib).collect())
+    }
+
     pub(crate) fn hwm_mib(&self) -> Option<f64> {
         self.up
             .iter()
@@ -496,6 +505,34 @@ pub(crate) fn report(
     }
     for (name, why) in skipped {
         let _ = writeln!(o, "| {name} | skipped: {why} | | | | | |");
+    }
+
+    // The proxies in the path share the CPUs with the tool: what each costs per GiB shows
+    // how much of a row's throughput is the proxy's doing.
+    let proxied: Vec<_> = relays
+        .iter()
+        .filter_map(|r| Some((r, r.front.as_ref()?, &results[&r.name])))
+        .filter(|(_, _, res)| res.broken.is_none())
+        .collect();
+    if !proxied.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nThe proxy's own CPU, s/GiB up / down (user+sys of its processes from the tool's \
+             start to the last byte, median), and with the tool's:\n"
+        );
+        for (r, front, res) in proxied {
+            let sum = |d: Dir| res.cpu(d).zip(res.proxy_cpu(d)).map(|(a, b)| a + b);
+            let _ = writeln!(
+                o,
+                "- {} through {}: proxy {} / {}; tool + proxy {} / {}",
+                r.name,
+                front.program,
+                fmt_opt(res.proxy_cpu(Dir::Up), 3),
+                fmt_opt(res.proxy_cpu(Dir::Down), 3),
+                fmt_opt(sum(Dir::Up), 3),
+                fmt_opt(sum(Dir::Down), 3),
+            );
+        }
     }
 
     let _ = writeln!(

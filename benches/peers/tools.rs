@@ -48,6 +48,7 @@ pub(crate) struct TlsFront {
     /// The CA that signed the front's certificate, for `--proxy-cacert`.
     pub(crate) ca: PathBuf,
     pub(crate) port: u16,
+    pub(crate) program: &'static str,
 }
 
 impl TlsFront {
@@ -161,6 +162,10 @@ impl TlsFront {
             dir,
             ca,
             port,
+            program: match front {
+                Front::Stunnel => "stunnel",
+                Front::Nghttpx => "nghttpx",
+            },
         };
         // Ready when it accepts; the deadline only catches a stunnel that never starts.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -236,6 +241,16 @@ pub(crate) fn command_line(name: &str, bin: &str, port: u16) -> Vec<String> {
 pub(crate) struct Relay {
     pub(crate) name: String,
     pub(crate) kind: Kind,
+    /// The proxy this row goes through when it is a process of its own (the TLS fronts): its
+    /// CPU per GiB is reported next to the tool's, as both share the machine's CPUs.
+    pub(crate) front: Option<ProxyProcess>,
+}
+
+/// A proxy process in a row's path, for its CPU figure.
+#[derive(Clone)]
+pub(crate) struct ProxyProcess {
+    pub(crate) program: &'static str,
+    pub(crate) pid: u32,
 }
 
 pub(crate) enum Kind {
