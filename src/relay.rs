@@ -920,6 +920,8 @@ pub fn relay<T: Tunnel>(
                 Some(e) => Err(RelayError::WriteTunnel(e)),
                 None => {
                     up.flush(tunnel, up_fds, &mut up_ready);
+                    // A tunnel may hold a write's tail until flushed (HTTP/2 frames).
+                    let _ = tunnel.flush();
                     Ok(stats(&up, &down))
                 }
             };
@@ -930,7 +932,11 @@ pub fn relay<T: Tunnel>(
                 Err(PumpError {
                     side: Side::Src,
                     error,
-                }) => return Err(RelayError::ReadInput(error)),
+                }) => {
+                    // What stdin gave before failing is written: out with it, held tail too.
+                    let _ = tunnel.flush();
+                    return Err(RelayError::ReadInput(error));
+                }
                 // The far side reset or closed: stop sending but keep reading. Linux reports a
                 // reset once, so the read side may see only EOF; the error is kept for the end.
                 Err(PumpError {
@@ -1048,6 +1054,109 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A tunnel that, as the HTTP/2 one does, may keep what it is given until `flush`: its
+    /// writes take what `takes` says (`None`: it sends what it holds and blocks, and grants
+    /// room again at the next look), its reads play `reads`.
+    #[derive(Default)]
+    struct Holding {
+        reads: VecDeque<io::Result<Vec<u8>>>,
+        takes: VecDeque<Option<usize>>,
+        held: Vec<u8>,
+        sent: Vec<u8>,
+        room: std::cell::Cell<bool>,
+    }
+
+    impl Read for Holding {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.reads.pop_front() {
+                None => Err(io::ErrorKind::WouldBlock.into()),
+                Some(Err(e)) => Err(e),
+                Some(Ok(data)) => {
+                    buf[..data.len()].copy_from_slice(&data);
+                    Ok(data.len())
+                }
+            }
+        }
+    }
+
+    impl Write for Holding {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match self.takes.pop_front() {
+                Some(Some(k)) => {
+                    let k = k.min(buf.len());
+                    self.held.extend_from_slice(&buf[..k]);
+                    Ok(k)
+                }
+                Some(None) => {
+                    self.flush()?;
+                    self.room.set(true);
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                None => {
+                    self.held.extend_from_slice(buf);
+                    Ok(buf.len())
+                }
+            }
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.sent.append(&mut self.held);
+            Ok(())
+        }
+    }
+
+    impl mio::event::Source for Holding {
+        fn register(&mut self, _: &mio::Registry, _: Token, _: Interest) -> io::Result<()> {
+            Ok(())
+        }
+        fn reregister(&mut self, _: &mio::Registry, _: Token, _: Interest) -> io::Result<()> {
+            Ok(())
+        }
+        fn deregister(&mut self, _: &mio::Registry) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Tunnel for Holding {
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            self.flush()
+        }
+        fn buffered(&self) -> bool {
+            !self.reads.is_empty()
+        }
+        fn writable(&self) -> bool {
+            self.room.take()
+        }
+    }
+
+    /// The far side ends while stdin's bytes wait for room: when room comes with the end, the
+    /// bytes handed over then are flushed too, not left in a tunnel that holds them until its
+    /// flush (regression: the HTTP/2 tunnel's tail of a frame was dropped).
+    #[test]
+    fn bytes_handed_over_at_the_far_side_s_end_are_flushed() {
+        use std::os::fd::AsFd;
+        let pipe = || {
+            let (r, w, _) = splice::pipe().unwrap();
+            (std::fs::File::from(r), std::fs::File::from(w))
+        };
+        let (stdin_r, mut stdin_w) = pipe();
+        let (_stdout_r, stdout_w) = pipe();
+        stdin_w.write_all(b"abc").unwrap();
+        let mut tunnel = Holding {
+            reads: [Err(io::ErrorKind::WouldBlock.into()), Ok(Vec::new())].into(),
+            // One byte, then no room (which comes back at once).
+            takes: [Some(1), None].into(),
+            ..Holding::default()
+        };
+        let opts = Options {
+            idle_timeout: Some(Duration::from_secs(20)),
+            splice: false,
+        };
+        let stats = relay(stdin_r.as_fd(), stdout_w.as_fd(), &mut tunnel, &[], opts).unwrap();
+        assert_eq!(stats.up, 3);
+        assert_eq!(tunnel.sent, b"abc", "held back: {:?}", tunnel.held);
     }
 
     fn script(items: Vec<io::Result<&[u8]>>) -> ScriptReader {

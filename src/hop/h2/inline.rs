@@ -326,21 +326,17 @@ impl Inline {
 
     /// Sends what is queued, lets the connection end (GOAWAY) and says how the tunnel ended:
     /// a reset or GOAWAY says more than the relay's view of it.
-    pub fn finish(self) -> Result<(), Error> {
+    pub fn finish(mut self) -> Result<(), Error> {
+        // The relay flushes before it returns; should a tail still be held, it goes out now,
+        // before the stream is dropped (which cancels DATA still queued).
+        let _ = self.flush();
         let Inline {
             mut driver,
-            mut send,
+            send,
             recv,
             failure,
-            staged,
             ..
         } = self;
-        // What the relay wrote is the proxy's, even when the relay stopped early.
-        if !staged.is_empty() {
-            if let Err(e) = send.send_data(staged.freeze(), false) {
-                debug!("sending the last bytes: {}", describe(&e));
-            }
-        }
         // Every handle is gone: the connection sends what is queued, then GOAWAY.
         drop((send, recv));
         driver.close(CLOSE_GRACE);
@@ -420,7 +416,11 @@ impl Write for Inline {
         if whole > 0 {
             let mut data = self.staged.split_to(whole).freeze();
             while !data.is_empty() {
-                self.send_frame(data.split_to(FRAME_PAYLOAD), false)?;
+                if let Err(e) = self.send_frame(data.split_to(FRAME_PAYLOAD), false) {
+                    // The stream is gone: nothing after this may go out as if in order.
+                    self.staged.clear();
+                    return Err(e);
+                }
             }
             // Out now, as far as the socket takes it.
             self.fetch();
