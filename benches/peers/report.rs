@@ -515,10 +515,13 @@ pub(crate) fn report(
         .filter(|(_, _, res)| res.broken.is_none())
         .collect();
     if !proxied.is_empty() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
         let _ = writeln!(
             o,
             "\nThe proxy's own CPU, s/GiB up / down (user+sys of its processes from the tool's \
-             start to the last byte, median), and with the tool's:\n"
+             start to the last byte, median), and with the tool's. /proc counts it in ticks of \
+             1/{hz} s: a transfer needs a few hundred MiB for a figure worth reading.\n"
         );
         for (r, front, res) in proxied {
             let sum = |d: Dir| res.cpu(d).zip(res.proxy_cpu(d)).map(|(a, b)| a + b);
