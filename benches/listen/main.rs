@@ -46,6 +46,8 @@
 //! The far side runs in a child process (`--far-side`), so the harness's own file descriptors
 //! (one per client socket) and the far side's (one per accepted socket) have a limit each.
 
+#[path = "../common/procfs.rs"]
+mod procfs;
 #[path = "../common/squid.rs"]
 mod squid;
 
@@ -57,6 +59,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use procfs::{cpu_ticks, process_tree, ticks_per_sec};
 use squid::{Squid, free_port, wait_accepting};
 
 /// Far-side behaviour, chosen by the port offset (CONNECT target port or direct listener).
@@ -676,25 +679,6 @@ fn wait_listening(tool: &str, port: u16, child: &mut Child) -> Option<()> {
 }
 
 /// The process and every descendant (from /proc/PID/task/*/children).
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut at = 0;
-    while at < all.len() {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[at]));
-        for task in tasks.into_iter().flatten().flatten() {
-            let children = std::fs::read_to_string(task.path().join("children"));
-            all.extend(
-                children
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-        at += 1;
-    }
-    all
-}
-
 fn rss_of(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -849,22 +833,8 @@ impl Daemon {
             }
             _ => vec![self.children[0].id()],
         };
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let ticks: u64 = pids
-            .iter()
-            .map(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                // Fields after the command's closing parenthesis: utime and stime are 12th, 13th.
-                let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-                let f: Vec<u64> = rest
-                    .split_whitespace()
-                    .map(|x| x.parse().unwrap_or(0))
-                    .collect();
-                f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)
-            })
-            .sum();
-        ticks as f64 / hz
+        let ticks: u64 = pids.iter().map(|&pid| cpu_ticks(pid).unwrap_or(0)).sum();
+        ticks as f64 / ticks_per_sec() as f64
     }
 
     fn rss_kib(&self) -> u64 {

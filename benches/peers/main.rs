@@ -52,6 +52,8 @@ use std::time::Instant;
 mod endpoint;
 mod measure;
 mod opts;
+#[path = "../common/procfs.rs"]
+mod procfs;
 mod report;
 mod stream;
 mod sys;

@@ -52,29 +52,34 @@ impl Results {
         self.problem(format!("{what}: {}", f.msg));
     }
 
-    pub(crate) fn rate(&self, dir: Dir) -> Option<f64> {
-        let v = match dir {
+    fn samples(&self, dir: Dir) -> &[Sample] {
+        match dir {
             Dir::Up => &self.up,
             Dir::Down => &self.down,
-        };
-        median(v.iter().map(|s| s.mbps).collect())
+        }
+    }
+
+    pub(crate) fn rate(&self, dir: Dir) -> Option<f64> {
+        median(self.samples(dir).iter().map(|s| s.mbps).collect())
     }
 
     pub(crate) fn cpu(&self, dir: Dir) -> Option<f64> {
-        let v = match dir {
-            Dir::Up => &self.up,
-            Dir::Down => &self.down,
-        };
-        median(v.iter().filter_map(|s| s.cpu_per_gib).collect())
+        median(
+            self.samples(dir)
+                .iter()
+                .filter_map(|s| s.cpu_per_gib)
+                .collect(),
+        )
     }
 
     /// The proxy's CPU per GiB (rows through a proxy process of their own), median.
     pub(crate) fn proxy_cpu(&self, dir: Dir) -> Option<f64> {
-        let v = match dir {
-            Dir::Up => &self.up,
-            Dir::Down => &self.down,
-        };
-        median(v.iter().filter_map(|s| s.proxy_cpu_per_gib).collect())
+        median(
+            self.samples(dir)
+                .iter()
+                .filter_map(|s| s.proxy_cpu_per_gib)
+                .collect(),
+        )
     }
 
     pub(crate) fn hwm_mib(&self) -> Option<f64> {
@@ -515,8 +520,7 @@ pub(crate) fn report(
         .filter(|(_, _, res)| res.broken.is_none())
         .collect();
     if !proxied.is_empty() {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        let hz = crate::procfs::ticks_per_sec();
         let _ = writeln!(
             o,
             "\nThe proxy's own CPU, s/GiB up / down (user+sys of its processes from the tool's \

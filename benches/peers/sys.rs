@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::procfs::{cpu_ticks, process_tree, ticks_per_sec};
+
 /// A close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(File, File)> {
     let mut fds = [0 as libc::c_int; 2];
@@ -212,21 +214,12 @@ pub(crate) fn read_tail(mut f: File) -> String {
 /// CPU time (user + sys) of process `pid` and every process below it, from /proc: a proxy
 /// that forks its workers (nghttpx) is counted whole. `None` once it is gone.
 pub(crate) fn tree_cpu(pid: u32) -> Option<Duration> {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let mut total = Duration::from_millis(ticks * 1000 / hz);
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    for task in tasks.flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            total += tree_cpu(child).unwrap_or_default();
-        }
-    }
-    Some(total)
+    let root = cpu_ticks(pid)?;
+    let below: u64 = process_tree(pid)[1..]
+        .iter()
+        .map(|&p| cpu_ticks(p).unwrap_or(0))
+        .sum();
+    Some(Duration::from_millis(
+        (root + below) * 1000 / ticks_per_sec(),
+    ))
 }
