@@ -1037,6 +1037,7 @@ mod tests {
     use std::collections::VecDeque;
 
     /// A reader that plays a script of results, then WouldBlock forever.
+    #[derive(Default)]
     struct ScriptReader(VecDeque<io::Result<Vec<u8>>>);
 
     impl Read for ScriptReader {
@@ -1061,7 +1062,7 @@ mod tests {
     /// room again at the next look), its reads play `reads`.
     #[derive(Default)]
     struct Holding {
-        reads: VecDeque<io::Result<Vec<u8>>>,
+        reads: ScriptReader,
         takes: VecDeque<Option<usize>>,
         held: Vec<u8>,
         sent: Vec<u8>,
@@ -1070,14 +1071,7 @@ mod tests {
 
     impl Read for Holding {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.reads.pop_front() {
-                None => Err(io::ErrorKind::WouldBlock.into()),
-                Some(Err(e)) => Err(e),
-                Some(Ok(data)) => {
-                    buf[..data.len()].copy_from_slice(&data);
-                    Ok(data.len())
-                }
-            }
+            self.reads.read(buf)
         }
     }
 
@@ -1124,7 +1118,7 @@ mod tests {
             self.flush()
         }
         fn buffered(&self) -> bool {
-            !self.reads.is_empty()
+            !self.reads.0.is_empty()
         }
         fn writable(&self) -> bool {
             self.room.take()
@@ -1145,7 +1139,7 @@ mod tests {
         let (_stdout_r, stdout_w) = pipe();
         stdin_w.write_all(b"abc").unwrap();
         let mut tunnel = Holding {
-            reads: [Err(io::ErrorKind::WouldBlock.into()), Ok(Vec::new())].into(),
+            reads: script(vec![err(io::ErrorKind::WouldBlock), Ok(b"")]),
             // One byte, then no room (which comes back at once).
             takes: [Some(1), None].into(),
             ..Holding::default()

@@ -324,6 +324,15 @@ impl Inline {
         }
     }
 
+    /// Queues the staged tail as one frame, with END_STREAM when `end` (then even empty).
+    fn send_tail(&mut self, end: bool) -> io::Result<()> {
+        if self.staged.is_empty() && !end {
+            return Ok(());
+        }
+        let tail = self.staged.split().freeze();
+        self.send_frame(tail, end)
+    }
+
     /// Sends what is queued, lets the connection end (GOAWAY) and says how the tunnel ended:
     /// a reset or GOAWAY says more than the relay's view of it.
     pub fn finish(mut self) -> Result<(), Error> {
@@ -393,8 +402,7 @@ impl Write for Inline {
         if room == 0 && !self.staged.is_empty() {
             // The window's last bytes: out now, whole frame or not, or a proxy that grants
             // more only once all it gave is used would wait for them for ever.
-            let tail = self.staged.split().freeze();
-            self.send_frame(tail, false)?;
+            self.send_tail(false)?;
             self.fetch();
             room = self.room();
         }
@@ -430,10 +438,7 @@ impl Write for Inline {
 
     /// Sends the staged tail: the relay has nothing more to write now.
     fn flush(&mut self) -> io::Result<()> {
-        if !self.staged.is_empty() {
-            let tail = self.staged.split().freeze();
-            self.send_frame(tail, false)?;
-        }
+        self.send_tail(false)?;
         self.fetch();
         Ok(())
     }
@@ -456,8 +461,7 @@ impl mio::event::Source for Inline {
 impl crate::relay::Tunnel for Inline {
     /// The half-close: END_STREAM (RFC 9113 §8.5).
     fn shutdown_write(&mut self) -> io::Result<()> {
-        let tail = self.staged.split().freeze();
-        self.send_frame(tail, true)?;
+        self.send_tail(true)?;
         self.fetch();
         Ok(())
     }
